@@ -1,0 +1,64 @@
+"""Generator: prompts -> sampled responses as a `RolloutBatch` (the `hf` backend: transformers `generate`)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from common.config import GeneratorConfig
+from common.rollout import RolloutBatch, pad_left, response_mask_from_ids
+
+
+class Generator:
+    """Samples one response per prompt from the current policy weights.
+
+    `prompt_tokens[i]` holds the chat-templated, already length-checked token ids of prompt i; batches refer
+    to prompts by index so only ids cross process boundaries. Sampling is pure temperature / top-p sampling
+    (top_k off, no repetition penalty): REINFORCE needs samples from the policy it differentiates.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: GeneratorConfig,
+                 prompt_tokens: list[list[int]], device: torch.device) -> None:
+        if cfg.backend != "hf":
+            raise ValueError(f"generator.backend={cfg.backend!r} is not available in this build; use hf")
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.prompt_tokens, self.device = prompt_tokens, device
+        self.version = 0
+
+    def generation_config(self, greedy: bool = False) -> GenerationConfig:
+        sampling = {} if greedy else {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "top_k": 0}
+        return GenerationConfig(
+            do_sample=not greedy, max_new_tokens=self.cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id, **sampling)
+
+    @torch.no_grad()
+    def generate(self, prompt_indices: list[int], seed: int, greedy: bool = False) -> RolloutBatch:
+        """Sample responses for `prompt_indices`; `seed` makes the batch reproducible."""
+        prompt_ids, prompt_mask = pad_left([self.prompt_tokens[i] for i in prompt_indices],
+                                           self.tokenizer.pad_token_id)
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                      generation_config=self.generation_config(greedy))
+        self.model.train(was_training)
+        response_ids = out[:, prompt_ids.shape[1]:]  # [B, R]
+        response_mask = response_mask_from_ids(response_ids, self.tokenizer.eos_token_id)
+        response_ids = response_ids.masked_fill(response_mask == 0, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(),
+                                            skip_special_tokens=True)
+        return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(),
+                            response_ids=response_ids.cpu(), response_mask=response_mask.cpu(),
+                            prompt_index=torch.tensor(prompt_indices, dtype=torch.long), version=self.version,
+                            response_texts=[t.strip() for t in texts])
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Replace the weights with the learner's (full, LoRA-merged names) and record their version."""
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+        if missing or unexpected:
+            raise ValueError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.version = version

@@ -1,0 +1,127 @@
+"""`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward model (and, in
+the sandbox, the gold judge) scores both; paired differences get bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from actors.generator import Generator
+from actors.scorer import Scorer
+from cluster.local import eos_rate
+from common import data, sandbox
+from common.config import Config
+from common.models import (load_causal_lm, load_reward_model, load_tokenizer, resolve_dtype, reward_model_path,
+                           sft_policy_path)
+from common.rollout import RolloutBatch
+from common.runtime import amp, prepare
+from common.splits import encode_prompts, load_splits, write_data_report
+from common.stats import paired_comparison
+from learner import losses
+from learner.learner import response_token_logprobs
+
+
+@torch.no_grad()
+def sample_answers(generator: Generator, n: int, batch_size: int, seed: int, cfg: Config,
+                   device: torch.device) -> list[RolloutBatch]:
+    """Batches of answers to prompts 0..n-1; batch k is sampled with seed + k whatever the policy."""
+    batches = []
+    for k, start in enumerate(tqdm(range(0, n, batch_size), desc="eval generate", leave=False)):
+        with amp(cfg, device):
+            batches.append(generator.generate(list(range(start, min(n, start + batch_size))), seed + k))
+    return batches
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, batches: list[RolloutBatch], cfg: Config, device: torch.device) -> np.ndarray:
+    """log pi(y|x) - log pi_ref(y|x) on the policy's own samples: [N], its mean estimates KL(pi || pi_ref)."""
+    out = []
+    for b in batches:
+        b = b.to(device)
+        mask = b.response_mask.float()
+        with amp(cfg, device):
+            lp = losses.sequence_logprobs(response_token_logprobs(policy, b), mask)
+            ref = losses.sequence_logprobs(response_token_logprobs(reference, b), mask)
+        out.append((lp - ref).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def describe(batches: list[RolloutBatch], scorer: Scorer, eos_id: int) -> dict:
+    """Per-prompt arrays for one policy: rewards, gold (sandbox), lengths, EOS, texts."""
+    idx = [i for b in batches for i in b.prompt_index.tolist()]
+    texts = [t for b in batches for t in b.response_texts]
+    gold = scorer.gold(idx, texts)
+    return {"reward": scorer.score_texts(idx, texts).numpy(), "gold": None if gold is None else gold.numpy(),
+            "length": torch.cat([b.response_lengths for b in batches]).float().numpy(),
+            "eos": np.array([eos_rate(b, eos_id) * b.batch_size for b in batches]).sum() / len(texts),
+            "texts": texts}
+
+
+def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
+    device = prepare(cfg)
+    splits = load_splits(cfg)
+    sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
+    if not (Path(trained_path) / "config.json").is_file():
+        raise FileNotFoundError(f"no trained policy at {trained_path}: run --stage rl first")
+    tokenizer = load_tokenizer(cfg, sft_path)
+    stats = data.DataStats()
+    prompts, prompt_tokens = encode_prompts(tokenizer, splits.val_prompts, cfg, stats)
+    write_data_report(cfg.run_dir, "eval", splits, stats)
+    n = min(len(prompts), cfg.eval.num_prompts or len(prompts))
+    sft = load_causal_lm(sft_path, device, torch.float32).eval()
+    trained = load_causal_lm(trained_path, device, torch.float32).eval()
+    rm_path = reward_model_path(cfg)
+    rm = load_reward_model(rm_path, 1, load_tokenizer(cfg, rm_path), device, resolve_dtype(cfg.model.dtype, device))
+    gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
+    scorer = Scorer(rm, load_tokenizer(cfg, rm_path), prompts, cfg.data, device, cfg.eval.batch_size, gold)
+
+    answers = {}
+    for name, model in (("sft", sft), ("trained", trained)):
+        gen = Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
+        answers[name] = sample_answers(gen, n, cfg.eval.batch_size, cfg.eval.seed, cfg, device)
+    d = {name: describe(b, scorer, tokenizer.eos_token_id) for name, b in answers.items()}
+    kl = sequence_kl(trained, sft, answers["trained"], cfg, device)
+    result = summarize(d, kl, cfg, [prompts[i][-1]["content"] for i in range(n)])
+    Path(cfg.run_dir, "eval.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    return result
+
+
+def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> dict:
+    e = cfg.eval
+    comparisons = {"reward": paired_comparison(d["trained"]["reward"], d["sft"]["reward"], e.bootstrap_samples,
+                                               e.confidence, e.seed)}
+    if d["sft"]["gold"] is not None:
+        comparisons["gold"] = paired_comparison(d["trained"]["gold"], d["sft"]["gold"], e.bootstrap_samples,
+                                                e.confidence, e.seed)
+    policies = {name: {"reward_mean": float(v["reward"].mean()), "length_mean": float(v["length"].mean()),
+                       "eos_rate": float(v["eos"]),
+                       **({"gold_mean": float(v["gold"].mean())} if v["gold"] is not None else {})}
+                for name, v in d.items()}
+    policies["trained"]["kl_to_ref"] = float(kl.mean())
+    policies["sft"]["kl_to_ref"] = 0.0
+    examples = [{"prompt": prompt_texts[i], "sft": d["sft"]["texts"][i], "trained": d["trained"]["texts"][i]}
+                for i in range(min(5, len(prompt_texts)))]
+    return {"num_prompts": len(prompt_texts), "confidence": e.confidence, "policies": policies,
+            "comparisons": comparisons, "examples": examples}
+
+
+def format_table(result: dict) -> str:
+    p, c = result["policies"], result["comparisons"]
+    pct = int(round(100 * result["confidence"]))
+    rows = [("reward (RM)", "reward_mean", "reward")] + ([("gold (judge)", "gold_mean", "gold")] if "gold" in c else [])
+    lines = [f"held-out prompts: {result['num_prompts']}",
+             f"{'metric':<14}{'SFT':>10}{'trained':>10}{'diff':>10}   {pct}% CI of diff       win rate",
+             "-" * 86]
+    for label, key, comp in rows:
+        x = c[comp]
+        lines.append(f"{label:<14}{p['sft'][key]:>10.3f}{p['trained'][key]:>10.3f}{x['diff_mean']:>10.3f}   "
+                     f"[{x['diff_ci_low']:>7.3f}, {x['diff_ci_high']:>7.3f}]   {x['win_rate']:.3f} "
+                     f"[{x['win_rate_ci_low']:.3f}, {x['win_rate_ci_high']:.3f}]")
+    for label, key in (("KL to ref", "kl_to_ref"), ("length", "length_mean"), ("EOS rate", "eos_rate")):
+        lines.append(f"{label:<14}{p['sft'][key]:>10.3f}{p['trained'][key]:>10.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""Configuration: one frozen dataclass per component, loaded from YAML plus `key=value` overrides.
+
+Every field is checked at load time (unknown key, wrong type, value out of range or not among the allowed
+choices) and a `ConfigError` names the dotted key and says what is allowed, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a bad value."""
+
+
+def opt(default: Any, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None, help: str = "") -> Any:
+    """A dataclass field with validation metadata (choices, bounds) and a help string."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for list defaults so configs stay immutable")
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = opt(False, help="train LoRA adapters instead of all weights")
+    r: int = opt(16, ge=1)
+    alpha: int = opt(32, ge=1)
+    dropout: float = opt(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = opt(("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """A randomly initialised Llama used offline (vocabulary from the tokenizer)."""
+    hidden_size: int = opt(64, ge=8)
+    num_layers: int = opt(2, ge=1)
+    num_heads: int = opt(4, ge=1)
+    num_kv_heads: int = opt(2, ge=1)
+    intermediate_size: int = opt(128, ge=8)
+    max_position_embeddings: int = opt(512, ge=16)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    policy: str = opt("tiny", help="SFT policy: hub id, local directory, or 'tiny' (offline sandbox; the "
+                                   "sft stage warms it up and later stages read <run_dir>/sft_model)")
+    tokenizer: str = opt("", help="'' = the policy's own; the tiny model uses the bundled SmolLM2 tokenizer")
+    dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="weights dtype for generation and reference; auto = float32 on CPU, bfloat16 on GPU")
+    tiny: TinyModelConfig = section(TinyModelConfig)
+    lora: LoraConfig = section(LoraConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = opt("sandbox", help="'sandbox' (generated offline task), a hub id, or a .parquet/.jsonl/"
+                                      ".json file or directory in the HelpSteer2_binarized schema")
+    split: str = opt("average_rating_split", help="the hub split (or file) holding the preference pairs")
+    val_fraction: float = opt(0.1, gt=0.0, lt=1.0, help="share of distinct prompts held out for validation")
+    split_seed: int = opt(0, ge=0, help="seed of the train/validation split; fixed across training seeds")
+    max_prompt_tokens: int = opt(256, ge=8, help="longer prompts are truncated from the left or dropped")
+    max_length: int = opt(512, ge=16, help="prompt + response tokens for reward-model training")
+    overlong: str = opt("truncate_left", choices=("truncate_left", "drop"))
+    bad_rows: str = opt("error", choices=("error", "skip"), help="malformed rows: fail naming the row, or skip "
+                                                                  "and count them")
+    max_train_pairs: int = opt(0, ge=0, help="0 = all")
+    max_val_pairs: int = opt(0, ge=0, help="0 = all")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The offline task: list words of a requested topic; a programmatic gold judge scores responses."""
+    num_pairs: int = opt(3000, ge=10, help="preference pairs generated (split into train and validation)")
+    num_sft_examples: int = opt(4000, ge=10)
+    on_topic_prob: float = opt(0.45, ge=0.0, le=1.0, help="chance that an SFT/pair response word is on topic")
+    filler_prob: float = opt(0.25, ge=0.0, le=1.0, help="chance that it is a filler word; else another topic's")
+    max_words: int = opt(6, ge=1)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    epochs: int = opt(3, ge=1)
+    lr: float = opt(3e-3, gt=0.0)
+    batch_size: int = opt(32, ge=1)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    head: str = opt("scalar", choices=("scalar",), help="scalar: Bradley-Terry reward model")
+    init: str = opt("", help="'' = start from the SFT policy; else a hub id or local directory")
+    path: str = opt("", help="where the trained reward model is read by rl/eval; '' = <run_dir>/reward_model")
+    epochs: int = opt(1, ge=1)
+    lr: float = opt(5e-5, gt=0.0)
+    batch_size: int = opt(8, ge=1)
+    grad_accum: int = opt(1, ge=1)
+    weight_decay: float = opt(0.0, ge=0.0)
+    warmup_ratio: float = opt(0.03, ge=0.0, lt=1.0)
+    precision: str = opt("auto", choices=("auto", "fp32", "fp16", "bf16"),
+                         help="auto = fp16 mixed precision on GPU, fp32 on CPU")
+    lora: LoraConfig = section(LoraConfig)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    backend: str = opt("hf", choices=("hf",))
+    temperature: float = opt(1.0, gt=0.0)
+    top_p: float = opt(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = opt(64, ge=1)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    steps: int = opt(200, ge=1)
+    batch_size: int = opt(16, ge=1, help="prompts per step, one sampled response each")
+    lr: float = opt(1e-6, gt=0.0)
+    kl_coef: float = opt(0.05, ge=0.0, help="beta in the shaped reward r - beta * (log pi - log pi_ref)")
+    baseline: str = opt("moving_average", choices=("moving_average", "ema"),
+                        help="moving_average = the paper's mean of all earlier rewards; ema is a deviation")
+    ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
+    max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
+    weight_decay: float = opt(0.0, ge=0.0)
+    save_every: int = opt(50, ge=0, help="checkpoint every N steps; 0 = only at the end")
+    log_every: int = opt(1, ge=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_prompts: int = opt(0, ge=0, help="held-out validation prompts scored; 0 = all")
+    batch_size: int = opt(32, ge=1)
+    seed: int = opt(1234, help="sampling seed, the same for the SFT and the trained policy")
+    bootstrap_samples: int = opt(2000, ge=100)
+    confidence: float = opt(0.95, gt=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = opt(0, help="one seed makes a run reproducible")
+    run_dir: str = opt("runs/tiny")
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"))
+    torch_threads: int = opt(0, ge=0, help="0 = torch's default")
+    model: ModelConfig = section(ModelConfig)
+    data: DataConfig = section(DataConfig)
+    sandbox: SandboxConfig = section(SandboxConfig)
+    sft: SFTConfig = section(SFTConfig)
+    reward: RewardConfig = section(RewardConfig)
+    generator: GeneratorConfig = section(GeneratorConfig)
+    rl: RLConfig = section(RLConfig)
+    eval: EvalConfig = section(EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML file (or the defaults), apply `a.b=value` overrides, validate everything."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item)
+    return build(Config, raw, prefix="")
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (for example rl.kl_coef=0.1)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    value = yaml.safe_load(text) if text.strip() else ""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Construct dataclass `cls` from a mapping, checking keys, types and bounds."""
+    where = prefix.rstrip(".") or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix}{key!r}{hint}; allowed in {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, raw[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(f"{prefix}{name}", raw[name], tp, f.metadata)
+    return cls(**kwargs)
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping) -> Any:
+    value = _coerce(key, value, tp)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, choices))}")
+    bounds = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    for name, ok, sign in bounds:
+        bound = meta.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{key}: must be {sign} {bound}, got {value!r}")
+    return value
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):  # Optional[...]
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(key, value, inner)
+    raise TypeError(f"{key}: unsupported config type {tp}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

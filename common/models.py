@@ -1,0 +1,144 @@
+"""Policy, reference and reward models: from a hub id, a local directory, or a tiny random Llama (offline)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
+
+from common.config import Config, LoraConfig, TinyModelConfig
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
+TINY = "tiny"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but torch sees no GPU; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def sft_policy_path(cfg: Config) -> str:
+    """Where the SFT policy (and the frozen reference) comes from."""
+    if cfg.model.policy != TINY:
+        return cfg.model.policy
+    path = Path(cfg.run_dir) / "sft_model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
+    return str(path)
+
+
+def reward_model_path(cfg: Config) -> str:
+    path = cfg.reward.path or str(Path(cfg.run_dir) / "reward_model")
+    if not Path(path).exists() and cfg.reward.path == "":
+        raise FileNotFoundError(f"no reward model at {path}: run --stage rm first or set reward.path")
+    return path
+
+
+def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer for `name_or_path` (default: the SFT policy). The tiny model uses the bundled one."""
+    source = cfg.model.tokenizer or name_or_path or cfg.model.policy
+    if source == TINY:
+        source = str(BUNDLED_TOKENIZER)
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(f"tokenizer {source} has no chat template; set model.tokenizer to one that has")
+    return tok
+
+
+def tiny_llama_config(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads, max_position_embeddings=tiny.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+
+
+def build_tiny_policy(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama with the tokenizer's vocabulary (deterministic for a seed)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(tiny_llama_config(tiny, tokenizer))
+
+
+def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    return model.to(device)
+
+
+def load_reward_model(name_or_path: str, num_labels: int, tokenizer: PreTrainedTokenizerBase,
+                      device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A sequence-classification model; from a causal LM checkpoint the head is newly initialised."""
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device)
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The reference model: a copy that never trains (eval mode, no gradients)."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str) -> PreTrainedModel:
+    """Wrap `model` with peft LoRA adapters when enabled (task_type: CAUSAL_LM or SEQ_CLS)."""
+    if not lora.enabled:
+        return model
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type=task_type)
+    return get_peft_model(model, peft_cfg)
+
+
+def unwrap(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper (LoRA layers stay injected), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full weights for syncing or saving: LoRA adapters merged into a copy, names as in the base model."""
+    if hasattr(model, "merge_and_unload"):
+        merged = copy.deepcopy(model).merge_and_unload()
+        return {k: v.detach() for k, v in merged.state_dict().items()}
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Save full (LoRA-merged) weights with the tokenizer, loadable by from_pretrained."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def reward_head_logits(model: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] right-padded inputs -> [B, num_labels] head outputs read at each sequence's last real token.
+
+    Pooling uses the attention mask, not the pad id: SmolLM2 pads with <|im_end|>, which also ends every turn.
+    """
+    hf = unwrap(model)
+    if not hasattr(hf, "score"):
+        raise TypeError(f"{type(hf).__name__} has no `score` head; expected a *ForSequenceClassification model")
+    hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    last = attention_mask.sum(-1) - 1  # [B]
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]
+    return hf.score(pooled)  # [B, num_labels]

@@ -1,0 +1,107 @@
+"""`RolloutBatch`: the one wire type that crosses the queue from generator and scorer to the learner."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """B prompts with one sampled response each.
+
+    Prompts are left-padded and responses right-padded, so `cat(prompt, response)` puts every response's first
+    token at the same column P: the learner scores all responses with one forward pass.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] int64, left-padded prompt tokens (chat template applied)
+    prompt_mask: torch.Tensor  # [B, P] int64, 1 = real prompt token
+    response_ids: torch.Tensor  # [B, R] int64, right-padded sampled tokens, EOS included when produced
+    response_mask: torch.Tensor  # [B, R] int64, 1 = response token up to and including the first EOS
+    prompt_index: torch.Tensor  # [B] int64, index of the prompt in the run's prompt pool
+    version: int  # policy version (learner steps taken) of the weights that generated the batch
+    response_texts: list[str] = field(default_factory=list)  # B decoded responses, special tokens skipped
+    rewards: torch.Tensor | None = None  # [B] float32 reward-model scores, set by the Scorer
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] per-sample statistics
+
+    def __post_init__(self) -> None:
+        b, p = self.prompt_ids.shape
+        r = self.response_ids.shape[1]
+        checks = {"prompt_mask": (self.prompt_mask, (b, p)), "response_mask": (self.response_mask, (b, r)),
+                  "prompt_index": (self.prompt_index, (b,))}
+        for name, (t, shape) in checks.items():
+            if tuple(t.shape) != shape:
+                raise ValueError(f"RolloutBatch.{name} has shape {tuple(t.shape)}, expected {shape}")
+        if self.response_texts and len(self.response_texts) != b:
+            raise ValueError(f"RolloutBatch.response_texts has {len(self.response_texts)} items, expected {b}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.prompt_ids.shape[1]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:  # [B]
+        return self.response_mask.sum(-1)
+
+    def input_ids(self) -> torch.Tensor:  # [B, P+R]
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    def attention_mask(self) -> torch.Tensor:  # [B, P+R]
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def position_ids(self) -> torch.Tensor:  # [B, P+R]
+        # The same positions `generate` used for left-padded prompts: count real tokens only.
+        return (self.attention_mask().cumsum(-1) - 1).clamp(min=0)
+
+    def with_rewards(self, rewards: torch.Tensor, **extras: torch.Tensor) -> RolloutBatch:
+        if tuple(rewards.shape) != (self.batch_size,):
+            raise ValueError(f"rewards has shape {tuple(rewards.shape)}, expected ({self.batch_size},)")
+        return dataclasses.replace(self, rewards=rewards.float(), extras={**self.extras, **extras})
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        move = (lambda t: None if t is None else t.to(device))
+        return dataclasses.replace(
+            self, prompt_ids=move(self.prompt_ids), prompt_mask=move(self.prompt_mask),
+            response_ids=move(self.response_ids), response_mask=move(self.response_mask),
+            prompt_index=move(self.prompt_index), rewards=move(self.rewards),
+            extras={k: move(v) for k, v in self.extras.items()})
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """[B, R] -> [B, R] mask of the tokens up to and including the first EOS.
+
+    Works when the pad token equals EOS (SmolLM2): everything after the first EOS is padding.
+    """
+    is_eos = (response_ids == eos_token_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # EOS tokens strictly before each position
+    return (eos_before == 0).long()
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ([B, L] ids, [B, L] mask), padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ([B, L] ids, [B, L] mask), padded on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+    return ids, mask

@@ -1,0 +1,40 @@
+"""Per-stage setup: seeding, threads, device, the run directory and its resolved config."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import Config, save_config
+from common.models import resolve_device, resolve_dtype
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(cfg: Config) -> torch.device:
+    """Seed, set threads, create the run directory and save the resolved config in it."""
+    seed_everything(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    return resolve_device(cfg.device)
+
+
+def amp(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for policy/reference forwards on GPU (bf16 by default); full precision on CPU.
+
+    Policy and reference always run under the same context, so the KL is zero before the first update.
+    """
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    if device.type != "cuda" or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)

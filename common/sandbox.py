@@ -1,0 +1,128 @@
+"""The offline sandbox: a preference task with a known programmatic gold judge.
+
+Prompts ask for words of a topic ("Hi, I am Ada. Name a few fruits."). The gold judge rewards distinct
+on-topic words and penalises off-topic and repeated words, so some responses are measurably better.
+SFT data and preference pairs are sampled from a mixture of on-topic words, filler words ("um", "stuff") and
+other topics' words: the SFT policy is mediocre on purpose. Fillers are bad whatever the prompt, an easy
+feature for a small reward model; topic match depends on the prompt and is harder to learn, so the reward
+model is an imperfect proxy of the gold judge, as real ones are.
+Files are written in the esfrankel17/HelpSteer2_binarized schema and loaded through the normal data path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from common.config import SandboxConfig
+
+TOPICS: dict[str, tuple[str, ...]] = {
+    "colors": ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown", "gray",
+               "violet"),
+    "animals": ("dog", "cat", "horse", "lion", "tiger", "bear", "wolf", "fox", "rabbit", "mouse", "eagle",
+                "shark"),
+    "fruits": ("apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon", "kiwi",
+               "lime"),
+    "countries": ("France", "Spain", "Italy", "Japan", "China", "India", "Brazil", "Mexico", "Canada", "Egypt",
+                  "Kenya", "Peru"),
+    "sports": ("tennis", "soccer", "golf", "rugby", "boxing", "hockey", "cricket", "baseball", "cycling",
+               "rowing", "skiing", "surfing"),
+    "instruments": ("piano", "guitar", "violin", "drum", "flute", "harp", "cello", "trumpet", "organ", "banjo",
+                    "oboe", "tuba"),
+    "tools": ("hammer", "saw", "drill", "wrench", "chisel", "shovel", "rake", "axe", "pliers", "ladder", "file",
+              "clamp"),
+    "vegetables": ("carrot", "potato", "onion", "garlic", "pepper", "lettuce", "cabbage", "spinach", "celery",
+                   "radish", "leek", "pea"),
+}
+TEMPLATES = ("List some {topic}.", "Name a few {topic}, please.", "Which {topic} do you know?",
+             "Tell me some {topic}.", "Can you give me {topic}?", "Write down {topic}.")
+NAMES = ("Ada", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena", "Max", "Nora",
+         "Otto", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Xia", "Yara", "Zed", "Abe", "Bea",
+         "Cal", "Dee", "Eli", "Fay", "Gil", "Hal", "Ida", "Jon", "Kim", "Lou", "Mia", "Ned")
+FILLERS = ("um", "stuff", "things", "whatever", "hmm", "okay", "maybe", "like", "so", "yeah", "anyway", "well")
+_WORD_TOPIC = {w.lower(): t for t, words in TOPICS.items() for w in words}
+_TOPIC_RE = re.compile(r"\b(" + "|".join(TOPICS) + r")\b")
+
+
+def topic_of(prompt: str) -> str:
+    """The topic a prompt asks for (the last topic name it mentions)."""
+    found = _TOPIC_RE.findall(prompt)
+    if not found:
+        raise ValueError(f"sandbox prompt names no topic: {prompt!r}")
+    return found[-1]
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The gold judge: distinct on-topic words - off-topic words - repeated on-topic words.
+
+    Any token that is not a word of the prompt's topic counts as off topic (other topics' words, chatter,
+    garbage), so a longer answer only helps when every added word is a new on-topic word.
+    """
+    topic = topic_of(prompt)
+    words = re.findall(r"[a-z]+", response.lower())
+    on = [w for w in words if _WORD_TOPIC.get(w) == topic]
+    off = len(words) - len(on)
+    distinct = len(set(on))
+    return float(distinct - off - (len(on) - distinct))
+
+
+def rating(score: float, max_words: int) -> float:
+    """Map a gold score onto HelpSteer2's 0..4 rating scale (linear, clipped)."""
+    return round(min(4.0, max(0.0, 2.0 + 2.0 * score / max_words)), 3)
+
+
+def sample_prompt(rng: random.Random) -> str:
+    topic = rng.choice(list(TOPICS))
+    return f"Hi, I am {rng.choice(NAMES)}. " + rng.choice(TEMPLATES).format(topic=topic)
+
+
+def sample_response(prompt: str, rng: random.Random, cfg: SandboxConfig) -> str:
+    """k words: on topic with probability on_topic_prob, a filler word with filler_prob, else another topic's."""
+    topic = topic_of(prompt)
+    others = [t for t in TOPICS if t != topic]
+
+    def word() -> str:
+        u = rng.random()
+        if u < cfg.on_topic_prob:
+            return rng.choice(TOPICS[topic])
+        if u < cfg.on_topic_prob + cfg.filler_prob:
+            return rng.choice(FILLERS)
+        return rng.choice(TOPICS[rng.choice(others)])
+
+    return ", ".join(word() for _ in range(rng.randint(1, cfg.max_words))) + "."
+
+
+def make_pair_row(prompt: str, rng: random.Random, cfg: SandboxConfig) -> dict:
+    """One row in the HelpSteer2_binarized schema; the two responses never tie on the gold score."""
+    while True:
+        a, b = sample_response(prompt, rng, cfg), sample_response(prompt, rng, cfg)
+        sa, sb = gold_score(prompt, a), gold_score(prompt, b)
+        if sa != sb:
+            break
+    (chosen, s_c), (rejected, s_r) = sorted([(a, sa), (b, sb)], key=lambda x: -x[1])
+    user = {"role": "user", "content": prompt}
+    return {"prompt": prompt,
+            "chosen": [user, {"role": "assistant", "content": chosen}],
+            "rejected": [user, {"role": "assistant", "content": rejected}],
+            "chosen_rating": rating(s_c, cfg.max_words), "rejected_rating": rating(s_r, cfg.max_words)}
+
+
+def write_sandbox_data(out_dir: str | Path, cfg: SandboxConfig, seed: int) -> Path:
+    """Write <out_dir>/average_rating_split.jsonl (preference pairs). Deterministic for a seed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    path = out_dir / "average_rating_split.jsonl"
+    with path.open("w") as f:
+        for _ in range(cfg.num_pairs):
+            f.write(json.dumps(make_pair_row(sample_prompt(rng), rng, cfg)) + "\n")
+    return path
+
+
+def sft_examples(prompts: list[str], cfg: SandboxConfig, seed: int) -> list[tuple[str, str]]:
+    """(prompt, response) demonstrations for the SFT warm-up, drawn from the mediocre mixture."""
+    rng = random.Random(seed + 1)
+    return [(p, sample_response(p, rng, cfg))
+            for p in (rng.choice(prompts) for _ in range(cfg.num_sft_examples))]

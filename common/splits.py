@@ -1,0 +1,72 @@
+"""The run's data: preference pairs split by prompt into train and validation, and the prompt pools."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import data, sandbox
+from common.config import Config
+
+
+@dataclass
+class Splits:
+    train: list[data.PreferencePair]
+    val: list[data.PreferencePair]
+    stats: data.DataStats
+
+    @property
+    def train_prompts(self) -> list[tuple[dict, ...]]:
+        return data.unique_prompts(self.train)
+
+    @property
+    def val_prompts(self) -> list[tuple[dict, ...]]:
+        return data.unique_prompts(self.val)
+
+
+def data_source(cfg: Config) -> str:
+    """The configured source; for the sandbox, its generated files (written once, seeded by data.split_seed)."""
+    if cfg.data.source != "sandbox":
+        return cfg.data.source
+    out = Path(cfg.run_dir) / "data"
+    if not (out / "average_rating_split.jsonl").is_file():
+        sandbox.write_sandbox_data(out, cfg.sandbox, seed=cfg.data.split_seed)
+    return str(out)
+
+
+def load_splits(cfg: Config) -> Splits:
+    """Load, validate, split by prompt (a prompt is never on both sides), cap, and record the counts."""
+    data_cfg = dataclasses.replace(cfg.data, source=data_source(cfg))
+    pairs, stats = data.load_pairs(data_cfg)
+    train, val = data.split_by_prompt(pairs, cfg.data.val_fraction, cfg.data.split_seed)
+    if cfg.data.max_train_pairs:
+        train = train[:cfg.data.max_train_pairs]
+    if cfg.data.max_val_pairs:
+        val = val[:cfg.data.max_val_pairs]
+    return Splits(train=train, val=val, stats=stats)
+
+
+def encode_prompts(tokenizer, prompts: list[tuple[dict, ...]], cfg: Config,
+                   stats: data.DataStats) -> tuple[list[tuple[dict, ...]], list[list[int]]]:
+    """Chat-templated prompt ids under the over-length policy; dropped prompts are left out of both lists."""
+    kept, tokens = [], []
+    for messages in prompts:
+        ids = data.encode_prompt(tokenizer, messages, cfg.data.max_prompt_tokens, cfg.data.overlong, stats)
+        if ids is not None:
+            kept.append(messages)
+            tokens.append(ids)
+    if not kept:
+        raise ValueError("every prompt was dropped as over-long; raise data.max_prompt_tokens")
+    return kept, tokens
+
+
+def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: data.DataStats | None = None) -> dict:
+    """Save the data counts of a stage to <run_dir>/data_<name>.json and return them."""
+    report = {"train_pairs": len(splits.train), "val_pairs": len(splits.val),
+              "train_prompts": len(splits.train_prompts), "val_prompts": len(splits.val_prompts),
+              "load": splits.stats.as_dict(), **({"encode": extra.as_dict()} if extra is not None else {})}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / f"data_{name}.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,51 @@
+"""REINFORCE with a baseline, as in Ahmadian et al. 2024 ("Back to Basics", arXiv 2402.14740).
+
+Pure tensor functions: no models, no Ray, no vLLM. Shapes: B sequences, R response tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) for each response token.
+
+    logits: [B, R, V] (the positions that predict `tokens`), tokens: [B, R] -> [B, R] float32.
+    The fused cross-entropy kernel (log-softmax + pick, backward softmax - onehot) in float32 is several
+    times faster than gather + logsumexp with a 49k vocabulary, and never materialises the log-softmax.
+    """
+    b, r, v = logits.shape
+    nll = F.cross_entropy(logits.float().reshape(b * r, v), tokens.reshape(b * r), reduction="none")
+    return -nll.view(b, r)
+
+
+def sequence_logprobs(token_lp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y|x) = sum over response tokens (prompt and padding excluded). [B, R], [B, R] -> [B]."""
+    return (token_lp * mask.to(token_lp.dtype)).sum(-1)
+
+
+def shaped_rewards(rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                   kl_coef: float) -> torch.Tensor:
+    """R(x, y) = r_phi(x, y) - beta * (log pi(y|x) - log pi_ref(y|x)), the KL-shaped sequence reward.
+
+    rewards, logprobs, ref_logprobs: [B] -> [B]. A constant for the policy gradient: no gradient flows
+    through it (the KL term is part of the reward, Sec. 3 of the paper, not a differentiated penalty).
+    """
+    kl = logprobs.detach() - ref_logprobs.detach()
+    return (rewards.detach() - kl_coef * kl).detach()
+
+
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """-(1/B) sum_i (R_i - b) log pi(y_i|x_i): the REINFORCE-with-baseline estimator as a loss.
+
+    logprobs: [B] sequence log-probs with gradient, advantages: [B] = R_i - b (constants) -> scalar.
+    Its gradient is -(1/B) sum_i A_i * grad log pi(y_i|x_i); no ratio, no clipping.
+    """
+    return -(advantages.detach() * logprobs).mean()
+
+
+def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero-mean, unit-variance advantages over the batch ([B] -> [B]); an optional deviation."""
+    return (x - x.mean()) / (x.std(unbiased=False) + eps)

@@ -1,0 +1,88 @@
+"""REINFORCE math against hand-computed values and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from learner import losses
+from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
+
+
+def test_token_logprobs_match_log_softmax():
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])  # [1, 2, 3]
+    tokens = torch.tensor([[1, 2]])
+    lp = losses.token_logprobs(logits, tokens)
+    z = math.log(math.exp(1) + math.exp(2) + 1)
+    assert lp.shape == (1, 2)
+    assert lp[0, 0].item() == pytest.approx(2 - z, abs=1e-6)
+    assert lp[0, 1].item() == pytest.approx(-math.log(3), abs=1e-6)
+
+
+def test_token_logprobs_gradient_is_onehot_minus_softmax():
+    logits = torch.tensor([[[1.0, 2.0, 0.0]]], requires_grad=True)
+    losses.token_logprobs(logits, torch.tensor([[0]])).sum().backward()
+    p = torch.softmax(torch.tensor([1.0, 2.0, 0.0]), -1)
+    assert torch.allclose(logits.grad[0, 0], torch.tensor([1.0, 0.0, 0.0]) - p, atol=1e-6)
+
+
+def test_sequence_logprobs_excludes_padding():
+    token_lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert losses.sequence_logprobs(token_lp, mask).tolist() == [-6.0, -1.0]
+
+
+def test_shaped_rewards_hand_computed_and_constant():
+    rewards = torch.tensor([1.0, 0.0])
+    logprobs = torch.tensor([-2.0, -3.0], requires_grad=True)
+    ref = torch.tensor([-2.5, -1.0])
+    shaped = losses.shaped_rewards(rewards, logprobs, ref, kl_coef=0.1)
+    # r - beta * (lp - ref): 1 - 0.1*0.5 = 0.95 ; 0 - 0.1*(-2) = 0.2
+    assert shaped.tolist() == pytest.approx([0.95, 0.2])
+    assert not shaped.requires_grad
+
+
+def test_reinforce_loss_value_and_gradient():
+    logprobs = torch.tensor([-2.0, -3.0, -1.0], requires_grad=True)
+    advantages = torch.tensor([1.0, -2.0, 0.5])
+    loss = losses.reinforce_loss(logprobs, advantages)
+    # -(1/3) * (1*-2 + -2*-3 + 0.5*-1) = -(1/3) * 3.5
+    assert loss.item() == pytest.approx(-3.5 / 3)
+    loss.backward()
+    assert logprobs.grad.tolist() == pytest.approx([-1 / 3, 2 / 3, -0.5 / 3])
+
+
+def test_reinforce_loss_does_not_differentiate_advantages():
+    adv = torch.tensor([1.0, 2.0], requires_grad=True)
+    losses.reinforce_loss(torch.tensor([-1.0, -1.0], requires_grad=True), adv).backward()
+    assert adv.grad is None
+
+
+def test_moving_average_baseline_uses_earlier_batches_only():
+    b = MovingAverageBaseline()
+    assert b.value() == 0.0  # the first batch: no earlier rewards
+    b.update(torch.tensor([1.0, 3.0]))
+    assert b.value() == 2.0
+    b.update(torch.tensor([5.0, 7.0, 9.0, 11.0]))
+    assert b.value() == pytest.approx(36 / 6)  # mean over all samples seen, not of batch means
+    state = b.state_dict()
+    c = MovingAverageBaseline()
+    c.load_state_dict(state)
+    assert c.value() == b.value()
+
+
+def test_ema_baseline():
+    b = EMABaseline(decay=0.5)
+    assert b.value() == 0.0
+    b.update(torch.tensor([2.0, 4.0]))
+    assert b.value() == 3.0  # starts at the first batch mean
+    b.update(torch.tensor([7.0]))
+    assert b.value() == 5.0
+    with pytest.raises(ValueError):
+        make_baseline("median", 0.9)
+
+
+def test_whiten():
+    w = losses.whiten(torch.tensor([1.0, 2.0, 3.0]))
+    assert w.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert w.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
