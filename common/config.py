@@ -213,8 +213,8 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {prefix}{key!r}{hint}; allowed in {where}: {', '.join(fields)}")
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}; allowed in {where}: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name not in raw:

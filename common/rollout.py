@@ -56,8 +56,11 @@ class RolloutBatch:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
     def position_ids(self) -> torch.Tensor:  # [B, P+R]
-        # The same positions `generate` used for left-padded prompts: count real tokens only.
-        return (self.attention_mask().cumsum(-1) - 1).clamp(min=0)
+        # The positions `generate` used: left padding is skipped, then every column counts (generate extends
+        # the mask with ones, so tokens after an EOS keep counting; they are masked out anyway).
+        left_pads = (self.prompt_mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # [B, 1]
+        columns = torch.arange(self.prompt_len + self.response_ids.shape[1], device=self.prompt_ids.device)
+        return (columns[None, :] - left_pads).clamp(min=0)
 
     def with_rewards(self, rewards: torch.Tensor, **extras: torch.Tensor) -> RolloutBatch:
         if tuple(rewards.shape) != (self.batch_size,):
