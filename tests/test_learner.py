@@ -132,3 +132,25 @@ def test_reinforce_raises_reward_on_held_out_prompts(policy, tokenizer):
         learner.step(batch.with_rewards(target_fraction(batch, target)))
     after = held_out_reward()
     assert after > before + 0.2, f"held-out reward {before:.3f} -> {after:.3f}"
+
+
+def test_lora_policy_uses_disabled_adapters_as_reference(policy, tokenizer):
+    """With LoRA the reference is the base network (adapters off): it never changes, and the synced weights are
+    the merged ones under the base model's names."""
+    from common.config import LoraConfig
+    from common.models import apply_lora
+    base = {k: v.clone() for k, v in policy.state_dict().items()}
+    lora = apply_lora(policy, LoraConfig(enabled=True, r=4, alpha=8), "CAUSAL_LM")
+    learner = Learner(lora, None, RLConfig(lr=1e-2, kl_coef=0.1), CPU)
+    gen = make_generator(lora, tokenizer)
+    first = learner.step(gen.generate(list(range(8)), seed=0).with_rewards(torch.randn(8)))
+    assert first["rollout/kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start as a no-op (B = 0)
+    for step in range(2):
+        learner.step(gen.generate(list(range(8)), seed=step + 1).with_rewards(torch.randn(8)))
+    merged = learner.policy_state()
+    assert set(merged) == set(base), "merged weights keep the base model's names"
+    assert any(not torch.equal(merged[k], base[k]) for k in base), "the adapters changed nothing"
+    with lora.disable_adapter():
+        for k, v in lora.get_base_model().state_dict().items():
+            if "lora_" not in k:
+                assert torch.equal(v, base[k.replace(".base_layer", "")]), f"reference weight {k} changed"
