@@ -1,0 +1,205 @@
+"""Ray mode on a small local Ray instance (one per module): queue backpressure, staleness, weight sync,
+actor failures, and step-by-step equivalence with local mode. Tiny random models; every wait is bounded."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from ray.util.queue import Full, Queue  # noqa: E402
+
+from cluster.local import PromptSampler, run_rl_local  # noqa: E402
+from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
+from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
+from cluster.ray_runner import ROOT, run_rl_ray  # noqa: E402
+from cluster.local import build_prompts  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.models import build_tiny_policy, load_reward_model  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+WAIT = 60  # seconds any single Ray wait in these tests may take
+
+
+def tiny_overrides(run_dir, steps=3, **cluster):
+    """A seconds-long RL run on the tiny models: 1 torch thread everywhere so floats match across processes."""
+    base = [f"run_dir={run_dir}", "torch_threads=1", "sandbox.num_pairs=120", "data.max_prompt_tokens=64",
+            f"rl.steps={steps}", "rl.batch_size=4", "rl.lr=1e-2", "rl.save_every=0", "generator.max_new_tokens=6",
+            "eval.batch_size=8", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
+            "cluster.data_timeout_s=30", "cluster.placement_timeout_s=30"]
+    return base + [f"cluster.{k}={v}" for k, v in cluster.items()]
+
+
+def write_tiny_models(run_dir, tokenizer):
+    """What the sft and rm stages leave behind, without training: a tiny policy and a tiny reward model whose
+    head is saved too (an unsaved head would be drawn afresh, differently, in every process)."""
+    build_tiny_policy(TINY, tokenizer, seed=0).save_pretrained(run_dir / "sft_model")
+    build_tiny_policy(TINY, tokenizer, seed=1).save_pretrained(run_dir / "reward_model")
+    torch.manual_seed(1)
+    load_reward_model(str(run_dir / "reward_model"), 1, tokenizer, torch.device("cpu")).save_pretrained(
+        run_dir / "reward_model")
+    for name in ("sft_model", "reward_model"):
+        tokenizer.save_pretrained(run_dir / name)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tokenizer):
+    run_dir = tmp_path_factory.mktemp("ray_base")
+    write_tiny_models(run_dir, tokenizer)
+    build_prompts(load_config(None, tiny_overrides(run_dir)))  # writes the sandbox data once
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path):
+    def make(name):
+        shutil.copytree(base_run, tmp_path / name)
+        return tmp_path / name
+    return make
+
+
+@pytest.fixture(scope="module")
+def actors(ray_instance, base_run):
+    """Two generators and a scorer shared by the component tests."""
+    cfg = load_config(None, tiny_overrides(base_run))
+    _, prompts, prompt_tokens = build_prompts(cfg)
+    model = str(base_run / "sft_model")
+    gens = [RemoteGenerator.options(num_cpus=0.5).remote(cfg, model, prompt_tokens, 1) for _ in range(2)]
+    scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, prompts, 1)
+    ray.get([a.info.remote() for a in gens + [scorer]], timeout=WAIT)
+    return cfg, gens, scorer, len(prompts)
+
+
+def test_queue_backpressure_blocks_the_scorer_and_never_drops(actors):
+    cfg, gens, scorer, _ = actors
+    weights = [ray.put(ray.get(gens[0].state_dict.remote(), timeout=WAIT))]
+    queue = Queue(maxsize=1)
+    items = [gens[0].generate.remote(step, 0, [step, step + 1], step, weights, 0) for step in range(3)]
+    puts = [scorer.score_into.remote(item, queue, WAIT) for item in items]
+    ray.get(puts[0], timeout=WAIT)
+    blocked, _ = ray.wait(puts[1:], timeout=2.0)
+    assert blocked == [] and queue.qsize() == 1, "a full queue must block the scorer's put"
+    got = [queue.get(timeout=WAIT).step for _ in range(3)]  # each get frees a slot for the next put
+    assert got == [0, 1, 2], "nothing dropped, order kept"
+    ray.get(puts, timeout=WAIT)
+    assert queue.empty()
+    # A put that cannot finish within its timeout fails loudly instead of dropping the batch.
+    queue.put("occupant")
+    with pytest.raises(ray.exceptions.RayTaskError) as err:
+        ray.get(scorer.score_into.remote(gens[0].generate.remote(9, 0, [0], 0, weights, 0), queue, 1.0),
+                timeout=WAIT)
+    assert isinstance(err.value.cause, Full)
+    queue.shutdown()
+
+
+def test_weight_sync_is_bitwise_and_versioned(actors, tokenizer):
+    cfg, gens, scorer, n_prompts = actors
+    learner_policy = build_tiny_policy(TINY, tokenizer, seed=0)
+    with torch.no_grad():  # a learner a few steps in: weights that differ from the generators' SFT copy
+        for p in learner_policy.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    queue = Queue(maxsize=4)
+    pipeline = RolloutPipeline(gens, [scorer], queue, PromptSampler(n_prompts, 4, 0), 0, 0, WAIT)
+    seconds, nbytes = pipeline.publish(learner_policy.state_dict(), version=7)
+    assert nbytes == sum(v.numel() * v.element_size() for v in learner_policy.state_dict().values())
+    pipeline.sync_all(WAIT)
+    expected = learner_policy.state_dict()
+    for gen in gens:
+        got = ray.get(gen.state_dict.remote(), timeout=WAIT)
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), "weights differ after sync"
+        assert ray.get(gen.info.remote(), timeout=WAIT)["version"] == 7
+    queue.shutdown()
+
+
+def test_stale_shards_are_dropped_counted_and_regenerated(actors):
+    cfg, gens, scorer, n_prompts = actors
+    weights = ray.get(gens[0].state_dict.remote(), timeout=WAIT)
+    queue = Queue(maxsize=4)
+    pipeline = RolloutPipeline(gens, [scorer], queue, PromptSampler(n_prompts, 4, 0), 0, 1, WAIT)
+    pipeline.publish(weights, version=0)
+    pipeline.fill(total_steps=10)  # steps 0 and 1 (bound 1), two shards each, sampled with version 0
+    assert pipeline.next_dispatch == 2
+    first = pipeline.collect(0, learner_version=0)
+    assert [it.batch.version for it in first] == [0, 0] and pipeline.counts["dropped"] == 0
+    # The learner jumps ahead (as after a resume): step 1's version-0 shards are now 2 steps old > bound 1.
+    pipeline.publish(weights, version=2)
+    second = pipeline.collect(1, learner_version=2)
+    assert pipeline.counts["dropped"] == 2, "both stale shards counted"
+    assert [it.batch.version for it in second] == [2, 2], "regenerated with the newest weights"
+    assert [it.shard for it in second] == [0, 1] and all(it.step == 1 for it in second)
+    queue.put(first[0])  # a retried scorer call re-putting a learned shard: dropped as a duplicate
+    pipeline.fill(total_steps=10)
+    pipeline.collect(2, learner_version=2)
+    assert pipeline.counts["duplicates"] == 1
+    queue.shutdown()
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics_rl.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ray_matches_local_step_by_step_and_resumes(ray_instance, run_copy):
+    """One generator, max_staleness 0, same seed: the same losses as local mode; --resume continues exactly."""
+    local_dir, ray_dir = run_copy("local"), run_copy("ray")
+    run_rl_local(load_config(None, tiny_overrides(local_dir, steps=3)))
+    run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=2)))
+    run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=3)), resume=True)
+    local, remote = read_metrics(local_dir), read_metrics(ray_dir)
+    assert [m["step"] for m in remote] == [1, 2, 3]
+    for a, b in zip(local, remote):
+        for key in ("losses/policy", "rollout/reward", "rollout/kl", "rollout/logprob", "baseline/value"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+        assert b["sync/staleness"] == 0 and b["sync/version"] == a["step"]
+    tags = set(remote[-1])
+    for group in ("rollout/", "perf/", "sync/"):
+        assert any(t.startswith(group) for t in tags), group
+    assert {"perf/sync_s", "perf/sync_bytes", "sync/staleness", "sync/dropped"} <= tags
+    assert list((ray_dir / "tensorboard" / "rl").glob("events.out.tfevents.*")), "TensorBoard events written"
+
+
+@pytest.mark.slow
+def test_killed_generator_is_restarted_and_the_run_completes(ray_instance, run_copy):
+    run_dir = run_copy("restart")
+    pids = []
+
+    def kill_generator(step, pipeline):  # kill its process after step 0, look at it again after step 2
+        if step in (0, 2):
+            pids.append(ray.get(pipeline.generators[0].info.remote(), timeout=WAIT)["pid"])
+        if step == 0:
+            os.kill(pids[0], signal.SIGKILL)
+
+    result = run_rl_ray(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1)), on_step=kill_generator)
+    metrics = read_metrics(run_dir)
+    assert result["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["sync/staleness"] <= 1 for m in metrics)
+    assert len(pids) == 2 and pids[1] != pids[0], "generator 0 runs in a new process after the kill"
+
+
+@pytest.mark.slow
+def test_dead_generator_stops_the_learner_with_an_error_naming_it(ray_instance, run_copy):
+    run_dir = run_copy("dead")
+
+    def kill_for_good(step, pipeline):
+        if step == 0:
+            ray.kill(pipeline.generators[0], no_restart=True)
+
+    t0 = time.monotonic()
+    with pytest.raises(RolloutError, match="generator 0"):
+        run_rl_ray(load_config(None, tiny_overrides(run_dir, steps=4, max_restarts=0, data_timeout_s=5)),
+                   on_step=kill_for_good)
+    assert time.monotonic() - t0 < 90
