@@ -1,6 +1,7 @@
 """Ray mode on a small local Ray instance (one per module): queue backpressure, staleness, weight sync,
 actor failures, and step-by-step equivalence with local mode. Tiny random models; every wait is bounded."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,14 +15,13 @@ ray = pytest.importorskip("ray")
 
 from ray.util.queue import Full, Queue  # noqa: E402
 
-from cluster.local import PromptSampler, run_rl_local  # noqa: E402
+from cluster.local import PromptSampler, build_prompts, run_rl_local  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
 from cluster.ray_runner import ROOT, run_rl_ray  # noqa: E402
-from cluster.local import build_prompts  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.models import build_tiny_policy, load_reward_model  # noqa: E402
-from tests.conftest import TINY  # noqa: E402
+from common.models import build_tiny_policy, save_untrained_stand_ins  # noqa: E402
+from conftest import TINY  # noqa: E402
 
 WAIT = 60  # seconds any single Ray wait in these tests may take
 
@@ -35,18 +35,6 @@ def tiny_overrides(run_dir, steps=3, **cluster):
     return base + [f"cluster.{k}={v}" for k, v in cluster.items()]
 
 
-def write_tiny_models(run_dir, tokenizer):
-    """What the sft and rm stages leave behind, without training: a tiny policy and a tiny reward model whose
-    head is saved too (an unsaved head would be drawn afresh, differently, in every process)."""
-    build_tiny_policy(TINY, tokenizer, seed=0).save_pretrained(run_dir / "sft_model")
-    build_tiny_policy(TINY, tokenizer, seed=1).save_pretrained(run_dir / "reward_model")
-    torch.manual_seed(1)
-    load_reward_model(str(run_dir / "reward_model"), 1, tokenizer, torch.device("cpu")).save_pretrained(
-        run_dir / "reward_model")
-    for name in ("sft_model", "reward_model"):
-        tokenizer.save_pretrained(run_dir / name)
-
-
 @pytest.fixture(scope="module")
 def ray_instance():
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -58,7 +46,7 @@ def ray_instance():
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, tokenizer):
     run_dir = tmp_path_factory.mktemp("ray_base")
-    write_tiny_models(run_dir, tokenizer)
+    save_untrained_stand_ins(run_dir, TINY, tokenizer)
     build_prompts(load_config(None, tiny_overrides(run_dir)))  # writes the sandbox data once
     return run_dir
 
@@ -81,6 +69,28 @@ def actors(ray_instance, base_run):
     scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, prompts, 1)
     ray.get([a.info.remote() for a in gens + [scorer]], timeout=WAIT)
     return cfg, gens, scorer, len(prompts)
+
+
+def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
+    """Shards of different widths join into one batch whose rows are the shards' rows, re-padded."""
+    from cluster.ray_pipeline import shard_seed, split
+    from common.rollout import concat
+    from test_learner import make_generator
+
+    assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]] and split([4], 3) == [[4]]
+    assert shard_seed(3, 5, 0) == 3 * 1_000_003 + 5 != shard_seed(3, 5, 1)
+    gen = make_generator(policy, tokenizer, max_new_tokens=5)
+    a = gen.generate([0, 1], seed=0).with_rewards(torch.tensor([1.0, 2.0]), gold=torch.tensor([0.0, 1.0]))
+    b = gen.generate([5], seed=1).with_rewards(torch.tensor([3.0]), gold=torch.tensor([2.0]))
+    ab = concat([a, b], tokenizer.pad_token_id)
+    assert ab.prompt_index.tolist() == [0, 1, 5] and ab.rewards.tolist() == [1.0, 2.0, 3.0]
+    assert ab.extras["gold"].tolist() == [0.0, 1.0, 2.0] and ab.response_texts == a.response_texts + b.response_texts
+    for rows, part in ((slice(0, 2), a), (slice(2, 3), b)):
+        for i, j in zip(range(rows.start, rows.stop), range(part.batch_size)):
+            assert ab.prompt_ids[i][ab.prompt_mask[i].bool()].tolist() == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist()
+            assert ab.response_ids[i][ab.response_mask[i].bool()].tolist() == part.response_ids[j][part.response_mask[j].bool()].tolist()
+    with pytest.raises(ValueError, match="different policy versions"):
+        concat([a, dataclasses.replace(b, version=1)], tokenizer.pad_token_id)
 
 
 def test_queue_backpressure_blocks_the_scorer_and_never_drops(actors):
