@@ -47,7 +47,7 @@ def start_node(args: list[str], log, env: dict) -> subprocess.Popen:
 
 
 def stop_node(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
