@@ -114,7 +114,7 @@ def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, s
     logger = RunLogger(cfg.run_dir, "rl")
     if start == 0:
         logger.hparams(cfg)
-    sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
+    pipeline.publish(learner.policy_state(), learner.version)
     pipeline.start_at(start)
     metrics: dict[str, float] = {}
     t_prev = time.perf_counter()
@@ -127,6 +127,7 @@ def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, s
         with amp(cfg, device):
             metrics = learner.step(batch)
         t2 = time.perf_counter()
+        sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
         if learner.version % c.sync_every == 0 and step + 1 < steps:
             sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
             pipeline.fill(steps)  # hand out the next steps before logging and checkpointing

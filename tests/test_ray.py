@@ -19,7 +19,8 @@ from cluster.local import PromptSampler, build_prompts, run_rl_local  # noqa: E4
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
 from cluster.ray_runner import ROOT, run_rl_ray  # noqa: E402
-from common.config import load_config  # noqa: E402
+from cluster.placement import PlacementError, reserve, role_bundles  # noqa: E402
+from common.config import ConfigError, load_config  # noqa: E402
 from common.models import build_tiny_policy, save_untrained_stand_ins  # noqa: E402
 from conftest import TINY  # noqa: E402
 
@@ -91,6 +92,23 @@ def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
             assert ab.response_ids[i][ab.response_mask[i].bool()].tolist() == part.response_ids[j][part.response_mask[j].bool()].tolist()
     with pytest.raises(ValueError, match="different policy versions"):
         concat([a, dataclasses.replace(b, version=1)], tokenizer.pad_token_id)
+
+
+def test_cluster_config_is_validated():
+    with pytest.raises(ConfigError, match="cluster.sync_every=3 needs cluster.max_staleness >= 2"):
+        load_config(None, ["cluster.sync_every=3"])
+    with pytest.raises(ConfigError, match="cluster.generator_resources: 'node2' is not NAME:AMOUNT"):
+        load_config(None, ["cluster.generator_resources=node2"])
+    cfg = load_config(None, ["cluster.generator_resources=node2:1", "cluster.sync_every=2", "cluster.max_staleness=1"])
+    assert role_bundles(cfg.cluster)[0].resources == {"CPU": 1.0, "node2": 1.0}
+
+
+def test_unplaceable_actors_fail_fast_naming_the_bundles(ray_instance):
+    cfg = load_config(None, ["cluster.generator_gpus=1", "cluster.placement_timeout_s=2"])
+    t0 = time.monotonic()
+    with pytest.raises(PlacementError, match=r"generator 0: \{'CPU': 1.0, 'GPU': 1.0\}"):
+        reserve(cfg.cluster)
+    assert time.monotonic() - t0 < 15
 
 
 def test_queue_backpressure_blocks_the_scorer_and_never_drops(actors):
