@@ -20,7 +20,7 @@ from cluster.local import PromptSampler, generation_seed
 from cluster.ray_actors import RolloutItem
 
 POLL_S = 0.5  # how often a waiting learner looks for failed tasks between queue reads
-PING_S = 30.0  # how long a health check waits for an actor (a restarting one answers after its restart)
+PING_S = 30.0  # longest a health check waits for an actor (a restarting one answers after its restart)
 
 
 class RolloutError(RuntimeError):
@@ -69,6 +69,7 @@ class RolloutPipeline:
                  max_staleness: int, data_timeout_s: float) -> None:
         self.generators, self.scorers, self.queue, self.sampler = generators, scorers, queue, sampler
         self.seed, self.max_staleness, self.data_timeout_s = seed, max_staleness, data_timeout_s
+        self.ping_timeout_s = min(PING_S, data_timeout_s)
         self.flights: dict[tuple[int, int], Flight] = {}
         self.buffer: dict[tuple[int, int], RolloutItem] = {}
         self.next_dispatch = 0
@@ -188,10 +189,10 @@ class RolloutPipeline:
     def _ping(self, role: str, actor) -> str | None:
         """None if `role` answers (maybe after a restart), else a sentence naming it as dead."""
         try:
-            ray.get(actor.info.remote(), timeout=PING_S)
+            ray.get(actor.info.remote(), timeout=self.ping_timeout_s)
             return None
         except ray.exceptions.GetTimeoutError:
-            return f"{role} did not answer a health check within {PING_S:g}s"
+            return f"{role} did not answer a health check within {self.ping_timeout_s:g}s (hung?)"
         except ray.exceptions.RayActorError as e:
             return f"{role} is dead and was not restarted (cluster.max_restarts exhausted?): {e}"
 

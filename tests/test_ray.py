@@ -176,6 +176,28 @@ def test_stale_shards_are_dropped_counted_and_regenerated(actors):
     queue.shutdown()
 
 
+def test_learner_timeout_names_a_hung_generator(actors):
+    """A frozen generator (SIGSTOP) sends nothing and fails no task: after data_timeout_s the learner pings
+    every role and stops with an error naming the one that does not answer."""
+    cfg, gens, scorer, n_prompts = actors
+    weights = ray.get(gens[0].state_dict.remote(), timeout=WAIT)
+    queue = Queue(maxsize=4)
+    pipeline = RolloutPipeline(gens, [scorer], queue, PromptSampler(n_prompts, 4, 0), 0, 0, data_timeout_s=3)
+    pipeline.publish(weights, version=0)
+    pid = ray.get(gens[0].info.remote(), timeout=WAIT)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pipeline.fill(total_steps=3)
+        t0 = time.monotonic()
+        with pytest.raises(RolloutError, match="generator 0 did not answer a health check"):
+            pipeline.collect(0, learner_version=0)
+        assert time.monotonic() - t0 < 3 + 3 + 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ray.get([g.info.remote() for g in gens], timeout=WAIT)  # alive again for the next test
+    queue.shutdown()
+
+
 def test_dead_generator_stops_the_learner_with_an_error_naming_it(actors):
     """Runs last among the tests sharing `actors`: it kills one of them for good."""
     cfg, gens, scorer, n_prompts = actors
