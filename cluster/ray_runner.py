@@ -47,7 +47,9 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TOKENIZERS_PARALLELISM": "false"}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # Under `ray job submit` the job's own runtime env (its --working-dir) already ships the code.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
     else:
         ray.init(num_cpus=cfg.local_cpus or None, include_dashboard=False, runtime_env={"env_vars": env})
     try:
