@@ -18,7 +18,8 @@ STAGES = ("sft", "rm", "rl", "eval")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
-    parser.add_argument("--mode", default="local", choices=("local",), help="local: one process, one device")
+    parser.add_argument("--mode", default="local", choices=("local", "ray"),
+                        help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
     parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rl.kl_coef=0.1")
@@ -31,13 +32,16 @@ def stages_for(stage: str, policy: str) -> list[str]:
     return list(STAGES) if policy == "tiny" else [s for s in STAGES if s != "sft"]
 
 
-def run_stage(name: str, cfg, resume: bool) -> dict:
+def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
     if name == "sft":
         from learner.sft import run_sft
         return run_sft(cfg)
     if name == "rm":
         from learner.reward_training import run_rm
         return run_rm(cfg)
+    if name == "rl" and mode == "ray":
+        from cluster.ray_runner import run_rl_ray
+        return run_rl_ray(cfg, resume=resume)
     if name == "rl":
         from cluster.local import run_rl_local
         return run_rl_local(cfg, resume=resume)
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     for name in stages_for(args.stage, cfg.model.policy):
         t0 = time.perf_counter()
-        result = run_stage(name, cfg, args.resume)
+        result = run_stage(name, cfg, args.resume, args.mode)
         summary = {"rm": lambda r: f"val accuracy {r['val']['accuracy']:.3f}, val loss {r['val']['loss']:.4f}",
                    "sft": lambda r: f"final loss {r['final_loss']:.4f}",
                    "rl": lambda r: f"{r['steps']} steps"}.get(name, lambda r: "")(result)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from common.config import GeneratorConfig
+from common.config import Config, GeneratorConfig
+from common.models import load_causal_lm
 from common.rollout import RolloutBatch, pad_left, response_mask_from_ids
 
 
@@ -62,3 +63,16 @@ class Generator:
         if missing or unexpected:
             raise ValueError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.version = version
+
+
+def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
+                    prompt_tokens: list[list[int]], device: torch.device) -> Generator:
+    """The generator of `cfg.generator.backend` with the policy at `model_path` (used by the Ray actors).
+
+    hf: fp32 weights, as the local runner's shared policy (autocast on GPU comes from the caller), so that a
+    weight sync from the learner is an exact copy.
+    """
+    if cfg.generator.backend == "hf":
+        model = load_causal_lm(model_path, device, torch.float32)
+        return Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
+    raise ValueError(f"generator.backend={cfg.generator.backend!r} has no builder")

@@ -57,21 +57,35 @@ class RLParts:
 
 
 def build_rl_parts(cfg: Config, device: torch.device) -> RLParts:
+    tokenizer, prompts, prompt_tokens = build_prompts(cfg)
+    policy, reference = build_policy(cfg, device)
+    scorer = build_scorer(cfg, tokenizer, prompts, device)
+    return RLParts(tokenizer, prompts, prompt_tokens, policy, reference, scorer)
+
+
+def build_prompts(cfg: Config) -> tuple[object, list[tuple[dict, ...]], list[list[int]]]:
+    """The policy tokenizer and the training prompt pool (messages and their chat-templated ids)."""
     splits = load_splits(cfg)
-    sft_path = sft_policy_path(cfg)
-    tokenizer = load_tokenizer(cfg, sft_path)
+    tokenizer = load_tokenizer(cfg, sft_policy_path(cfg))
     stats = data.DataStats()
     prompts, prompt_tokens = encode_prompts(tokenizer, splits.train_prompts, cfg, stats)
     write_data_report(cfg.run_dir, "rl", splits, stats)
-    policy = load_causal_lm(sft_path, device, torch.float32)  # fp32 master weights; autocast on GPU
+    return tokenizer, prompts, prompt_tokens
+
+
+def build_policy(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The trainable policy (LoRA-wrapped when enabled) and the frozen reference (None with LoRA)."""
+    policy = load_causal_lm(sft_policy_path(cfg), device, torch.float32)  # fp32 master weights; autocast on GPU
     reference = None if cfg.model.lora.enabled else frozen_copy(policy)
-    policy = apply_lora(policy, cfg.model.lora, "CAUSAL_LM")
+    return apply_lora(policy, cfg.model.lora, "CAUSAL_LM"), reference
+
+
+def build_scorer(cfg: Config, tokenizer, prompts: list[tuple[dict, ...]], device: torch.device) -> Scorer:
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
     rm = load_reward_model(rm_path, 1, rm_tokenizer, device, resolve_dtype(cfg.model.dtype, device))
     gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
-    scorer = Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold)
-    return RLParts(tokenizer, prompts, prompt_tokens, policy, reference, scorer)
+    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold)
 
 
 def perf_metrics(batch, t_gen: float, t_score: float, t_learn: float) -> dict[str, float]:
@@ -111,10 +125,15 @@ def run_rl_local(cfg: Config, resume: bool = False) -> dict:
             logger.log(step + 1, metrics)
         if cfg.rl.save_every and (step + 1) % cfg.rl.save_every == 0:
             checkpoint.save(ckpt_dir, step + 1, learner.state_dict())
-    checkpoint.save(ckpt_dir, cfg.rl.steps, learner.state_dict())
     logger.close()
-    save_model(parts.policy, parts.tokenizer, Path(cfg.run_dir) / "policy")
-    result = {"steps": cfg.rl.steps, "final": metrics}
+    return finish_rl(cfg, learner, parts.tokenizer, metrics)
+
+
+def finish_rl(cfg: Config, learner: Learner, tokenizer, metrics: dict[str, float], **extra) -> dict:
+    """Final checkpoint, the trained policy and rl_metrics.json (shared by the local and Ray runners)."""
+    checkpoint.save(Path(cfg.run_dir) / "checkpoints", cfg.rl.steps, learner.state_dict())
+    save_model(learner.policy, tokenizer, Path(cfg.run_dir) / "policy")
+    result = {"steps": cfg.rl.steps, "final": metrics, **extra}
     (Path(cfg.run_dir) / "rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -148,6 +148,56 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Ray mode (`launch.py --mode ray`, cluster/ray_runner.py); local mode ignores this section."""
+    address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
+                                "the run; 'auto' or host:port = an existing cluster")
+    local_cpus: int = opt(0, ge=0, help="logical CPUs of a self-started local instance; 0 = this machine's")
+    num_generators: int = opt(1, ge=1, help="generator actors; each step's prompts are split across them")
+    num_scorers: int = opt(1, ge=1)
+    generator_cpus: float = opt(1.0, ge=0.0, help="CPUs reserved per generator (its placement bundle)")
+    generator_gpus: float = opt(0.0, ge=0.0)
+    generator_resources: tuple[str, ...] = opt((), help="extra custom resources per generator, NAME:AMOUNT")
+    scorer_cpus: float = opt(1.0, ge=0.0)
+    scorer_gpus: float = opt(0.0, ge=0.0)
+    scorer_resources: tuple[str, ...] = opt((), help="extra custom resources per scorer, NAME:AMOUNT")
+    generator_threads: int = opt(1, ge=0, help="torch threads in each generator actor; 0 = torch's default")
+    scorer_threads: int = opt(1, ge=0, help="torch threads in each scorer actor; 0 = torch's default")
+    placement_strategy: str = opt("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    placement_timeout_s: float = opt(60.0, gt=0.0, help="fail (naming the bundles) if not placed by then")
+    max_staleness: int = opt(0, ge=0, help="0 = on-policy (the paper); k = a batch may come from weights up "
+                                           "to k learner steps old; older ones are dropped and counted")
+    sync_every: int = opt(1, ge=1, help="publish the learner's weights every N steps (needs max_staleness "
+                                        ">= sync_every - 1)")
+    queue_size: int = opt(8, ge=1, help="scored shards the rollout queue holds; a full queue blocks scorers")
+    data_timeout_s: float = opt(300.0, gt=0.0, help="learner waits this long for data, then checks actor health")
+    max_restarts: int = opt(3, ge=0, help="Ray restarts of a dead generator/scorer actor (its task is retried)")
+
+    def __post_init__(self) -> None:
+        if self.sync_every - 1 > self.max_staleness:
+            raise ConfigError(f"cluster.sync_every={self.sync_every} needs cluster.max_staleness >= "
+                              f"{self.sync_every - 1} (weights published every {self.sync_every} steps are up "
+                              f"to {self.sync_every - 1} steps old); got {self.max_staleness}")
+        for key in ("generator_resources", "scorer_resources"):
+            parse_resources(getattr(self, key), f"cluster.{key}")
+
+
+def parse_resources(items: tuple[str, ...], key: str = "resources") -> dict[str, float]:
+    """('node2:1', ...) -> {'node2': 1.0}; a malformed item raises ConfigError naming the key."""
+    out = {}
+    for item in items:
+        name, sep, amount = str(item).partition(":")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value <= 0:
+            raise ConfigError(f"{key}: {item!r} is not NAME:AMOUNT with AMOUNT > 0 (for example node2:1)")
+        out[name.strip()] = value
+    return out
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = opt(0, help="one seed makes a run reproducible")
     run_dir: str = opt("runs/tiny")
@@ -161,6 +211,7 @@ class Config:
     generator: GeneratorConfig = section(GeneratorConfig)
     rl: RLConfig = section(RLConfig)
     eval: EvalConfig = section(EvalConfig)
+    cluster: ClusterConfig = section(ClusterConfig)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -142,3 +142,19 @@ def reward_head_logits(model: torch.nn.Module, input_ids: torch.Tensor,
     last = attention_mask.sum(-1) - 1  # [B]
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]
     return hf.score(pooled)  # [B, num_labels]
+
+
+def save_untrained_stand_ins(run_dir: str | Path, tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerBase,
+                             seed: int = 0) -> None:
+    """What the sft and rm stages leave in `run_dir` (`sft_model/`, `reward_model/`), as random tiny models:
+    for tests and benchmarks that need an RL run without training first. The reward head is saved too, so
+    every process that loads it (driver, Ray scorer actors) gets the same head."""
+    run_dir = Path(run_dir)
+    build_tiny_policy(tiny, tokenizer, seed).save_pretrained(run_dir / "sft_model")
+    build_tiny_policy(tiny, tokenizer, seed + 1).save_pretrained(run_dir / "reward_model")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        rm = load_reward_model(str(run_dir / "reward_model"), 1, tokenizer, torch.device("cpu"))
+    rm.save_pretrained(run_dir / "reward_model")
+    for name in ("sft_model", "reward_model"):
+        tokenizer.save_pretrained(run_dir / name)

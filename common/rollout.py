@@ -107,3 +107,29 @@ def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Responses and reward-model inputs: right padding keeps position ids contiguous from 0."""
     return pad(seqs, pad_id, "right")
+
+
+def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Join shards of one step (e.g. one per generator) into one batch, re-padding prompts on the left and
+    responses on the right to the widest shard; shards must share a policy version."""
+    if len({b.version for b in batches}) != 1:
+        raise ValueError(f"shards come from different policy versions {[b.version for b in batches]}")
+    if len(batches) == 1:
+        return batches[0]
+    p = max(b.prompt_len for b in batches)
+    r = max(b.response_ids.shape[1] for b in batches)
+
+    def widen(t: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:  # [b, w] -> [b, width]
+        pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)
+        return torch.cat([pad, t] if left else [t, pad], dim=1)
+
+    rewards = [b.rewards for b in batches]
+    return RolloutBatch(
+        prompt_ids=torch.cat([widen(b.prompt_ids, p, pad_id, True) for b in batches]),
+        prompt_mask=torch.cat([widen(b.prompt_mask, p, 0, True) for b in batches]),
+        response_ids=torch.cat([widen(b.response_ids, r, pad_id, False) for b in batches]),
+        response_mask=torch.cat([widen(b.response_mask, r, 0, False) for b in batches]),
+        prompt_index=torch.cat([b.prompt_index for b in batches]), version=batches[0].version,
+        response_texts=[t for b in batches for t in b.response_texts],
+        rewards=None if any(x is None for x in rewards) else torch.cat(rewards),
+        extras={k: torch.cat([b.extras[k] for b in batches]) for k in batches[0].extras})

@@ -1,0 +1,115 @@
+"""Throughput of the RL stage: local mode vs Ray mode (1 and 2 generators, max_staleness 0 and 1).
+
+Every variant runs the real runner (`cluster/local.py run_rl_local`, `cluster/ray_runner.py run_rl_ray`) on the
+same random tiny Llama (configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer) and tiny reward model, the
+same sandbox prompts, batch and length. samples/s = batch x timed steps / their wall time, read from the
+run's per-step `perf/step_s` after `--warmup` steps (Ray: wall time between learner steps, so waiting, queue
+and weight sync count; local: the three phases of the step). Actor start-up is not timed.
+
+Torch threads (2 cores): local mode uses all cores in each phase. Ray with max_staleness 0 runs generate ->
+score -> learn one after another, so each role gets all cores too; with max_staleness 1 generation overlaps
+learning, so the generators and the learner share the cores (1 thread each with 1 generator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from cluster.local import run_rl_local  # noqa: E402
+from cluster.ray_runner import run_rl_ray  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.models import load_tokenizer, save_untrained_stand_ins  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--steps", type=int, default=8, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)), help="cores to plan threads for")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for every role (overrides the plan; "
+                                                             "use 1 when other jobs hold the cores)")
+    p.add_argument("--variants", default="local,ray:1:0,ray:1:1,ray:2:0,ray:2:1",
+                   help="local and ray:<generators>:<max_staleness>")
+    p.add_argument("--json", default="")
+    return p.parse_args(argv)
+
+
+def threads(cores: int, generators: int, staleness: int) -> dict[str, int]:
+    """Torch threads per role so that what runs at the same time does not oversubscribe `cores`."""
+    if staleness == 0:  # phases in sequence; the generators of one step run side by side
+        return {"learner": cores, "generator": max(1, cores // generators), "scorer": cores}
+    share = max(1, cores // (generators + 1))  # generators overlap the learner
+    return {"learner": share, "generator": share, "scorer": share}
+
+
+def overrides(args, run_dir: Path, variant: str) -> list[str]:
+    base = [f"run_dir={run_dir}", "model.dtype=float32", f"rl.batch_size={args.batch}", "rl.save_every=0",
+            f"rl.steps={args.warmup + args.steps}", f"generator.max_new_tokens={args.new_tokens}",
+            "sandbox.num_pairs=400"]
+    if variant == "local":
+        return base + [f"torch_threads={args.threads or args.cores}"]
+    _, gens, stale = variant.split(":")
+    t = threads(args.cores, int(gens), int(stale))
+    if args.threads:
+        t = dict.fromkeys(t, args.threads)
+    return base + [f"torch_threads={t['learner']}", f"cluster.num_generators={gens}",
+                   f"cluster.max_staleness={stale}", f"cluster.generator_threads={t['generator']}",
+                   f"cluster.scorer_threads={t['scorer']}", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5"]
+
+
+def run_variant(args, workdir: Path, variant: str) -> dict:
+    run_dir = workdir / variant.replace(":", "_")
+    cfg = load_config(args.config, overrides(args, run_dir, variant))
+    save_untrained_stand_ins(run_dir, cfg.model.tiny, load_tokenizer(cfg), seed=0)
+    (run_rl_local if variant == "local" else run_rl_ray)(cfg)
+    rows = [json.loads(x) for x in (run_dir / "metrics_rl.jsonl").read_text().splitlines()][args.warmup:]
+    wall = sum(r["perf/step_s"] for r in rows)
+    phases = {k: sum(r[f"perf/{k}"] for r in rows) / len(rows) for k in ("generate_s", "score_s", "learner_s")}
+    return {"variant": variant, "samples_per_s": args.batch * len(rows) / wall, "s_per_step": wall / len(rows),
+            "staleness": max(r["sync/staleness"] for r in rows), "dropped": rows[-1].get("sync/dropped", 0.0),
+            "overrides": overrides(args, run_dir, variant), **phases}
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    print(f"torch {torch.__version__}, ray {ray.__version__}, {args.cores} cores, batch {args.batch}, "
+          f"{args.new_tokens} new tokens, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
+            for variant in args.variants.split(","):
+                rows.append(run_variant(args, Path(tmp), variant))
+                print(f"{variant}: {rows[-1]['samples_per_s']:.2f} samples/s", flush=True)
+    finally:
+        ray.shutdown()
+    local = next((r for r in rows if r["variant"] == "local"), None)
+    print(f"\n{'variant':<12}{'samples/s':>10}{'vs local':>10}{'s/step':>8}{'gen s':>7}{'score s':>8}"
+          f"{'learn s':>8}{'max stale':>10}")
+    for r in rows:
+        ratio = f"{r['samples_per_s'] / local['samples_per_s']:.2f}x" if local else "-"
+        print(f"{r['variant']:<12}{r['samples_per_s']:>10.2f}{ratio:>10}{r['s_per_step']:>8.3f}"
+              f"{r['generate_s']:>7.3f}{r['score_s']:>8.3f}{r['learner_s']:>8.3f}{r['staleness']:>10.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`--stage rl --mode ray`: generator and scorer actors on a Ray cluster, a bounded queue, the learner in the
+driver. The same Generator / Scorer / Learner classes as local mode; only the plumbing differs.
+
+    driver (learner) --publish(state, version)--> object store --> generator actors --ObjectRef--> scorer
+    actors --put (blocks when full)--> rollout queue --get--> driver (learner)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import ray
+from ray.util.placement_group import remove_placement_group
+from ray.util.queue import Queue
+from tqdm.auto import tqdm
+
+from cluster import placement
+from cluster.local import PromptSampler, build_policy, build_prompts, eos_rate, finish_rl, perf_metrics, resume_learner
+from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
+from cluster.ray_pipeline import RolloutPipeline
+from common import checkpoint
+from common.config import ClusterConfig, Config
+from common.metrics import RunLogger
+from common.models import sft_policy_path
+from common.rollout import concat
+from common.runtime import amp, prepare
+from learner.learner import Learner
+
+ROOT = Path(__file__).resolve().parents[1]
+StepHook = Callable[[int, RolloutPipeline], None]
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ClusterConfig) -> Iterator[None]:
+    """Connect to `cluster.address` / $RAY_ADDRESS, or start a local instance (stopped at the end). A caller
+    that already initialised Ray keeps its connection."""
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    # Workers import the project from this checkout (on a real cluster it is also pip-installed on every node).
+    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TOKENIZERS_PARALLELISM": "false"}
+    if address:
+        # Under `ray job submit` the job's own runtime env (its --working-dir) already ships the code.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+    else:
+        ray.init(num_cpus=cfg.local_cpus or None, include_dashboard=False, runtime_env={"env_vars": env})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens,
+                 model_path: str) -> tuple[list, list, dict]:
+    """Create the generator and scorer actors in their bundles; wait (bounded) until each is up."""
+    c = cfg.cluster
+    generators, scorers = [], []
+    for i, b in enumerate(bundles):
+        opts = placement.actor_options(pg, i, b, c.max_restarts)
+        if b.role == "generator":
+            generators.append(RemoteGenerator.options(**opts).remote(cfg, model_path, prompt_tokens,
+                                                                    c.generator_threads))
+        else:
+            scorers.append(RemoteScorer.options(**opts).remote(cfg, model_path, prompts, c.scorer_threads))
+    names = [f"generator {i}" for i in range(len(generators))] + [f"scorer {i}" for i in range(len(scorers))]
+    refs = [a.info.remote() for a in generators + scorers]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=c.placement_timeout_s)
+    if pending:
+        slow = [n for n, r in zip(names, refs) if r in pending]
+        raise placement.PlacementError(f"actors not up within cluster.placement_timeout_s={c.placement_timeout_s:g}s: "
+                                       f"{', '.join(slow)}")
+    return generators, scorers, dict(zip(names, ray.get(refs)))
+
+
+def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = None) -> dict:
+    """The RL stage on Ray; returns what run_rl_local returns, plus the run's drop/retry counts and placement.
+
+    `on_step(step, pipeline)` runs after every learner step (tests use it to kill actors mid-run).
+    """
+    device = prepare(cfg)
+    with ray_session(cfg.cluster):
+        tokenizer, prompts, prompt_tokens = build_prompts(cfg)
+        policy, reference = build_policy(cfg, device)
+        learner = Learner(policy, reference, cfg.rl, device)
+        start = resume_learner(learner, Path(cfg.run_dir) / "checkpoints") if resume else 0
+        pg, bundles = placement.reserve(cfg.cluster)
+        queue = None
+        try:
+            generators, scorers, where = start_actors(cfg, pg, bundles, prompts, prompt_tokens,
+                                                      sft_policy_path(cfg))
+            (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(where, indent=2))
+            queue = Queue(maxsize=cfg.cluster.queue_size)
+            pipeline = RolloutPipeline(generators, scorers, queue, PromptSampler(len(prompts), cfg.rl.batch_size,
+                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s)
+            metrics = train(cfg, learner, pipeline, tokenizer, start, on_step)
+        finally:
+            if queue is not None:
+                queue.shutdown()
+            remove_placement_group(pg)  # also ends the actors placed in it
+        return finish_rl(cfg, learner, tokenizer, metrics, ray=pipeline.counts, placement=where)
+
+
+def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, start: int,
+          on_step: StepHook | None) -> dict[str, float]:
+    """The learner loop: take step t's batch off the queue, update, publish weights, log, checkpoint."""
+    device, steps, c = learner.device, cfg.rl.steps, cfg.cluster
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    logger = RunLogger(cfg.run_dir, "rl")
+    if start == 0:
+        logger.hparams(cfg)
+    pipeline.publish(learner.policy_state(), learner.version)
+    pipeline.start_at(start)
+    metrics: dict[str, float] = {}
+    t_prev = time.perf_counter()
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl (ray)"):
+        pipeline.fill(steps)
+        t0 = time.perf_counter()
+        items = pipeline.collect(step, learner.version)
+        batch = concat([it.batch for it in items], tokenizer.pad_token_id)
+        t1 = time.perf_counter()
+        with amp(cfg, device):
+            metrics = learner.step(batch)
+        t2 = time.perf_counter()
+        sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
+        if learner.version % c.sync_every == 0 and step + 1 < steps:
+            sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
+            pipeline.fill(steps)  # hand out the next steps before logging and checkpointing
+        metrics.update(step_metrics(batch, items, t1 - t0, t2 - t1, time.perf_counter() - t_prev, tokenizer))
+        metrics.update({"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
+                        "sync/version": learner.version, "sync/published_version": pipeline.version,
+                        **{f"sync/{k}": float(v) for k, v in pipeline.counts.items()}})
+        t_prev = time.perf_counter()
+        if (step + 1) % cfg.rl.log_every == 0 or step + 1 == steps:
+            logger.log(step + 1, metrics)
+        if cfg.rl.save_every and (step + 1) % cfg.rl.save_every == 0:
+            checkpoint.save(ckpt_dir, step + 1, learner.state_dict())
+        if on_step is not None:
+            on_step(step, pipeline)
+    logger.close()
+    return metrics
+
+
+def step_metrics(batch, items: list[RolloutItem], t_wait: float, t_learn: float, t_step: float,
+                 tokenizer) -> dict[str, float]:
+    """perf/ figures of one step. Shards run in parallel, so a phase's time is its slowest shard's; the
+    rates use the wall time between learner steps (what overlap buys)."""
+    t_gen = max(it.generate_s for it in items)
+    out = perf_metrics(batch, t_gen, max(it.score_s for it in items), t_learn)
+    tokens = float(batch.response_mask.sum())
+    out.update({"perf/step_s": t_step, "perf/samples_per_s": batch.batch_size / t_step,
+                "perf/tokens_per_s": tokens / t_step, "perf/wait_s": t_wait,
+                "perf/weight_load_s": max(it.weight_load_s for it in items),
+                "rollout/eos_rate": eos_rate(batch, tokenizer.eos_token_id)})
+    return out
