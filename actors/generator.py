@@ -21,7 +21,8 @@ class Generator:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: GeneratorConfig,
                  prompt_tokens: list[list[int]], device: torch.device) -> None:
         if cfg.backend != "hf":
-            raise ValueError(f"generator.backend={cfg.backend!r} is not available in this build; use hf")
+            raise ValueError(f"Generator is the hf backend; generator.backend={cfg.backend!r} goes through "
+                             "build_generator")
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.prompt_tokens, self.device = prompt_tokens, device
         self.version = 0
@@ -46,15 +47,8 @@ class Generator:
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                       generation_config=self.generation_config(greedy))
         self.model.train(was_training)
-        response_ids = out[:, prompt_ids.shape[1]:]  # [B, R]
-        response_mask = response_mask_from_ids(response_ids, self.tokenizer.eos_token_id)
-        response_ids = response_ids.masked_fill(response_mask == 0, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(),
-                                            skip_special_tokens=True)
-        return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(),
-                            response_ids=response_ids.cpu(), response_mask=response_mask.cpu(),
-                            prompt_index=torch.tensor(prompt_indices, dtype=torch.long), version=self.version,
-                            response_texts=[t.strip() for t in texts])
+        return rollout_batch(prompt_ids.cpu(), prompt_mask.cpu(), out[:, prompt_ids.shape[1]:].cpu(),
+                             prompt_indices, self.version, self.tokenizer)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the weights with the learner's (full, LoRA-merged names) and record their version."""
@@ -65,14 +59,31 @@ class Generator:
         self.version = version
 
 
-def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
-                    prompt_tokens: list[list[int]], device: torch.device) -> Generator:
-    """The generator of `cfg.generator.backend` with the policy at `model_path` (used by the Ray actors).
+def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                  prompt_indices: list[int], version: int, tokenizer: PreTrainedTokenizerBase,
+                  **extras: torch.Tensor) -> RolloutBatch:
+    """The wire batch from left-padded prompts [B, P] and sampled tokens [B, R]: the response mask runs through
+    the first EOS and everything after it becomes padding (both backends build their batches here)."""
+    response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)  # [B, R]
+    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(), skip_special_tokens=True)
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                        response_mask=response_mask, prompt_index=torch.tensor(prompt_indices, dtype=torch.long),
+                        version=version, response_texts=[t.strip() for t in texts], extras=extras)
 
-    hf: fp32 weights, as the local runner's shared policy (autocast on GPU comes from the caller), so that a
-    weight sync from the learner is an exact copy.
+
+def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
+                    prompt_tokens: list[list[int]], device: torch.device):
+    """A generator of backend `cfg.generator.backend` holding its own copy of the policy at `model_path`.
+
+    Both backends share one interface: `generate(prompt_indices, seed, greedy=False) -> RolloutBatch`,
+    `load_weights(state_dict, version)` and `.version`. hf keeps fp32 weights like the local runner's shared
+    policy (autocast on GPU comes from the caller), so a weight sync from the learner is an exact copy.
     """
     if cfg.generator.backend == "hf":
         model = load_causal_lm(model_path, device, torch.float32)
         return Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
-    raise ValueError(f"generator.backend={cfg.generator.backend!r} has no builder")
+    if cfg.generator.backend == "vllm":
+        from actors.vllm_generator import VLLMGenerator  # vLLM is optional: imported only when asked for
+        return VLLMGenerator(cfg, model_path, tokenizer, prompt_tokens, device)
+    raise ValueError(f"unknown generator.backend {cfg.generator.backend!r}; use hf or vllm")

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from actors.generator import Generator
 from actors.scorer import Scorer
+from cluster.colocate import local_generator, release_generator_memory, sync_local_generator
 from common import checkpoint, data, sandbox
 from common.config import Config
 from common.metrics import RunLogger
@@ -99,7 +99,7 @@ def perf_metrics(batch, t_gen: float, t_score: float, t_learn: float) -> dict[st
 def run_rl_local(cfg: Config, resume: bool = False) -> dict:
     device = prepare(cfg)
     parts = build_rl_parts(cfg, device)
-    generator = Generator(parts.policy, parts.tokenizer, cfg.generator, parts.prompt_tokens, device)
+    generator = local_generator(cfg, parts, device)
     learner = Learner(parts.policy, parts.reference, cfg.rl, device)
     sampler = PromptSampler(len(parts.prompts), cfg.rl.batch_size, cfg.seed)
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
@@ -109,17 +109,18 @@ def run_rl_local(cfg: Config, resume: bool = False) -> dict:
         logger.hparams(cfg)
     metrics: dict[str, float] = {}
     for step in tqdm(range(start, cfg.rl.steps), initial=start, total=cfg.rl.steps, desc="rl"):
-        generator.version = learner.version  # local mode shares the policy module: the sync is the version
+        sync = sync_local_generator(generator, learner)  # on-policy: sample with the weights about to be updated
         t0 = time.perf_counter()
         with amp(cfg, device):
             batch = generator.generate(sampler.batch(step), generation_seed(cfg.seed, step))
         t1 = time.perf_counter()
+        release_generator_memory(cfg, generator)
         batch = parts.scorer.score(batch)
         t2 = time.perf_counter()
         with amp(cfg, device):
             metrics = learner.step(batch)
         t3 = time.perf_counter()
-        metrics.update(perf_metrics(batch, t1 - t0, t2 - t1, t3 - t2))
+        metrics.update({**perf_metrics(batch, t1 - t0, t2 - t1, t3 - t2), **sync})
         metrics.update({"rollout/eos_rate": eos_rate(batch, parts.tokenizer.eos_token_id), "sync/version": learner.version})
         if (step + 1) % cfg.rl.log_every == 0 or step + 1 == cfg.rl.steps:
             logger.log(step + 1, metrics)

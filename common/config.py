@@ -117,10 +117,20 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    backend: str = opt("hf", choices=("hf",))
+    backend: str = opt("hf", choices=("hf", "vllm"), help="hf: transformers generate; vllm: vLLM's offline "
+                                                         "engine (actors/vllm_generator.py)")
     temperature: float = opt(1.0, gt=0.0)
     top_p: float = opt(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = opt(64, ge=1)
+    gpu_memory_utilization: float = opt(0.3, gt=0.0, le=1.0, help="vllm: share of GPU memory vLLM may take "
+                                                                   "(weights + KV cache); the rest is the learner's")
+    kv_cache_gb: float = opt(0.0, ge=0.0, help="vllm: KV-cache size in GiB; 0 = from gpu_memory_utilization on "
+                                               "GPU, 1 GiB on CPU")
+    vllm_sleep: bool = opt(False, help="vllm: release vLLM's GPU memory (sleep level 1) while the learner trains "
+                                       "and wake it before the next sync; GPU only (vLLM's CPU backend has no "
+                                       "sleep mode)")
+    enforce_eager: bool = opt(False, help="vllm: no torch.compile / CUDA graphs (faster start, slower steps)")
+    sync_timeout_s: float = opt(600.0, gt=0.0, help="vllm: a weight sync that takes longer fails the run")
 
 
 @dataclass(frozen=True)

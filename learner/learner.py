@@ -82,6 +82,9 @@ class Learner:
             "sync/staleness": float(self.version - 1 - batch.version),
         }
         metrics.update({f"rollout/{k}": v.float().mean().item() for k, v in batch.extras.items()})
+        if "generator_logprob" in batch.extras:  # the sampler's own log pi(y|x): ~0 gap when weights match
+            gap = (logprobs.detach() - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
+            metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
 
     def _clip_gradients(self) -> float:

