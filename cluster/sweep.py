@@ -99,7 +99,7 @@ def plan(config: str, overrides: list[str], seeds: list[int], grid: list[tuple[s
                 load_config(config, overrides + extra)
             except ConfigError as e:
                 raise ConfigError(f"sweep run {name}/seed_{seed}: {e}") from None
-            run = Run(name, seed, run_dir, overrides + extra, stages, depends_on=first)
+            run = Run(name, seed, run_dir, overrides + extra, stages, depends_on=first if share else None)
             firsts.setdefault(seed, run)
             runs.append(run)
     return root, runs
