@@ -6,6 +6,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import launch
+
 from cluster.evaluate import summarize
 from cluster.report import discover, write_report
 from common.config import load_config, save_config
@@ -90,7 +92,8 @@ def test_single_run_directory_and_missing_eval(tmp_path):
     (tmp_path / "tiny" / "eval.json").unlink()
     runs = discover([tmp_path / "tiny"])
     assert len(runs) == 1 and runs[0].variant == "tiny" and runs[0].eval is None
-    text = write_report([tmp_path / "tiny"]).read_text()
+    assert launch.main(["--stage", "report", "--runs", str(tmp_path / "tiny")]) == 0
+    text = (tmp_path / "tiny" / "report" / "report.md").read_text()
     assert "## Training curves" in text and "## Per seed" not in text
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run"):
