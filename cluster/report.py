@@ -256,6 +256,11 @@ def render(paths, runs, variants, aggs, figures) -> str:
     lines = ["# REINFORCE run report", "",
              f"Runs: {len(runs)} in {len(variants)} variant(s), from {', '.join(map(str, paths))}. "
              f"Policy `{runs[0].config['model']['policy']}`, data `{runs[0].config['data']['source']}`.", ""]
+    c = runs[0].config
+    lines += [f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
+              f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {c['rl']['kl_coef']:g}, temperature "
+              f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
+              f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""]
     diffs = varying_keys(variants)
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
