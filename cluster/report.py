@@ -106,7 +106,7 @@ def aggregate(runs: list[RunData]) -> dict:
             out[metric] = {"sft": seed_summary([x["control_mean"] for x in c], conf),
                            "trained": seed_summary([x["treated_mean"] for x in c], conf),
                            "diff": seed_summary([x["diff_mean"] for x in c], conf),
-                           "win_rate": seed_summary([x["win_rate"] for x in c], conf),
+                           "win_rate": seed_summary([x["win_rate"] for x in c], conf, bounds=(0.0, 1.0)),
                            "seeds_ci_above_zero": sum(x["diff_ci_low"] > 0 for x in c),
                            "seeds_ci_below_zero": sum(x["diff_ci_high"] < 0 for x in c)}
     for key in ("kl_to_ref", "length_mean", "eos_rate"):

@@ -65,11 +65,12 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def seed_summary(values, confidence: float = 0.95) -> dict:
+def seed_summary(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
     """Aggregate one number per training seed: mean, sample std and a t interval of the mean across seeds.
 
     Seeds are the independent replicates of a training run, so this interval answers "would another seed give
     the same result?"; a prompt bootstrap within one run cannot. With one seed the interval is undefined (nan).
+    `bounds` clips the interval to a quantity's range (a win rate lies in [0, 1]; a t interval need not).
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or len(v) == 0:
@@ -80,4 +81,7 @@ def seed_summary(values, confidence: float = 0.95) -> dict:
                 "values": v.tolist()}
     std = float(v.std(ddof=1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "values": v.tolist()}
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"n": n, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "values": v.tolist()}
