@@ -134,7 +134,8 @@ def throughput(variants: dict[str, list], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
     width = 0.8 / max(1, len(variants))
     for i, (v, runs) in enumerate(variants.items()):
-        secs = [np.mean([r.stage_times.get(s, 0.0) for r in runs]) for s in STAGES]
+        # a variant that reuses another run's SFT policy and reward model has no sft/rm time: no bar, not 0
+        secs = [np.mean([r.stage_times[s] for r in runs if s in r.stage_times] or [np.nan]) for s in STAGES]
         axes[0].bar(np.arange(len(STAGES)) + i * width, secs, width, color=f"C{i}", label=v)
         for j, run in enumerate(runs):
             x, y = _series(run, "perf/tokens_per_s")
@@ -144,6 +145,6 @@ def throughput(variants: dict[str, list], path: Path) -> Path | None:
     axes[0].set_ylabel("seconds (mean over seeds)")
     axes[0].set_title("wall-clock seconds per stage", fontsize=10)
     axes[0].legend(fontsize=8)
-    axes[1].set_title("RL throughput: response tokens / s per step", fontsize=10)
+    axes[1].set_title("RL response tokens / s (line style = seed)", fontsize=10)
     axes[1].set_xlabel("RL step")
     return _save(fig, path)
