@@ -109,8 +109,9 @@ def aggregate(runs: list[RunData]) -> dict:
                            "win_rate": seed_summary([x["win_rate"] for x in c], conf, bounds=(0.0, 1.0)),
                            "seeds_ci_above_zero": sum(x["diff_ci_low"] > 0 for x in c),
                            "seeds_ci_below_zero": sum(x["diff_ci_high"] < 0 for x in c)}
-    for key in ("kl_to_ref", "length_mean", "eos_rate"):
-        out[key] = {"sft": seed_summary(pol("sft", key), conf), "trained": seed_summary(pol("trained", key), conf)}
+    ranges = {"kl_to_ref": (0.0, np.inf), "length_mean": (0.0, np.inf), "eos_rate": (0.0, 1.0)}  # true ranges
+    for key, rng in ranges.items():
+        out[key] = {name: seed_summary(pol(name, key), conf, bounds=rng) for name in ("sft", "trained")}
     return out
 
 
