@@ -254,15 +254,17 @@ def render(paths, runs, variants, aggs, figures) -> str:
     img = lambda key, alt: [f"![{alt}]({figures[key].name})", ""] if figures.get(key) else []  # noqa: E731
     first = next((a for a in aggs.values() if a), {})
     pct = int(round(100 * first.get("confidence", 0.95)))
+    base = next((r for r in runs if not r.config["reward"]["path"]), runs[0])  # a run that trained its own models
+    c = base.config
+    diffs = varying_keys(variants)
+    kl = "per variant" if any("rl.kl_coef" in d for d in diffs.values()) else f"{c['rl']['kl_coef']:g}"
     lines = ["# REINFORCE run report", "",
              f"Runs: {len(runs)} in {len(variants)} variant(s), from {', '.join(map(str, paths))}. "
-             f"Policy `{runs[0].config['model']['policy']}`, data `{runs[0].config['data']['source']}`.", ""]
-    c = runs[0].config
-    lines += [f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
-              f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {c['rl']['kl_coef']:g}, temperature "
-              f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
-              f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""]
-    diffs = varying_keys(variants)
+             f"Policy `{c['model']['policy']}`, data `{c['data']['source']}`.", "",
+             f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
+             f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {kl}, temperature "
+             f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
+             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""]
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
                                                      for v, d in diffs.items()), ""]
