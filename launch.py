@@ -1,6 +1,8 @@
 """Entry point: `python launch.py [--mode local] [--config configs/tiny.yaml] [--stage all] [key=value ...]`.
 
-Stages: sft (offline sandbox only), rm, rl, eval; `all` runs them in order (sft only for model.policy=tiny).
+Stages: sft (offline sandbox only), rm, rl, eval; `all` runs them in order (sft only for model.policy=tiny) and
+ends with `report`. `--stage report [--runs DIR ...]` writes report.md and plots for one or more runs or sweeps.
+Sweeps: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1]` runs each (variant, seed) in <run_dir>/<variant>/seed_<s>.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import sys
 import time
 
 from common.config import ConfigError, load_config
+from common.metrics import record_stage_time
 
 STAGES = ("sft", "rm", "rl", "eval")
+REPORT = "report"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,7 +24,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT,))
+    parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="sweep: values of one config key (repeatable; the grid is the product)")
+    parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
+    parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
+    parser.add_argument("--no-report", action="store_true", help="all: do not end with the report")
     parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rl.kl_coef=0.1")
     return parser.parse_args(argv)
@@ -49,23 +59,45 @@ def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
     return run_eval(cfg)
 
 
+def write_report(runs: list[str], report_dir: str | None) -> None:
+    from cluster.report import write_report as write
+    path = write(runs, report_dir)
+    print(f"[report] written to {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.seeds or args.grid:
+            from cluster.sweep import parse_grid, parse_seeds, plan
+            seeds, grid = parse_seeds(args.seeds or str(cfg.seed)), parse_grid(args.grid)
+            plan(args.config, args.overrides, seeds, grid, args.stage)  # validates every run's config first
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.stage == REPORT:
+        write_report(args.runs or [cfg.run_dir], args.report_dir)
+        return 0
+    if args.seeds or args.grid:
+        from cluster.sweep import run_sweep
+        root, runs = run_sweep(args.config, args.overrides, seeds, grid, args.stage, args.mode)
+        if args.stage == "all" and any(r.status in ("done", "skipped") for r in runs):
+            write_report([str(root)], args.report_dir)
+        return 1 if any(r.status == "failed" for r in runs) else 0
     t_start = time.perf_counter()
     for name in stages_for(args.stage, cfg.model.policy):
         t0 = time.perf_counter()
         result = run_stage(name, cfg, args.resume, args.mode)
+        record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)
         summary = {"rm": lambda r: f"val accuracy {r['val']['accuracy']:.3f}, val loss {r['val']['loss']:.4f}",
                    "sft": lambda r: f"final loss {r['final_loss']:.4f}",
                    "rl": lambda r: f"{r['steps']} steps"}.get(name, lambda r: "")(result)
         print(f"[{name}] done in {time.perf_counter() - t0:.1f}s {summary}", flush=True)
     print(f"all stages done in {time.perf_counter() - t_start:.1f}s; run directory: {cfg.run_dir}")
+    if args.stage == "all" and not args.no_report:
+        write_report([cfg.run_dir], args.report_dir)
     return 0
 
 

@@ -3,6 +3,7 @@ the sandbox, the gold judge) scores both; paired differences get bootstrap confi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -104,10 +105,15 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
                 for name, v in d.items()}
     policies["trained"]["kl_to_ref"] = float(kl.mean())
     policies["sft"]["kl_to_ref"] = 0.0
+    # per-prompt arrays (prompt i = held-out prompt i for both policies) let the report pool and re-test runs
+    per_prompt = {name: {k: None if v[k] is None else [round(float(x), 5) for x in v[k]]
+                         for k in ("reward", "gold", "length")} for name, v in d.items()}
+    per_prompt["trained"]["kl_to_ref"] = [round(float(x), 5) for x in kl]
     examples = [{"prompt": prompt_texts[i], "sft": d["sft"]["texts"][i], "trained": d["trained"]["texts"][i]}
                 for i in range(min(5, len(prompt_texts)))]
     return {"num_prompts": len(prompt_texts), "confidence": e.confidence, "policies": policies,
-            "comparisons": comparisons, "examples": examples}
+            "comparisons": comparisons, "examples": examples, "per_prompt": per_prompt,
+            "prompts_sha256": hashlib.sha256("\n".join(prompt_texts).encode()).hexdigest()}
 
 
 def format_table(result: dict) -> str:

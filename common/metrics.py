@@ -42,3 +42,11 @@ class RunLogger:
         self.writer.flush()
         self.writer.close()
         self.jsonl.close()
+
+
+def record_stage_time(run_dir: str | Path, stage: str, seconds: float) -> None:
+    """Wall-clock seconds of each stage, in <run_dir>/stage_times.json (read by the report)."""
+    path = Path(run_dir) / "stage_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[stage] = round(seconds, 2)
+    path.write_text(json.dumps(times, indent=2))

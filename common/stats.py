@@ -1,6 +1,10 @@
-"""Statistics for trustworthy comparisons: paired bootstrap confidence intervals and win rates."""
+"""Statistics for trustworthy comparisons: paired bootstrap confidence intervals over prompts, win rates with
+ties counted half, and aggregation over training seeds (mean, t interval, per-seed values)."""
 
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 
@@ -35,3 +39,49 @@ def paired_comparison(treated: np.ndarray, control: np.ndarray, n_samples: int =
     return {"treated_mean": float(treated.mean()), "control_mean": float(control.mean()),
             "diff_mean": float(diff.mean()), "diff_ci_low": lo, "diff_ci_high": hi,
             "win_rate": win_rate(treated, control), "win_rate_ci_low": wlo, "win_rate_ci_high": whi, "n": len(diff)}
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t with `df` degrees of freedom (no scipy): the CDF is 1/2 plus Simpson's rule on
+    the density from 0 to x, inverted by bisection; accurate to about 1e-8 for df >= 1 and 0.5 <= p < 1."""
+    if not 0.5 <= p < 1.0 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        # substitute t = x * u**3 (u in [0, 1]) so the grid is dense near 0 and the heavy tail stays smooth
+        u = np.linspace(0.0, 1.0, 4001)
+        t = x * u ** 3
+        f = np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df)) * 3 * x * u ** 2
+        return 0.5 + float((f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()) * (u[1] - u[0]) / 3)
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_summary(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Aggregate one number per training seed: mean, sample std and a t interval of the mean across seeds.
+
+    Seeds are the independent replicates of a training run, so this interval answers "would another seed give
+    the same result?"; a prompt bootstrap within one run cannot. With one seed the interval is undefined (nan).
+    `bounds` clips the interval to a quantity's range (a win rate lies in [0, 1]; a t interval need not).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"seed_summary needs a non-empty 1-D array, got shape {v.shape}")
+    n, mean = len(v), float(v.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "values": v.tolist()}
+    std = float(v.std(ddof=1))
+    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"n": n, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "values": v.tolist()}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.stats import bootstrap_ci, paired_comparison, win_rate
+from common.stats import bootstrap_ci, paired_comparison, seed_summary, t_quantile, win_rate
 
 
 def test_constant_difference_gives_zero_width_interval():
@@ -33,3 +33,46 @@ def test_win_rate_counts_ties_half():
 def test_paired_comparison_rejects_unpaired_input():
     with pytest.raises(ValueError):
         paired_comparison(np.zeros(3), np.zeros(4))
+
+
+def test_all_ties_give_win_rate_one_half():
+    out = paired_comparison(np.ones(10), np.ones(10), n_samples=200)
+    assert out["win_rate"] == 0.5
+    assert out["win_rate_ci_low"] == out["win_rate_ci_high"] == 0.5
+
+
+@pytest.mark.parametrize("df, p, expected", [(1, 0.975, 12.7062047), (2, 0.975, 4.3026527), (4, 0.975, 2.7764451),
+                                             (10, 0.975, 2.2281389), (2, 0.95, 2.9199856), (30, 0.995, 2.7499957)])
+def test_t_quantile_matches_tables(df, p, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+
+
+def test_seed_summary_of_constant_values_has_zero_width():
+    out = seed_summary([0.7, 0.7, 0.7])
+    assert out["mean"] == pytest.approx(0.7) and out["ci_low"] == pytest.approx(0.7) == out["ci_high"]
+    assert out["values"] == [0.7, 0.7, 0.7] and out["n"] == 3
+
+
+def test_seed_summary_hand_computed():
+    # mean 2, sample std 1, half-width t_{0.975, 2} * 1 / sqrt(3)
+    out = seed_summary([1.0, 2.0, 3.0])
+    assert out["std"] == pytest.approx(1.0)
+    assert out["ci_high"] - 2.0 == pytest.approx(4.3026527 / np.sqrt(3), abs=1e-6)
+
+
+def test_seed_summary_t_interval_covers_true_mean_about_95_percent():
+    rng = np.random.default_rng(0)
+    reps = 2000
+    covered = sum(out["ci_low"] <= 0.3 <= out["ci_high"]
+                  for out in (seed_summary(rng.normal(0.3, 2.0, size=3)) for _ in range(reps)))
+    assert 0.935 <= covered / reps <= 0.965
+
+
+def test_seed_summary_of_one_seed_has_no_interval():
+    out = seed_summary([1.5])
+    assert out["mean"] == 1.5 and np.isnan(out["ci_low"]) and np.isnan(out["ci_high"])
+
+
+def test_seed_summary_clips_the_interval_to_bounds():
+    out = seed_summary([0.5, 0.99, 0.98], bounds=(0.0, 1.0))
+    assert out["ci_high"] == 1.0 and out["ci_low"] == pytest.approx(np.mean([0.5, 0.99, 0.98]) - 4.3026527 * out["std"] / np.sqrt(3))

@@ -1,0 +1,150 @@
+"""The report's figures (matplotlib, Agg backend, PNG). Each function takes loaded runs and writes one file.
+
+A run here is a `cluster.report.RunData`: its variant, seed, RL metrics (one dict per logged step) and eval.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
+import numpy as np  # noqa: E402
+
+CURVES = (("rollout/reward", "reward-model reward"), ("rollout/kl", "KL to reference (log-ratio)"),
+          ("baseline/value", "baseline (moving average)"), ("rollout/response_len", "response length (tokens)"),
+          ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"))
+STAGES = ("sft", "rm", "rl", "eval")
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Trailing moving average over ~1/20 of the run, so the trend reads through per-batch noise."""
+    w = max(1, len(y) // 20)
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    return np.array([(c[i + 1] - c[max(0, i + 1 - w)]) / (i + 1 - max(0, i + 1 - w)) for i in range(len(y))])
+
+
+def _series(run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in run.rl if key in r]
+    return np.array([r["step"] for r in rows], float), np.array([r[key] for r in rows], float)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def training_curves(runs: list, variant: str, path: Path) -> Path | None:
+    """Reward, KL, baseline, length, loss (and gold in the sandbox) over RL steps, one line per seed."""
+    keys = [(k, label) for k, label in CURVES if any(k in r for run in runs for r in run.rl)]
+    if not keys:
+        return None
+    cols = 3
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys):
+        for i, run in enumerate(runs):
+            x, y = _series(run, key)
+            if len(x):
+                ax.plot(x, y, color=f"C{i}", alpha=0.2, lw=0.8)
+                ax.plot(x, _smooth(y), color=f"C{i}", lw=1.6, label=f"seed {run.seed}")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("RL step")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"training curves: {variant} (faint: per batch; solid: moving average)", fontsize=11)
+    return _save(fig, path)
+
+
+def heldout_distribution(runs: list, variant: str, path: Path) -> Path | None:
+    """Violins of per-prompt held-out rewards (and gold), SFT vs trained, side by side for each seed."""
+    runs = [r for r in runs if r.eval and "per_prompt" in r.eval]
+    if not runs:
+        return None
+    metrics = ["reward"] + (["gold"] if all(r.eval["per_prompt"]["sft"]["gold"] is not None for r in runs) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.0 + 2.6 * len(runs) * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for i, run in enumerate(runs):
+            pp = run.eval["per_prompt"]
+            parts = ax.violinplot([pp["sft"][metric], pp["trained"][metric]], positions=[3 * i, 3 * i + 1],
+                                  showmeans=True, widths=0.9)
+            for body, color in zip(parts["bodies"], ("0.6", f"C{i}")):
+                body.set_facecolor(color)
+                body.set_alpha(0.6)
+        ax.set_xticks([3 * i + d for i in range(len(runs)) for d in (0, 1)],
+                      [f"SFT\nseed {r.seed}" if d == 0 else f"trained\nseed {r.seed}" for r in runs for d in (0, 1)],
+                      fontsize=8)
+        ax.set_title(f"held-out {'reward-model reward' if metric == 'reward' else 'gold reward'} per prompt",
+                     fontsize=10)
+    fig.suptitle(f"held-out distribution: {variant} (bar = mean)", fontsize=11)
+    return _save(fig, path)
+
+
+def kl_reward_frontier(variants: dict[str, list], path: Path) -> Path | None:
+    """Held-out KL to the SFT policy vs reward gain over SFT: one dot per run, a cross per variant's mean."""
+    pts = {v: [r for r in runs if r.eval] for v, runs in variants.items()}
+    pts = {v: rs for v, rs in pts.items() if rs}
+    if not pts:
+        return None
+    metrics = ["reward"] + (["gold"] if all("gold" in r.eval["comparisons"] for rs in pts.values() for r in rs) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), squeeze=False)
+    order = sorted(pts, key=lambda v: pts[v][0].config["rl"]["kl_coef"])
+    for ax, metric in zip(axes.flat, metrics):
+        for i, v in enumerate(order):
+            kl = np.array([r.eval["policies"]["trained"]["kl_to_ref"] for r in pts[v]])
+            gain = np.array([r.eval["comparisons"][metric]["diff_mean"] for r in pts[v]])
+            ax.scatter(kl, gain, color=f"C{i}", alpha=0.5, s=25)
+            ax.scatter([kl.mean()], [gain.mean()], color=f"C{i}", marker="X", s=110, edgecolor="k",
+                       label=v if "kl_coef" in v else f"{v} (kl_coef={pts[v][0].config['rl']['kl_coef']:g})")
+        ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("held-out KL(trained || SFT), nats per response")
+        ax.set_ylabel(f"held-out {metric} gain over SFT")
+        ax.set_title(f"KL-{metric} frontier", fontsize=10)
+    axes.flat[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def gold_vs_rm(variants: dict[str, list], path: Path) -> Path | None:
+    """Reward-model reward and gold reward over RL steps (sandbox): over-optimisation shows as RM up, gold down."""
+    if not any("rollout/gold" in r for runs in variants.values() for run in runs for r in run.rl):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    for i, (v, runs) in enumerate(variants.items()):
+        for j, run in enumerate(runs):
+            for ax, key in zip(axes, ("rollout/reward", "rollout/gold")):
+                x, y = _series(run, key)
+                if len(x):
+                    ax.plot(x, _smooth(y), color=f"C{i}", lw=1.2, ls=("-", "--", ":", "-.")[j % 4],
+                            label=f"{v} seed {run.seed}")
+    axes[0].set_title("reward-model reward on training rollouts", fontsize=10)
+    axes[1].set_title("gold (true) reward on the same rollouts", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("RL step")
+    axes[1].legend(fontsize=7, ncol=1 + len(variants) // 2)
+    return _save(fig, path)
+
+
+def throughput(variants: dict[str, list], path: Path) -> Path | None:
+    """Left: seconds per stage (mean over seeds) per variant; right: RL tokens/s over steps per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    width = 0.8 / max(1, len(variants))
+    for i, (v, runs) in enumerate(variants.items()):
+        # a variant that reuses another run's SFT policy and reward model has no sft/rm time: no bar, not 0
+        secs = [np.mean([r.stage_times[s] for r in runs if s in r.stage_times] or [np.nan]) for s in STAGES]
+        axes[0].bar(np.arange(len(STAGES)) + i * width, secs, width, color=f"C{i}", label=v)
+        for j, run in enumerate(runs):
+            x, y = _series(run, "perf/tokens_per_s")
+            if len(x):
+                axes[1].plot(x, _smooth(y), color=f"C{i}", lw=1.0, ls=("-", "--", ":", "-.")[j % 4])
+    axes[0].set_xticks(np.arange(len(STAGES)) + 0.4 - width / 2, STAGES)
+    axes[0].set_ylabel("seconds (mean over seeds)")
+    axes[0].set_title("wall-clock seconds per stage", fontsize=10)
+    axes[0].legend(fontsize=8)
+    axes[1].set_title("RL response tokens / s (line style = seed)", fontsize=10)
+    axes[1].set_xlabel("RL step")
+    return _save(fig, path)

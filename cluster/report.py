@@ -1,0 +1,313 @@
+"""`--stage report`: one markdown file (report.md) with PNG figures beside it, from one or more run directories
+or sweep directories (`<root>/<variant>/seed_<s>`, see cluster/sweep.py).
+
+Two kinds of uncertainty are kept apart. Within one run, a paired bootstrap over held-out prompts (eval.json)
+says whether that trained policy beats its own SFT policy on these prompts. Across runs, a t interval over
+seeds says whether the training procedure reliably improves on SFT; with few seeds that interval is wide, and
+it is the one that answers "is the gain beyond chance?" for the method.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cluster import plots
+from common.stats import seed_summary
+
+NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path"}
+
+
+@dataclass
+class RunData:
+    path: Path
+    variant: str
+    seed: int
+    config: dict
+    eval: dict | None = None
+    rl: list[dict] = field(default_factory=list)
+    stage_times: dict = field(default_factory=dict)
+    rm: dict | None = None
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(path: Path) -> RunData:
+    """A run directory: its resolved config and whatever its stages wrote (missing stages stay empty)."""
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    variant = path.parent.name if re.fullmatch(r"seed_\d+", path.name) else path.name
+    rl_file = path / "metrics_rl.jsonl"
+    rl = [json.loads(line) for line in rl_file.read_text().splitlines() if line.strip()] if rl_file.is_file() else []
+    rm = _json(path / "rm_metrics.json")
+    if rm is None and config["reward"]["path"]:  # a sweep variant reusing another run's reward model
+        rm = _json(Path(config["reward"]["path"]).parent / "rm_metrics.json")
+    return RunData(path, variant, int(config["seed"]), config, _json(path / "eval.json"), rl,
+                   _json(path / "stage_times.json") or {}, rm)
+
+
+def discover(paths: list[str | Path]) -> list[RunData]:
+    """Every run under the given directories (a run directory holds config.yaml), sorted by variant and seed."""
+    found = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"report: {p} is not a directory")
+        dirs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
+        found += [load_run(d) for d in dirs]
+    runs = [r for r in found if r.eval or r.rl]
+    if not runs:
+        raise FileNotFoundError(f"report: no run with metrics_rl.jsonl or eval.json under {', '.join(map(str, paths))}")
+    return sorted(runs, key=lambda r: (r.variant, r.seed))
+
+
+def group(runs: list[RunData]) -> dict[str, list[RunData]]:
+    out: dict[str, list[RunData]] = {}
+    for r in runs:
+        out.setdefault(r.variant, []).append(r)
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, object]]:
+    """Per variant, the config values that differ between variants (seeds and paths excluded)."""
+    flat = {v: _flat(runs[0].config) for v, runs in variants.items()}
+    keys = sorted({k for f in flat.values() for k in f} - NOT_A_VARIANT_KEY)
+    diff = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+    return {v: {k: f.get(k) for k in diff} for v, f in flat.items()}
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def aggregate(runs: list[RunData]) -> dict:
+    """Seed-level summaries of one variant's held-out results (runs without eval.json are left out)."""
+    ev = [r.eval for r in runs if r.eval]
+    if not ev:
+        return {}
+    conf = ev[0]["confidence"]
+    pol = lambda name, key: [e["policies"][name][key] for e in ev]  # noqa: E731
+    out = {"seeds": len(ev), "confidence": conf, "num_prompts": ev[0]["num_prompts"],
+           "same_prompts": len({e.get("prompts_sha256") for e in ev}) == 1}
+    for metric in ("reward", "gold"):
+        if all(metric in e["comparisons"] for e in ev):
+            c = [e["comparisons"][metric] for e in ev]
+            out[metric] = {"sft": seed_summary([x["control_mean"] for x in c], conf),
+                           "trained": seed_summary([x["treated_mean"] for x in c], conf),
+                           "diff": seed_summary([x["diff_mean"] for x in c], conf),
+                           "win_rate": seed_summary([x["win_rate"] for x in c], conf, bounds=(0.0, 1.0)),
+                           "seeds_ci_above_zero": sum(x["diff_ci_low"] > 0 for x in c),
+                           "seeds_ci_below_zero": sum(x["diff_ci_high"] < 0 for x in c)}
+    ranges = {"kl_to_ref": (0.0, np.inf), "length_mean": (0.0, np.inf), "eos_rate": (0.0, 1.0)}  # true ranges
+    for key, rng in ranges.items():
+        out[key] = {name: seed_summary(pol(name, key), conf, bounds=rng) for name in ("sft", "trained")}
+    return out
+
+
+def f3(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def ci(s: dict) -> str:
+    """`mean [low, high]` of a seed summary (no interval with one seed)."""
+    return f3(s["mean"]) + ("" if s["n"] < 2 else f" [{f3(s['ci_low'])}, {f3(s['ci_high'])}]")
+
+
+def verdict(variant: str, agg: dict) -> str:
+    """One sentence per metric: did the held-out score rise, and is the rise beyond chance across seeds?"""
+    pct = int(round(100 * agg["confidence"]))
+    lines = []
+    for metric, label in (("reward", "reward-model reward"), ("gold", "gold reward")):
+        if metric not in agg:
+            continue
+        d, n = agg[metric]["diff"], agg[metric]["diff"]["n"]
+        direction = "rose" if d["mean"] > 0 else "fell"
+        if n < 2:
+            across = "one seed only: no across-seed interval, so no claim about the method"
+        elif d["ci_low"] > 0 or d["ci_high"] < 0:
+            across = f"the {pct}% t-interval across {n} seeds excludes 0: beyond seed-to-seed chance"
+        else:
+            across = f"the {pct}% t-interval across {n} seeds includes 0: not established beyond chance"
+        lines.append(f"- **{variant}**: held-out {label} {direction} by {f3(d['mean'])} vs SFT "
+                     f"(per seed: {', '.join(f3(x) for x in d['values'])}); {across}. "
+                     f"{agg[metric]['seeds_ci_above_zero']} of {n} seeds have a prompt-bootstrap CI above 0, "
+                     f"{agg[metric]['seeds_ci_below_zero']} below 0. Win rate {ci(agg[metric]['win_rate'])}.")
+    return "\n".join(lines)
+
+
+def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> list[str]:
+    has_gold = any("gold" in a for a in aggs.values())
+    head = ["variant", "seeds", "RM reward SFT", "RM reward trained", "diff vs SFT [CI]", "win rate [CI]"]
+    head += ["gold SFT", "gold trained", "gold diff [CI]", "gold win rate [CI]"] if has_gold else []
+    head += ["KL to SFT", "length SFT -> trained", "EOS rate SFT -> trained"]
+    rows = []
+    for v, a in aggs.items():
+        if not a:
+            continue
+        row = [v, str(a["seeds"]), ci(a["reward"]["sft"]), ci(a["reward"]["trained"]), ci(a["reward"]["diff"]),
+               ci(a["reward"]["win_rate"])]
+        if has_gold:
+            g = a.get("gold")
+            row += [ci(g["sft"]), ci(g["trained"]), ci(g["diff"]), ci(g["win_rate"])] if g else ["n/a"] * 4
+        row += [ci(a["kl_to_ref"]["trained"]), f"{f3(a['length_mean']['sft']['mean'])} -> "
+                f"{f3(a['length_mean']['trained']['mean'])}", f"{f3(a['eos_rate']['sft']['mean'])} -> "
+                f"{f3(a['eos_rate']['trained']['mean'])}"]
+        rows.append(row)
+    return _table(head, rows)
+
+
+def per_seed_table(variants: dict[str, list[RunData]]) -> list[str]:
+    def cmp(c: dict | None) -> list[str]:
+        if c is None:
+            return ["n/a", "n/a"]
+        return [f"{f3(c['diff_mean'])} [{f3(c['diff_ci_low'])}, {f3(c['diff_ci_high'])}]",
+                f"{f3(c['win_rate'])} [{f3(c['win_rate_ci_low'])}, {f3(c['win_rate_ci_high'])}]"]
+    head = ["variant", "seed", "reward diff [CI]", "win rate [CI]", "gold diff [CI]", "gold win rate [CI]",
+            "KL to SFT", "length", "EOS rate", "RM val accuracy", "run dir"]
+    rows = []
+    for v, runs in variants.items():
+        for r in runs:
+            if not r.eval:
+                rows.append([v, str(r.seed), "no eval.json"] + [""] * 7 + [str(r.path)])
+                continue
+            c, t = r.eval["comparisons"], r.eval["policies"]["trained"]
+            rm = f3(r.rm["val"]["accuracy"]) if r.rm else "n/a"
+            rows.append([v, str(r.seed)] + cmp(c["reward"]) + cmp(c.get("gold")) +
+                        [f3(t["kl_to_ref"]), f3(t["length_mean"]), f3(t["eos_rate"]), rm, str(r.path)])
+    return _table(head, rows)
+
+
+def throughput_table(variants: dict[str, list[RunData]]) -> list[str]:
+    head = ["variant", *(f"{s} s" for s in plots.STAGES), "RL tokens/s", "generate s/step", "score s/step",
+            "learner s/step"]
+    rows = []
+    for v, runs in variants.items():
+        med = lambda key: f3(np.median([r[key] for run in runs for r in run.rl if key in r])  # noqa: E731
+                             if any(key in r for run in runs for r in run.rl) else float("nan"))
+        stage = [f"{np.mean([r.stage_times[s] for r in runs if s in r.stage_times]):.1f}"
+                 if any(s in r.stage_times for r in runs) else "-" for s in plots.STAGES]
+        rows.append([v, *stage, med("perf/tokens_per_s"), med("perf/generate_s"), med("perf/score_s"),
+                     med("perf/learner_s")])
+    return _table(head, rows)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def examples(variants: dict[str, list[RunData]], k: int = 3) -> list[str]:
+    """The first k held-out prompts (the same for every run) with SFT and trained answers of each variant's first
+    seed."""
+    out = []
+    for v, runs in variants.items():
+        run = next((r for r in runs if r.eval), None)
+        if run is None:
+            continue
+        pp = run.eval.get("per_prompt", {})
+        for i, ex in enumerate(run.eval["examples"][:k]):
+            scores = {n: f" (RM {f3(pp[n]['reward'][i])}" + (f", gold {f3(pp[n]['gold'][i])})"
+                                                          if pp[n].get("gold") else ")") if pp else ""
+                      for n in ("sft", "trained")}
+            out += [f"**{v}, seed {run.seed}, prompt {i}:** {ex['prompt']!r}", "",
+                    f"- SFT{scores['sft']}: {ex['sft']!r}", f"- trained{scores['trained']}: {ex['trained']!r}", ""]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> Path:
+    runs = discover(paths)
+    out = Path(out_dir) if out_dir else Path(paths[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    variants = group(runs)
+    aggs = {v: aggregate(rs) for v, rs in variants.items()}
+    figures = figures_for(variants, out)
+    text = render(paths, runs, variants, aggs, figures)
+    (out / "report.md").write_text(text)
+    return out / "report.md"
+
+
+def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path | None]:
+    figs: dict[str, Path | None] = {}
+    for i, (v, runs) in enumerate(variants.items()):
+        figs[f"training:{v}"] = plots.training_curves(runs, v, out / f"training_{i}.png")
+        figs[f"heldout:{v}"] = plots.heldout_distribution(runs, v, out / f"heldout_{i}.png")
+    figs["frontier"] = plots.kl_reward_frontier(variants, out / "kl_reward_frontier.png")
+    figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
+    figs["throughput"] = plots.throughput(variants, out / "throughput.png")
+    return figs
+
+
+def render(paths, runs, variants, aggs, figures) -> str:
+    img = lambda key, alt: [f"![{alt}]({figures[key].name})", ""] if figures.get(key) else []  # noqa: E731
+    first = next((a for a in aggs.values() if a), {})
+    pct = int(round(100 * first.get("confidence", 0.95)))
+    base = next((r for r in runs if not r.config["reward"]["path"]), runs[0])  # a run that trained its own models
+    c = base.config
+    diffs = varying_keys(variants)
+    kl = "per variant" if any("rl.kl_coef" in d for d in diffs.values()) else f"{c['rl']['kl_coef']:g}"
+    lines = ["# REINFORCE run report", "",
+             f"Runs: {len(runs)} in {len(variants)} variant(s), from {', '.join(map(str, paths))}. "
+             f"Policy `{c['model']['policy']}`, data `{c['data']['source']}`.", "",
+             f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
+             f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {kl}, temperature "
+             f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
+             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""]
+    if any(diffs.values()):
+        lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
+                                                     for v, d in diffs.items()), ""]
+    lines += failed_runs(paths)
+    if first:
+        same = all(a.get("same_prompts", True) for a in aggs.values() if a)
+        lines += ["## What happened", "",
+                  f"Held-out prompts: {first['num_prompts']} per run ("
+                  + ("the same prompts in every run" if same else "**the runs did not use the same prompts**")
+                  + f"). Intervals: `[low, high]` after a mean over seeds is a {pct}% t-interval across seeds; "
+                  f"per-seed intervals are {pct}% paired bootstrap intervals over prompts.", ""]
+        lines += [verdict(v, a) for v, a in aggs.items() if a] + [""]
+        lines += ["## Held-out results per variant (mean over seeds)", ""] + summary_table(variants, aggs) + [""]
+        lines += ["Each seed trains its own reward model, so reward-model rewards are on one scale within a seed "
+                  "(SFT vs trained, and across variants of that seed) but not across seeds: compare the differences, "
+                  "not the levels. The gold reward (sandbox) is one fixed scale. KL is the mean of "
+                  "log pi(y|x) - log pi_ref(y|x) on the trained policy's own held-out samples (nats per response).",
+                  ""]
+        lines += ["## Per seed", ""] + per_seed_table(variants) + [""]
+        lines += ["## Held-out reward distributions", ""]
+        for v in variants:
+            lines += img(f"heldout:{v}", f"held-out distribution {v}")
+        lines += ["## KL-reward frontier", "",
+                  "One dot per run, a cross per variant's mean; up and to the left is better.", ""]
+        lines += img("frontier", "KL-reward frontier")
+    lines += ["## Training curves", ""]
+    for v in variants:
+        lines += img(f"training:{v}", f"training curves {v}")
+    if figures.get("gold_vs_rm"):
+        lines += ["## Gold vs reward-model reward during training", "",
+                  "If the reward model's reward keeps rising while the gold reward stalls or falls, the policy is "
+                  "exploiting the reward model (over-optimisation).", ""] + img("gold_vs_rm", "gold vs RM")
+    lines += ["## Throughput", ""] + throughput_table(variants) + [""] + img("throughput", "throughput")
+    ex = examples(variants)
+    if ex:
+        lines += ["## Example responses (held-out prompts, eval sampling seed)", ""] + ex
+    return "\n".join(lines) + "\n"
+
+
+def failed_runs(paths) -> list[str]:
+    """Failed runs recorded by a sweep (sweep.json), so a missing seed is visible, not silently dropped."""
+    failed = [row for p in paths for row in (_json(Path(p) / "sweep.json") or []) if row["status"] == "failed"]
+    if not failed:
+        return []
+    return ["**Failed runs (not in the tables):** " + "; ".join(f"{r['variant']}/seed_{r['seed']}: {r['error']}"
+                                                                for r in failed), ""]

@@ -1,0 +1,100 @@
+"""Report generation on small fake sweeps whose eval.json is written by the real evaluate.summarize."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import launch
+
+from cluster.evaluate import summarize
+from cluster.report import discover, write_report
+from common.config import load_config, save_config
+from common.metrics import record_stage_time
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(run_dir, seed: int, kl_coef: float, gain: float, n_prompts: int = 40, steps: int = 30) -> dict:
+    """A finished run: config, RL metrics, stage times and an eval.json with per-prompt arrays."""
+    cfg = load_config("configs/tiny.yaml", [f"seed={seed}", f"run_dir={run_dir}", f"rl.kl_coef={kl_coef}"])
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    rng = np.random.default_rng(seed)
+    with (run_dir / "metrics_rl.jsonl").open("w") as f:
+        for step in range(1, steps + 1):
+            f.write(json.dumps({"step": step, "rollout/reward": step * gain / steps + rng.normal(0, 0.1),
+                                "rollout/kl": 0.01 * step, "baseline/value": step * gain / steps / 2,
+                                "rollout/response_len": 10.0, "losses/policy": rng.normal(),
+                                "rollout/gold": -1.0 + step / steps, "perf/tokens_per_s": 300.0,
+                                "perf/generate_s": 0.2, "perf/score_s": 0.01, "perf/learner_s": 0.1}) + "\n")
+    for stage, secs in (("sft", 10.0), ("rm", 5.0), ("rl", 20.0), ("eval", 3.0)):
+        record_stage_time(run_dir, stage, secs)
+    sft = rng.normal(0.0, 1.0, n_prompts)
+    d = {"sft": {"reward": sft, "gold": np.round(sft), "length": np.full(n_prompts, 8.0), "eos": 0.9,
+                 "texts": [f"sft answer {i}" for i in range(n_prompts)]},
+         "trained": {"reward": sft + gain, "gold": np.round(sft) + 1.0, "length": np.full(n_prompts, 6.0),
+                     "eos": 1.0, "texts": [f"trained answer {i}" for i in range(n_prompts)]}}
+    result = summarize(d, np.full(n_prompts, kl_coef * 10), cfg, [f"Name a few fruits ({i})" for i in range(n_prompts)])
+    (run_dir / "eval.json").write_text(json.dumps(result))
+    return result
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two kl_coef variants x 3 seeds, one failed run in sweep.json, and the report written once."""
+    root = tmp_path_factory.mktemp("sweep")
+    results = {}
+    for kl, gains in ((0.05, (0.5, 0.7, 0.6)), (0.2, (0.2, 0.1, 0.3))):
+        for seed, gain in enumerate(gains):
+            results[(kl, seed)] = fake_run(root / f"kl_coef={kl}" / f"seed_{seed}", seed, kl, gain)
+    (root / "sweep.json").write_text(json.dumps([{"variant": "kl_coef=1.0", "seed": 0, "status": "failed",
+                                                  "error": "RuntimeError: boom", "run_dir": "", "seconds": 0}]))
+    return write_report([root]), results
+
+
+def test_report_files_exist_and_pngs_are_valid(sweep):
+    path, _ = sweep
+    assert path.name == "report.md" and path.is_file()
+    pngs = sorted(path.parent.glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"training_0.png", "training_1.png", "heldout_0.png", "heldout_1.png", "kl_reward_frontier.png",
+            "gold_vs_rm.png", "throughput.png"} <= names
+    text = path.read_text()
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+        assert matplotlib.image.imread(p).ndim == 3
+        assert f"]({p.name})" in text  # every figure is linked from the report
+
+
+def test_report_tables_hold_the_runs_numbers(sweep):
+    path, results = sweep
+    text = path.read_text()
+    gains = [results[(0.05, s)]["comparisons"]["reward"]["diff_mean"] for s in range(3)]
+    assert gains == pytest.approx([0.5, 0.7, 0.6])
+    # the variant's mean gain with its t-interval across 3 seeds: 0.6 +- t(0.975, 2) * 0.1 / sqrt(3)
+    half = 4.3026527 * 0.1 / np.sqrt(3)
+    assert f"0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}]" in text
+    # per-seed prompt-bootstrap CIs: a constant gain gives a zero-width interval
+    assert "0.700 [0.700, 0.700]" in text
+    # KL from eval.json, gold gains, win rates (ties counted half: none here, all wins)
+    assert f"{results[(0.2, 1)]['policies']['trained']['kl_to_ref']:.3f}" in text
+    assert "1.000 [1.000, 1.000]" in text
+    assert "kl_coef=0.05" in text and "kl_coef=0.2" in text and "`rl.kl_coef=0.05`" in text
+    assert "excludes 0" in text and "the same prompts in every run" in text
+    assert "kl_coef=1.0/seed_0: RuntimeError: boom" in text  # failed sweep runs are listed
+    assert "'sft answer 0'" in text and "'trained answer 0'" in text  # example responses
+
+
+def test_single_run_directory_and_missing_eval(tmp_path):
+    fake_run(tmp_path / "tiny", seed=0, kl_coef=0.05, gain=0.4)
+    (tmp_path / "tiny" / "eval.json").unlink()
+    runs = discover([tmp_path / "tiny"])
+    assert len(runs) == 1 and runs[0].variant == "tiny" and runs[0].eval is None
+    assert launch.main(["--stage", "report", "--runs", str(tmp_path / "tiny")]) == 0
+    text = (tmp_path / "tiny" / "report" / "report.md").read_text()
+    assert "## Training curves" in text and "## Per seed" not in text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no run"):
+        discover([tmp_path / "empty"])
