@@ -122,8 +122,11 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     policies["sft"]["kl_to_ref"] = 0.0
     examples = [{"prompt": prompt_texts[i], "sft": d["sft"]["texts"][i], "trained": d["trained"]["texts"][i]}
                 for i in range(min(5, len(prompt_texts)))]
+    per_prompt = {name: {k: np.asarray(v[k]).round(6).tolist() for k in ["reward", *extra]}
+                  for name, v in d.items()}  # for pooling seeds and pairing variants on the same prompts
+    per_prompt["trained"]["kl"] = np.asarray(kl).round(6).tolist()
     return {"num_prompts": len(prompt_texts), "confidence": e.confidence, "policies": policies,
-            "comparisons": comparisons, "examples": examples}
+            "comparisons": comparisons, "examples": examples, "per_prompt": per_prompt}
 
 
 def format_table(result: dict) -> str:

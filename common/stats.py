@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -35,3 +37,34 @@ def paired_comparison(treated: np.ndarray, control: np.ndarray, n_samples: int =
     return {"treated_mean": float(treated.mean()), "control_mean": float(control.mean()),
             "diff_mean": float(diff.mean()), "diff_ci_low": lo, "diff_ci_high": hi,
             "win_rate": win_rate(treated, control), "win_rate_ci_low": wlo, "win_rate_ci_high": whi, "n": len(diff)}
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 < p < 1) of Student's t with df degrees of freedom (numerical, no scipy needed)."""
+    if not 0.5 < p < 1.0 or df < 1:
+        raise ValueError(f"student_t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:  # 1/2 + integral of the density from 0 to x (Simpson, 4001 points)
+        t = np.linspace(0.0, x, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t ** 2 / df))
+        return 0.5 + (t[1] - t[0]) / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci_over_seeds(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-seed results ([S]) with a Student-t interval: the seeds are the independent replicates, so
+    this interval includes the run-to-run variance that a bootstrap over prompts of one run leaves out."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = student_t_quantile(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half

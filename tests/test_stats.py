@@ -33,3 +33,15 @@ def test_win_rate_counts_ties_half():
 def test_paired_comparison_rejects_unpaired_input():
     with pytest.raises(ValueError):
         paired_comparison(np.zeros(3), np.zeros(4))
+
+
+def test_student_t_quantile_matches_tables():
+    from common.stats import student_t_quantile
+    for p, df, table in ((0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 10, 2.228), (0.95, 4, 2.132)):
+        assert student_t_quantile(p, df) == pytest.approx(table, abs=1e-3)
+
+
+def test_mean_ci_over_seeds_hand_computed():
+    from common.stats import mean_ci_over_seeds
+    mean, lo, hi = mean_ci_over_seeds(np.array([1.0, 2.0, 3.0]))  # sd 1, se 1/sqrt(3), t(0.975, 2) = 4.3027
+    assert mean == 2.0 and hi - mean == pytest.approx(4.3027 / np.sqrt(3), abs=1e-3) and mean - lo == pytest.approx(hi - mean)
