@@ -1,6 +1,8 @@
 """Level 2 experiment: scalar vs distributional reward model (each reduction) on the offline sandbox, several seeds.
 
     python cluster/level2_experiment.py --seeds 0 1 2 --out runs/level2 [--jobs 2] [key=value ...]
+    python cluster/level2_experiment.py --config configs/smollm2_helpsteer2_distributional.yaml \
+        --out runs/level2_helpsteer2 --seeds 0 1 2           # the same comparison on HelpSteer2 (GPU)
 
 Per seed, what is shared is shared honestly: one SFT model, one scalar and one distributional reward model
 (both trained from that SFT model on the same pairs), then one RL + eval run per variant, all with the same
@@ -28,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.config import load_config  # noqa: E402
 from common.stats import mean_ci_over_seeds, paired_comparison  # noqa: E402
 
 VARIANTS = {  # name -> (reward model, overrides)
@@ -54,22 +57,24 @@ class Job:
         return (self.run_dir / self.done_file).exists()
 
 
-def plan(seeds: list[int], out: Path, variants: list[str], common: list[str]) -> list[Job]:
-    """Jobs in seed order, so that complete seeds accumulate first."""
+def plan(seeds: list[int], out: Path, variants: list[str], common: list[str], sandbox: bool) -> list[Job]:
+    """Jobs in seed order, so that complete seeds accumulate first. In the sandbox each seed warms up its own
+    tiny SFT policy; otherwise the configured model.policy is the SFT policy of every seed."""
     jobs = []
     for s in seeds:
         d = out / f"seed{s}"
         base = [f"seed={s}", *common]
-        sft_model = d / "sft" / "sft_model"
-        jobs.append(Job(f"seed{s}/sft", d / "sft", ["sft"], base, "sft_metrics.json"))
+        policy = [f"model.policy={d / 'sft' / 'sft_model'}"] if sandbox else []
+        sft = [f"seed{s}/sft"] if sandbox else []
+        if sandbox:
+            jobs.append(Job(f"seed{s}/sft", d / "sft", ["sft"], base, "sft_metrics.json"))
         for rm, extra in RMS.items():
             if any(VARIANTS[v][0] == rm for v in variants):
-                jobs.append(Job(f"seed{s}/{rm}", d / rm, ["rm"], [*base, f"model.policy={sft_model}", *extra],
-                                "rm_metrics.json", [f"seed{s}/sft"]))
+                jobs.append(Job(f"seed{s}/{rm}", d / rm, ["rm"], [*base, *policy, *extra], "rm_metrics.json", sft))
         for v in variants:
             rm, extra = VARIANTS[v]
             jobs.append(Job(f"seed{s}/{v}", d / v, ["rl", "eval"],
-                            [*base, f"model.policy={sft_model}", f"reward.path={d / rm / 'reward_model'}", *extra],
+                            [*base, *policy, f"reward.path={d / rm / 'reward_model'}", *extra],
                             "eval.json", [f"seed{s}/{rm}"]))
     return jobs
 
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         out.mkdir(parents=True, exist_ok=True)
         (out / "experiment.json").write_text(json.dumps(vars(args), indent=2))
-        run_all(plan(args.seeds, out, args.variants, args.overrides), args.config, args.jobs, args.threads)
+        sandbox = load_config(args.config, args.overrides).model.policy == "tiny"
+        run_all(plan(args.seeds, out, args.variants, args.overrides, sandbox), args.config, args.jobs, args.threads)
     result = summarize(out, args.seeds, args.variants)
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     (out / "summary.md").write_text(format_summary(result) + "\n")
