@@ -165,12 +165,26 @@ def summarize(out: Path, seeds: list[int], variants: list[str]) -> dict:
         if vals:
             result["reward_models"][rm] = {k: _ci([x[k] for x in vals]) for k in ("accuracy", "mean_p_win", "loss")}
             result["reward_models"][rm]["ece"] = _ci([x["calibration"]["ece"] for x in vals])
+            result["reward_models"][rm]["reliability"] = pooled_reliability([x["calibration"] for x in vals])
             if "mean_p_tie" in vals[0]:
                 result["reward_models"][rm]["mean_p_tie"] = _ci([x["mean_p_tie"] for x in vals])
                 for side in ("chosen", "rejected"):
                     result["reward_models"][rm][f"{side}_mean_distribution"] = np.mean(
                         [x[side]["mean_distribution"] for x in vals], 0).round(4).tolist()
     return result
+
+
+def pooled_reliability(tables: list[dict]) -> list[dict]:
+    """Reliability tables of several seeds merged bin by bin (count-weighted means)."""
+    merged: dict[tuple, list[float]] = {}
+    for t in tables:
+        for b in t["bins"]:
+            m = merged.setdefault(tuple(b["bin"]), [0, 0.0, 0.0])
+            m[0] += b["count"]
+            m[1] += b["count"] * b["mean_pred"]
+            m[2] += b["count"] * b["observed"]
+    return [{"bin": list(k), "count": n, "mean_pred": p / n, "observed": o / n}
+            for k, (n, p, o) in sorted(merged.items())]
 
 
 def _fmt(x: dict | None) -> str:
@@ -200,6 +214,21 @@ def format_summary(r: dict) -> str:
         for rm, m in r["reward_models"].items():
             lines.append(f"| {rm} | {_fmt(m['accuracy'])} | {_fmt(m['mean_p_win'])} | {_fmt(m['ece'])} | "
                          f"{_fmt(m['loss'])} |")
+        lines += ["", "Reliability of P(first response preferred), all seeds, each pair in both orders "
+                  "(predicted -> observed, count):", ""]
+        lines += ["| bin | " + " | ".join(r["reward_models"]) + " |", "|---|" + "---|" * len(r["reward_models"])]
+        bins = sorted({tuple(b["bin"]) for m in r["reward_models"].values() for b in m["reliability"]})
+        for k in bins:
+            cells = []
+            for m in r["reward_models"].values():
+                b = next((b for b in m["reliability"] if tuple(b["bin"]) == k), None)
+                cells.append("-" if b is None else f"{b['mean_pred']:.3f} -> {b['observed']:.3f} ({b['count']})")
+            lines.append(f"| {k[0]:.1f}-{k[1]:.1f} | " + " | ".join(cells) + " |")
+        for rm, m in r["reward_models"].items():
+            if "chosen_mean_distribution" in m:
+                lines += ["", f"{rm}: mean p(score) over scores 1..{len(m['chosen_mean_distribution'])}, chosen "
+                          f"{m['chosen_mean_distribution']}, rejected {m['rejected_mean_distribution']}; mean P_tie "
+                          f"{_fmt(m['mean_p_tie'])}"]
     return "\n".join(lines)
 
 
