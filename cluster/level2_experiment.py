@@ -149,6 +149,8 @@ def summarize(out: Path, seeds: list[int], variants: list[str]) -> dict:
             row[key] = {"over_seeds": _ci([float(np.mean(a) - np.mean(b)) for a, b in zip(t, c)]),
                         "pooled": _pooled(t, c)}
         row["kl"] = {"over_seeds": _ci([float(np.mean(p["trained"]["kl"])) for p in pp])}
+        # the reward's spread over SFT answers: with one kl_coef for all variants, it sets the effective beta
+        row["reward_scale"] = {"over_seeds": _ci([float(np.std(p["sft"]["reward"])) for p in pp])}
         row["rm_std"] = {"over_seeds": _ci([float(np.mean(p["trained"]["rm_std"])) for p in pp])} \
             if pp and "rm_std" in pp[0]["trained"] else None
         row["gold_trained"] = _ci([float(np.mean(p["trained"]["gold"])) for p in pp])
@@ -200,11 +202,12 @@ def format_summary(r: dict) -> str:
     lines = [f"Seeds: {r['seeds']} (intervals: 95%; 'seeds' = Student t over the {n} per-seed means, "
              "'pooled' = paired bootstrap over all (seed, prompt) pairs)", "",
              "| variant | gold diff vs SFT (seeds) | gold diff (pooled) | RM reward diff vs SFT (seeds) | "
-             "RM P(beats SFT) - 0.5 (seeds) | KL to ref (seeds) |", "|---|---|---|---|---|---|"]
+             "RM P(beats SFT) - 0.5 (seeds) | KL to ref (seeds) | RM reward std on SFT answers |",
+             "|---|---|---|---|---|---|---|"]
     for v, row in r["variants"].items():
         lines.append(f"| {v} | {_fmt(row['gold']['over_seeds'])} | {_fmt(row['gold']['pooled'])} | "
                      f"{_fmt(row['reward']['over_seeds'])} | {_fmt(row['win_prob_vs_sft']['over_seeds'])} | "
-                     f"{_fmt(row['kl']['over_seeds'])} |")
+                     f"{_fmt(row['kl']['over_seeds'])} | {_fmt(row['reward_scale']['over_seeds'])} |")
     if r["vs_scalar"]:
         lines += ["", "| variant | gold gain over the scalar RM's policy (seeds) | (pooled) |", "|---|---|---|"]
         lines += [f"| {v} | {_fmt(x['over_seeds'])} | {_fmt(x['pooled'])} |" for v, x in r["vs_scalar"].items()]
