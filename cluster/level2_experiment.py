@@ -141,6 +141,8 @@ def summarize(out: Path, seeds: list[int], variants: list[str]) -> dict:
                  if (out / f"seed{s}" / v / "eval.json").is_file()} for v in variants}
     complete = [s for s in seeds if all(s in evals[v] for v in variants)]
     result = {"seeds": complete, "variants": {}, "vs_scalar": {}, "reward_models": {}}
+    if not complete:
+        return result
     for v in variants:
         pp = [evals[v][s]["per_prompt"] for s in complete]
         row = {}
@@ -166,6 +168,8 @@ def summarize(out: Path, seeds: list[int], variants: list[str]) -> dict:
         vals = [json.loads(f.read_text())["val"] for f in files if f.is_file()]
         if vals:
             result["reward_models"][rm] = {k: _ci([x[k] for x in vals]) for k in ("accuracy", "mean_p_win", "loss")}
+            # q = P(chosen preferred): sigmoid(margin) for the scalar head, P_win + P_tie/2 for the distributional
+            result["reward_models"][rm]["mean_q"] = _ci([x.get("mean_q", x["mean_p_win"]) for x in vals])
             result["reward_models"][rm]["ece"] = _ci([x["calibration"]["ece"] for x in vals])
             result["reward_models"][rm]["reliability"] = pooled_reliability([x["calibration"] for x in vals])
             if "mean_p_tie" in vals[0]:
@@ -189,12 +193,12 @@ def pooled_reliability(tables: list[dict]) -> list[dict]:
             for k, (n, p, o) in sorted(merged.items())]
 
 
-def _fmt(x: dict | None) -> str:
+def _fmt(x: dict | None, sign: str = "+") -> str:
     if x is None:
         return "-"
     if np.isnan(x["ci_low"]):
-        return f"{x['mean']:+.3f}"
-    return f"{x['mean']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
+        return f"{x['mean']:{sign}.3f}"
+    return f"{x['mean']:{sign}.3f} [{x['ci_low']:{sign}.3f}, {x['ci_high']:{sign}.3f}]"
 
 
 def format_summary(r: dict) -> str:
@@ -212,11 +216,11 @@ def format_summary(r: dict) -> str:
         lines += ["", "| variant | gold gain over the scalar RM's policy (seeds) | (pooled) |", "|---|---|---|"]
         lines += [f"| {v} | {_fmt(x['over_seeds'])} | {_fmt(x['pooled'])} |" for v, x in r["vs_scalar"].items()]
     if r["reward_models"]:
-        lines += ["", "| reward model (val) | accuracy | mean P(chosen wins) | ECE of P | loss |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| reward model (val) | accuracy | mean q = P(chosen preferred) | ECE of q | loss | "
+                  "mean P_win (strict) |", "|---|---|---|---|---|---|"]
         for rm, m in r["reward_models"].items():
-            lines.append(f"| {rm} | {_fmt(m['accuracy'])} | {_fmt(m['mean_p_win'])} | {_fmt(m['ece'])} | "
-                         f"{_fmt(m['loss'])} |")
+            lines.append(f"| {rm} | {_fmt(m['accuracy'], '')} | {_fmt(m['mean_q'], '')} | {_fmt(m['ece'], '')} | "
+                         f"{_fmt(m['loss'], '')} | {_fmt(m['mean_p_win'], '')} |")
         lines += ["", "Reliability of P(first response preferred), all seeds, each pair in both orders "
                   "(predicted -> observed, count):", ""]
         lines += ["| bin | " + " | ".join(r["reward_models"]) + " |", "|---|" + "---|" * len(r["reward_models"])]
@@ -231,7 +235,7 @@ def format_summary(r: dict) -> str:
             if "chosen_mean_distribution" in m:
                 lines += ["", f"{rm}: mean p(score) over scores 1..{len(m['chosen_mean_distribution'])}, chosen "
                           f"{m['chosen_mean_distribution']}, rejected {m['rejected_mean_distribution']}; mean P_tie "
-                          f"{_fmt(m['mean_p_tie'])}"]
+                          f"{_fmt(m['mean_p_tie'], '')}"]
     return "\n".join(lines)
 
 
@@ -247,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every stage (same for all variants)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "experiment.json").write_text(json.dumps(vars(args), indent=2))
         sandbox = load_config(args.config, args.overrides).model.policy == "tiny"
         run_all(plan(args.seeds, out, args.variants, args.overrides, sandbox), args.config, args.jobs, args.threads)
