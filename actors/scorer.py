@@ -7,10 +7,15 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from actors.generator import Generator
 from common import data
 from common.config import DataConfig
 from common.models import reward_head_logits
+from common.reward_head import RewardHead
 from common.rollout import RolloutBatch, pad_right
+from learner import distributional as dist
+
+SCALAR = RewardHead("scalar", 1)
 
 GoldFn = Callable[[str, str], float]  # (last user message, response) -> gold score (offline sandbox only)
 
@@ -21,13 +26,25 @@ class Scorer:
     The response text is re-templated with the reward model's own tokenizer (it may differ from the policy's),
     so what the model sees at scoring time is what it saw in training: chat template, left-truncated prompt,
     score read at the last real token.
+
+    A distributional head's p(score) becomes the scalar reward by `reduction` (learner/distributional.py);
+    `win_prob_vs_ref` compares with the reference policy's response to the same prompt, sampled once per prompt
+    by `reference_generator` (the frozen SFT weights) and cached as its score distribution.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[dict, ...]],
                  data_cfg: DataConfig, device: torch.device, batch_size: int = 32,
-                 gold_fn: GoldFn | None = None) -> None:
+                 gold_fn: GoldFn | None = None, head: RewardHead = SCALAR, reduction: str = "expected",
+                 risk_lambda: float = 1.0, reference_generator: Generator | None = None,
+                 reference_seed: int = 0) -> None:
         self.model, self.tokenizer, self.prompts = model.eval(), tokenizer, prompts
         self.data_cfg, self.device, self.batch_size, self.gold_fn = data_cfg, device, batch_size, gold_fn
+        if reduction != "expected" and not head.distributional:
+            raise ValueError(f"reward_reduction={reduction} needs a distributional reward model, not a {head.kind} one")
+        self.head, self.reduction, self.risk_lambda = head, reduction, risk_lambda
+        self.reference_generator, self.reference_seed = reference_generator, reference_seed
+        self.reference_logp: dict[int, torch.Tensor] = {}  # prompt index -> [K] log p of the reference response
+        self.reference_texts: dict[int, str] = {}
 
     def _encode(self, prompt_index: int, response: str) -> list[int]:
         cfg, stats = self.data_cfg, data.DataStats()
@@ -40,16 +57,51 @@ class Scorer:
         return ids
 
     @torch.no_grad()
-    def score_texts(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
-        """[N] reward-model scores (the head's single output)."""
+    def head_logits(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
+        """[N, L] reward-head outputs in float32 (L = 1 for the scalar head, num_bins for the distributional)."""
         out = []
         for start in range(0, len(responses), self.batch_size):
             seqs = [self._encode(i, r) for i, r in zip(prompt_indices[start:start + self.batch_size],
                                                        responses[start:start + self.batch_size])]
             ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
-            logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, 1]
-            out.append(logits[:, 0].float().cpu())
+            logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, L]
+            out.append(logits.float().cpu())
         return torch.cat(out)
+
+    def rewards_from_logits(self, logits: torch.Tensor, ref_logp: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, L] head outputs -> [N] scalar rewards (the scalar head's output, or the distribution's reduction)."""
+        if not self.head.distributional:
+            return logits[:, 0]
+        return dist.reduce_scores(dist.score_logprobs(logits), self.reduction, self.risk_lambda, ref_logp)
+
+    def win_prob(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+        """[N, L], [N, L] head outputs -> [N] the model's P(a preferred over b), ties half: Bradley-Terry
+        sigmoid(r_a - r_b) for the scalar head, P(s_a > s_b) + P(s_a = s_b) / 2 for the distributional one."""
+        if not self.head.distributional:
+            return torch.sigmoid(logits_a[:, 0] - logits_b[:, 0])
+        return dist.win_prob(dist.score_logprobs(logits_a), dist.score_logprobs(logits_b))
+
+    def score_texts(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
+        """[N] rewards; win_prob_vs_ref compares with the cached reference responses."""
+        ref = self.reference_distributions(prompt_indices) if self.reduction == "win_prob_vs_ref" else None
+        return self.rewards_from_logits(self.head_logits(prompt_indices, responses), ref)
+
+    @torch.no_grad()
+    def reference_distributions(self, prompt_indices: list[int]) -> torch.Tensor:
+        """[N, K] log p(score) of the reference policy's response to each prompt, sampled on first use.
+
+        The missing prompts are sampled in one batch seeded by (reference_seed, cache size), so a run is
+        reproducible; each prompt keeps its first reference response for the whole run.
+        """
+        missing = list(dict.fromkeys(i for i in prompt_indices if i not in self.reference_logp))
+        if missing and self.reference_generator is None:
+            raise ValueError("reward_reduction=win_prob_vs_ref needs a reference_generator (the SFT policy)")
+        if missing:
+            batch = self.reference_generator.generate(missing, self.reference_seed * 1_000_003 + len(self.reference_logp))
+            logp = dist.score_logprobs(self.head_logits(missing, batch.response_texts))  # [M, K]
+            for row, (i, text) in enumerate(zip(missing, batch.response_texts)):
+                self.reference_logp[i], self.reference_texts[i] = logp[row], text
+        return torch.stack([self.reference_logp[i] for i in prompt_indices])
 
     def gold(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor | None:
         if self.gold_fn is None:
@@ -58,7 +110,17 @@ class Scorer:
                              for i, r in zip(prompt_indices, responses)], dtype=torch.float32)
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
+        """Fill rewards ([B]); extras: gold (sandbox) and, for a distributional head, rm_mean/rm_std/rm_entropy."""
         indices = batch.prompt_index.tolist()
-        rewards = self.score_texts(indices, batch.response_texts)
+        logits = self.head_logits(indices, batch.response_texts)
+        extras = {}
+        ref = None
+        if self.head.distributional:
+            extras.update(dist.distribution_stats(dist.score_logprobs(logits)))
+            if self.reduction == "win_prob_vs_ref":
+                ref = self.reference_distributions(indices)
+                extras["ref_rm_mean"] = dist.expected_score(ref)
         gold = self.gold(indices, batch.response_texts)
-        return batch.with_rewards(rewards, **({"gold": gold} if gold is not None else {}))
+        if gold is not None:
+            extras["gold"] = gold
+        return batch.with_rewards(self.rewards_from_logits(logits, ref), **extras)

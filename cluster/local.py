@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from actors.generator import Generator
 from actors.scorer import Scorer
 from cluster.colocate import local_generator, release_generator_memory, sync_local_generator
 from common import checkpoint, data, sandbox
 from common.config import Config
 from common.metrics import RunLogger
-from common.models import (apply_lora, frozen_copy, load_causal_lm, load_reward_model, load_tokenizer,
-                           resolve_dtype, reward_model_path, save_model, sft_policy_path)
+from common.models import (apply_lora, frozen_copy, load_causal_lm, load_tokenizer, resolve_dtype,
+                           reward_model_path, save_model, sft_policy_path)
+from common.reward_head import load_trained_reward_model
 from common.runtime import amp, prepare
 from common.splits import encode_prompts, load_splits, write_data_report
 from learner.learner import Learner
@@ -59,7 +61,7 @@ class RLParts:
 def build_rl_parts(cfg: Config, device: torch.device) -> RLParts:
     tokenizer, prompts, prompt_tokens = build_prompts(cfg)
     policy, reference = build_policy(cfg, device)
-    scorer = build_scorer(cfg, tokenizer, prompts, device)
+    scorer = build_scorer(cfg, device, prompts, prompt_tokens, tokenizer, reference_sampler(cfg, device, reference))
     return RLParts(tokenizer, prompts, prompt_tokens, policy, reference, scorer)
 
 
@@ -80,12 +82,27 @@ def build_policy(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, to
     return apply_lora(policy, cfg.model.lora, "CAUSAL_LM"), reference
 
 
-def build_scorer(cfg: Config, tokenizer, prompts: list[tuple[dict, ...]], device: torch.device) -> Scorer:
+def reference_sampler(cfg: Config, device: torch.device,
+                      reference: torch.nn.Module | None = None) -> torch.nn.Module | None:
+    """The frozen SFT policy that answers each prompt once for `win_prob_vs_ref` (None for other reductions);
+    `reference` is reused when the caller already holds one (no copy with LoRA, or in a scorer actor: load it)."""
+    if cfg.rl.reward_reduction != "win_prob_vs_ref":
+        return None
+    return reference if reference is not None else load_causal_lm(sft_policy_path(cfg), device, torch.float32).eval()
+
+
+def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]],
+                 tokenizer, reference: torch.nn.Module | None = None) -> Scorer:
+    """The trained reward model (head read from its directory) behind a Scorer with the configured reduction;
+    win_prob_vs_ref samples its reference responses from `reference` (the frozen SFT policy)."""
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
-    rm = load_reward_model(rm_path, 1, rm_tokenizer, device, resolve_dtype(cfg.model.dtype, device))
+    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, resolve_dtype(cfg.model.dtype, device))
     gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
-    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold)
+    ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
+    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
+                  reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,
+                  reference_seed=cfg.seed)
 
 
 def perf_metrics(batch, t_gen: float, t_score: float, t_learn: float) -> dict[str, float]:

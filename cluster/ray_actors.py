@@ -14,7 +14,7 @@ import ray
 import torch
 
 from actors.generator import build_generator
-from cluster.local import build_scorer
+from cluster.local import build_scorer, reference_sampler
 from common.config import Config
 from common.models import load_tokenizer, resolve_device
 from common.rollout import RolloutBatch
@@ -89,10 +89,15 @@ class ScorerActor:
     `put_timeout_s` it raises instead of dropping the shard, and the learner reports the error.
     """
 
-    def __init__(self, cfg: Config, model_path: str, prompts: list[tuple[dict, ...]], threads: int) -> None:
+    def __init__(self, cfg: Config, model_path: str, prompts: list[tuple[dict, ...]], threads: int,
+                 prompt_tokens: list[list[int]] | None = None) -> None:
         _setup_process(threads)
         device = resolve_device(cfg.device)
-        self.scorer = build_scorer(cfg, load_tokenizer(cfg, model_path), prompts, device)
+        reference = reference_sampler(cfg, device)  # win_prob_vs_ref: the actor's own frozen SFT copy
+        if reference is not None and prompt_tokens is None:
+            raise ValueError("rl.reward_reduction=win_prob_vs_ref needs the prompt token ids in the scorer actor")
+        self.scorer = build_scorer(cfg, device, prompts, prompt_tokens or [], load_tokenizer(cfg, model_path),
+                                   reference)
 
     def info(self) -> dict:
         return actor_info()

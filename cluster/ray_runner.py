@@ -69,7 +69,8 @@ def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, 
             generators.append(RemoteGenerator.options(**opts).remote(cfg, model_path, prompt_tokens,
                                                                     c.generator_threads))
         else:
-            scorers.append(RemoteScorer.options(**opts).remote(cfg, model_path, prompts, c.scorer_threads))
+            scorers.append(RemoteScorer.options(**opts).remote(cfg, model_path, prompts, c.scorer_threads,
+                                                                  prompt_tokens))
     names = [f"generator {i}" for i in range(len(generators))] + [f"scorer {i}" for i in range(len(scorers))]
     refs = [a.info.remote() for a in generators + scorers]
     ready, pending = ray.wait(refs, num_returns=len(refs), timeout=c.placement_timeout_s)

@@ -101,7 +101,16 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    head: str = opt("scalar", choices=("scalar",), help="scalar: Bradley-Terry reward model")
+    head: str = opt("scalar", choices=("scalar", "distributional"),
+                    help="scalar: Bradley-Terry reward model; distributional: p(score) over 1..num_bins (Level 2)")
+    num_bins: int = opt(10, ge=2, help="distributional head: number of scores 1..num_bins")
+    ties: str = opt("half", choices=("half", "condition"),
+                    help="distributional loss: half = -log(P_win + P_tie/2); condition = -log(P_win/(P_win+P_lose))")
+    entropy_coef: float = opt(0.0, ge=0.0, help="distributional: bonus on the entropy of the batch-mean "
+                                                 "distribution (keeps all bins in use); 0 = off")
+    rating_coef: float = opt(0.0, ge=0.0, help="distributional: weight of a cross-entropy tying the bins to the "
+                                                "data's ratings (0..max_rating mapped onto 1..num_bins); 0 = off")
+    max_rating: float = opt(4.0, gt=0.0, help="top of the data's rating scale (HelpSteer2: 4)")
     init: str = opt("", help="'' = start from the SFT policy; else a hub id or local directory")
     path: str = opt("", help="where the trained reward model is read by rl/eval; '' = <run_dir>/reward_model")
     epochs: int = opt(1, ge=1)
@@ -146,6 +155,10 @@ class RLConfig:
     weight_decay: float = opt(0.0, ge=0.0)
     save_every: int = opt(50, ge=0, help="checkpoint every N steps; 0 = only at the end")
     log_every: int = opt(1, ge=1)
+    reward_reduction: str = opt("expected", choices=("expected", "risk_averse", "win_prob_vs_ref"),
+                                help="distributional RM -> scalar reward: expected = E[score]; risk_averse = "
+                                     "E - risk_lambda * std; win_prob_vs_ref = P(beats the SFT response), ties half")
+    risk_lambda: float = opt(1.0, ge=0.0, help="lambda of the risk_averse reduction")
 
 
 @dataclass(frozen=True)
@@ -222,6 +235,12 @@ class Config:
     rl: RLConfig = section(RLConfig)
     eval: EvalConfig = section(EvalConfig)
     cluster: ClusterConfig = section(ClusterConfig)
+
+    def __post_init__(self) -> None:
+        if self.rl.reward_reduction != "expected" and self.reward.head != "distributional":
+            raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
+                              f"(a scalar reward model has no distribution to reduce); got reward.head="
+                              f"{self.reward.head}")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -5,21 +5,30 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from common import data
-from common.config import Config
+from common.config import Config, RewardConfig
 from common.metrics import RunLogger
 from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model,
                            sft_policy_path)
+from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
 from common.splits import load_splits, write_data_report
+from learner import distributional as dist
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
+from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
 
-EncodedPair = tuple[list[int], list[int]]  # (chosen ids, rejected ids)
+
+class EncodedPair(NamedTuple):
+    chosen: list[int]  # token ids of prompt + chosen response
+    rejected: list[int]
+    chosen_rating: float  # the data set's ratings (used by the distributional head's optional rating term)
+    rejected_rating: float
 
 
 def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats: data.DataStats) -> list[EncodedPair]:
@@ -29,32 +38,44 @@ def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats
         enc = [data.encode_conversation(tokenizer, p.prompt, r, cfg.data.max_length, cfg.data.max_prompt_tokens,
                                         cfg.data.overlong, stats) for r in (p.chosen, p.rejected)]
         if enc[0] is not None and enc[1] is not None:
-            out.append((enc[0], enc[1]))
+            out.append(EncodedPair(enc[0], enc[1], p.chosen_rating, p.rejected_rating))
     return out
 
 
-def pair_rewards(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over chosen and rejected together: [B], [B] scalar rewards."""
-    ids, mask = pad_right([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
-    scores = reward_head_logits(model, ids.to(device), mask.to(device))[:, 0].float()  # [2B]
-    return scores[:len(pairs)], scores[len(pairs):]
+def pair_logits(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen and rejected together: [B, L], [B, L] head outputs (L = 1 for the scalar head)."""
+    ids, mask = pad_right([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    logits = reward_head_logits(model, ids.to(device), mask.to(device)).float()  # [2B, L]
+    return logits[:len(pairs)], logits[len(pairs):]
+
+
+def pair_loss(reward: RewardConfig, logits_w: torch.Tensor, logits_l: torch.Tensor,
+              pairs: list[EncodedPair]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The head's training loss on [B, L] chosen and rejected outputs, with its logged parts."""
+    if reward.head == "scalar":
+        rc, rr = logits_w[:, 0], logits_l[:, 0]
+        loss = bradley_terry_loss(rc, rr)
+        return loss, {"loss": loss.item(), "accuracy": pairwise_accuracy(rc.detach(), rr.detach()).item()}
+    ratings = [torch.tensor([getattr(p, f) for p in pairs], device=logits_w.device)
+               for f in ("chosen_rating", "rejected_rating")]
+    loss, parts = dist.distributional_loss(logits_w, logits_l, reward.ties, reward.entropy_coef,
+                                           reward.rating_coef, *ratings, max_rating=reward.max_rating)
+    return loss, {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
 @torch.no_grad()
 def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device,
-                   batch_size: int) -> dict[str, float]:
-    """Validation loss, accuracy (ties half) and mean margin r_chosen - r_rejected."""
+                   batch_size: int, reward: RewardConfig) -> dict:
+    """Validation metrics of either head (learner/reward_metrics.py): loss, accuracy, mean P_win, calibration."""
     model.eval()
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # less padding
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].chosen) + len(pairs[i].rejected))  # less padding
     chosen, rejected = [], []
     for start in range(0, len(order), batch_size):
-        rc, rr = pair_rewards(model, [pairs[i] for i in order[start:start + batch_size]], pad_id, device)
-        chosen.append(rc.cpu())
-        rejected.append(rr.cpu())
-    rc, rr = torch.cat(chosen), torch.cat(rejected)
-    return {"loss": bradley_terry_loss(rc, rr).item(), "accuracy": pairwise_accuracy(rc, rr).item(),
-            "margin": (rc - rr).mean().item(), "pairs": len(pairs)}
+        lw, ll = pair_logits(model, [pairs[i] for i in order[start:start + batch_size]], pad_id, device)
+        chosen.append(lw.cpu())
+        rejected.append(ll.cpu())
+    return pair_metrics(reward.head == "distributional", torch.cat(chosen), torch.cat(rejected), reward.ties)
 
 
 def run_rm(cfg: Config) -> dict:
@@ -67,7 +88,10 @@ def run_rm(cfg: Config) -> dict:
     report = write_data_report(cfg.run_dir, "rm", splits, stats)
     if not train or not val:
         raise ValueError(f"reward-model training needs pairs on both sides, got {len(train)} train, {len(val)} val")
-    model = apply_lora(load_reward_model(init, 1, tokenizer, device), cfg.reward.lora, "SEQ_CLS")
+    head = head_from_config(cfg.reward)
+    model = load_reward_model(init, head.num_labels, tokenizer, device)
+    model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
+    model = apply_lora(model, cfg.reward.lora, "SEQ_CLS")
     pad, bs = tokenizer.pad_token_id, cfg.reward.batch_size
 
     def batches(epoch: int):
@@ -77,21 +101,22 @@ def run_rm(cfg: Config) -> dict:
             yield [train[i] for i in order[start:start + bs]]
 
     def loss_fn(model, batch):
-        rc, rr = pair_rewards(model, batch, pad, device)
-        loss = bradley_terry_loss(rc, rr)
-        return loss, {"loss": loss.item(), "accuracy": pairwise_accuracy(rc.detach(), rr.detach()).item()}
+        return pair_loss(cfg.reward, *pair_logits(model, batch, pad, device), batch)
 
     logger = RunLogger(cfg.run_dir, "rm")
     logger.hparams(cfg)
-    before = evaluate_pairs(model, val, pad, device, 2 * bs)
+    before = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,
         precision=cfg.reward.precision, log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}),
         desc="reward model")
-    val_metrics = evaluate_pairs(model, val, pad, device, 2 * bs)
-    logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items()})
+    val_metrics = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
+    logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
+               | {"rm/val_ece": val_metrics["calibration"]["ece"]})
     logger.close()
     save_model(model, tokenizer, Path(cfg.run_dir) / "reward_model")
-    result = {"val": val_metrics, "val_before_training": before, "data": report}
+    save_head(head, Path(cfg.run_dir) / "reward_model")
+    result = {"head": head.kind, "num_bins": head.num_bins, "val": val_metrics, "val_before_training": before,
+              "data": report}
     (Path(cfg.run_dir) / "rm_metrics.json").write_text(json.dumps(result, indent=2))
     return result

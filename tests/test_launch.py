@@ -36,7 +36,8 @@ def test_all_stages_write_their_outputs(demo_run):
     assert rm["data"]["train_prompts"] > 0 and rm["data"]["val_prompts"] > 0
     ev = json.loads((demo_run / "eval.json").read_text())
     assert ev["num_prompts"] == 16
-    assert set(ev["comparisons"]) == {"reward", "gold"}  # the sandbox also reports the gold judge
+    # the sandbox also reports the gold judge; both heads report P(beats the SFT answer)
+    assert set(ev["comparisons"]) == {"reward", "gold", "win_prob_vs_sft"}
     gold = ev["comparisons"]["gold"]
     assert gold["diff_ci_low"] <= gold["diff_mean"] <= gold["diff_ci_high"]
     assert ev["policies"]["sft"]["kl_to_ref"] == 0.0

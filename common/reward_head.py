@@ -1,0 +1,66 @@
+"""Which head a reward model has (scalar or distributional), recorded beside its weights.
+
+The rm stage writes <reward_model>/reward_head.json; rl and eval read it back, so a model is always read the way
+it was trained. A directory without the file (a Level 1 model, an outside reward model) is scalar when its
+classifier has one output and distributional over 1..num_labels otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from common.config import Config, ConfigError, RewardConfig
+from common.models import load_reward_model, reward_model_path
+
+HEAD_FILE = "reward_head.json"
+
+
+@dataclass(frozen=True)
+class RewardHead:
+    kind: str  # "scalar" | "distributional"
+    num_bins: int  # distributional: scores 1..num_bins; scalar: 1
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.kind == "scalar" else self.num_bins
+
+    @property
+    def distributional(self) -> bool:
+        return self.kind == "distributional"
+
+    def id2label(self) -> dict[int, str]:
+        """Readable labels for config.json: the score each output stands for."""
+        return {0: "reward"} if self.kind == "scalar" else {i: f"score_{i + 1}" for i in range(self.num_bins)}
+
+
+def head_from_config(reward: RewardConfig) -> RewardHead:
+    return RewardHead(reward.head, 1 if reward.head == "scalar" else reward.num_bins)
+
+
+def save_head(head: RewardHead, path: str | Path) -> None:
+    Path(path, HEAD_FILE).write_text(json.dumps(asdict(head), indent=2))
+
+
+def read_head(path: str | Path) -> RewardHead:
+    file = Path(path, HEAD_FILE)
+    if file.is_file():
+        raw = json.loads(file.read_text())
+        return RewardHead(str(raw["kind"]), int(raw["num_bins"]))
+    num_labels = AutoConfig.from_pretrained(str(path)).num_labels
+    return RewardHead("scalar", 1) if num_labels == 1 else RewardHead("distributional", num_labels)
+
+
+def load_trained_reward_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                              dtype: torch.dtype) -> tuple[PreTrainedModel, RewardHead]:
+    """The trained reward model for rl/eval, with its head; a head other than reward.head's is an error."""
+    path = reward_model_path(cfg)
+    head = read_head(path)
+    if head.kind != cfg.reward.head:
+        raise ConfigError(f"reward.head={cfg.reward.head} but the reward model at {path} has a {head.kind} head "
+                          f"({HEAD_FILE}); set reward.head={head.kind} or point reward.path at another model")
+    return load_reward_model(path, head.num_labels, tokenizer, device, dtype), head
