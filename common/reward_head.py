@@ -46,20 +46,24 @@ def save_head(head: RewardHead, path: str | Path) -> None:
     Path(path, HEAD_FILE).write_text(json.dumps(asdict(head), indent=2))
 
 
-def read_head(path: str | Path) -> RewardHead:
+def read_head(path: str | Path) -> RewardHead | None:
+    """The head a reward model was trained with; None for a checkpoint without one (e.g. a causal LM, whose
+    config's default num_labels=2 says nothing about a head)."""
     file = Path(path, HEAD_FILE)
     if file.is_file():
         raw = json.loads(file.read_text())
         return RewardHead(str(raw["kind"]), int(raw["num_bins"]))
-    num_labels = AutoConfig.from_pretrained(str(path)).num_labels
-    return RewardHead("scalar", 1) if num_labels == 1 else RewardHead("distributional", num_labels)
+    config = AutoConfig.from_pretrained(str(path))
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        return None
+    return RewardHead("scalar", 1) if config.num_labels == 1 else RewardHead("distributional", config.num_labels)
 
 
 def load_trained_reward_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device,
                               dtype: torch.dtype) -> tuple[PreTrainedModel, RewardHead]:
     """The trained reward model for rl/eval, with its head; a head other than reward.head's is an error."""
     path = reward_model_path(cfg)
-    head = read_head(path)
+    head = read_head(path) or head_from_config(cfg.reward)  # no trained head: a new one, as reward.* says
     if head.kind != cfg.reward.head:
         raise ConfigError(f"reward.head={cfg.reward.head} but the reward model at {path} has a {head.kind} head "
                           f"({HEAD_FILE}); set reward.head={head.kind} or point reward.path at another model")

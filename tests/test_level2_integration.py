@@ -81,3 +81,14 @@ def test_scoring_reductions_and_learner_step(dist_run, tokenizer, reduction):
         assert torch.allclose(own, torch.full_like(own, 0.5))
     metrics = Learner(policy, reference, cfg.rl, CPU).step(scored)
     assert {"rollout/rm_mean", "rollout/rm_std", "rollout/rm_entropy"} <= metrics.keys()
+
+
+def test_a_checkpoint_without_a_head_takes_the_configured_one(tokenizer, tmp_path):
+    """A causal LM (config num_labels=2 by default) carries no reward head: rl/eval give it a new one as
+    reward.* says instead of reading its num_labels as a 2-bin distribution."""
+    from common.reward_head import load_trained_reward_model
+    build_tiny_policy(TINY, tokenizer, seed=0).save_pretrained(tmp_path / "reward_model")
+    assert read_head(tmp_path / "reward_model") is None
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    model, head = load_trained_reward_model(cfg, tokenizer, CPU, torch.float32)
+    assert head == RewardHead("scalar", 1) and model.config.num_labels == 1
