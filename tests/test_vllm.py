@@ -152,24 +152,33 @@ def test_reinforce_learns_the_same_with_vllm_and_hf(engine, tokenizer, prompts):
     assert abs(gain_vllm - gain_hf) < 0.5 * max(gain_hf, gain_vllm), f"hf {gain_hf:.3f} vs vllm {gain_vllm:.3f}"
 
 
-def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
-    """launch.py --stage rl --mode local with generator.backend=vllm: every step syncs and samples on-policy."""
-    run = tmp_path / "run"
+def vllm_run_config(tokenizer, run: Path, *overrides: str):
+    """A 3-step sandbox RL run with the vllm backend on stand-in SFT and reward models saved under `run`."""
     for name, model in (("sft_model", peaked_policy(tokenizer, seed=0)),
                         ("reward_model", build_tiny_policy(TINY32, tokenizer, seed=1))):
         model.save_pretrained(run / name)
         tokenizer.save_pretrained(run / name)
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "configs" / "tiny.yaml", [
+    return load_config(root / "configs" / "tiny.yaml", [
         f"run_dir={run}", "device=cpu", "sandbox.num_pairs=60", "rl.steps=3", "rl.batch_size=8", "rl.save_every=0",
         "generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}", "generator.enforce_eager=true",
-        "generator.kv_cache_gb=0.05"])
-    run_rl_local(cfg)
+        "generator.kv_cache_gb=0.05", *overrides])
+
+
+def on_policy_steps(run: Path) -> list[dict]:
+    """The run's logged steps, checked to be synced and sampled from the learner's current weights."""
     steps = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
     assert [m["sync/version"] for m in steps] == [1, 2, 3]
     assert [m["sync/staleness"] for m in steps] == [0.0, 0.0, 0.0]
-    assert "perf/sync_s" not in steps[0] and all(m["perf/sync_s"] > 0 for m in steps[1:])  # step 0: SFT weights
     assert all(m["perf/logprob_mismatch"] < 1e-3 for m in steps), "vLLM sampled from other weights than the learner's"
+    return steps
+
+
+def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
+    """launch.py --stage rl --mode local with generator.backend=vllm: every step syncs and samples on-policy."""
+    run_rl_local(vllm_run_config(tokenizer, tmp_path / "run"))
+    steps = on_policy_steps(tmp_path / "run")
+    assert "perf/sync_s" not in steps[0] and all(m["perf/sync_s"] > 0 for m in steps[1:])  # step 0: SFT weights
 
 
 @pytest.mark.slow
@@ -178,21 +187,8 @@ def test_ray_rl_run_with_vllm_generator_actor(tokenizer, tmp_path):
     every published version before sampling, and samples from the learner's weights (mismatch ~ 0)."""
     from cluster.ray_runner import run_rl_ray
 
-    run = tmp_path / "run"
-    for name, model in (("sft_model", peaked_policy(tokenizer, seed=0)),
-                        ("reward_model", build_tiny_policy(TINY32, tokenizer, seed=1))):
-        model.save_pretrained(run / name)
-        tokenizer.save_pretrained(run / name)
-    root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "configs" / "tiny.yaml", [
-        f"run_dir={run}", "device=cpu", "torch_threads=1", "sandbox.num_pairs=60", "rl.steps=3", "rl.batch_size=8",
-        "rl.save_every=0", "generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}",
-        "generator.enforce_eager=true", "generator.kv_cache_gb=0.05", "cluster.local_cpus=2",
-        "cluster.generator_cpus=1", "cluster.scorer_cpus=0.5", "cluster.placement_timeout_s=120",
-        "cluster.data_timeout_s=120"])
-    run_rl_ray(cfg)
-    steps = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
-    assert [m["sync/version"] for m in steps] == [1, 2, 3]
-    assert [m["sync/staleness"] for m in steps] == [0.0, 0.0, 0.0]
-    assert all(m["perf/logprob_mismatch"] < 1e-3 for m in steps), "the vLLM actor sampled from stale weights"
-    assert (run / "policy" / "config.json").is_file()
+    run_rl_ray(vllm_run_config(tokenizer, tmp_path / "run", "torch_threads=1", "cluster.local_cpus=2",
+                               "cluster.generator_cpus=1", "cluster.scorer_cpus=0.5",
+                               "cluster.placement_timeout_s=120", "cluster.data_timeout_s=120"))
+    on_policy_steps(tmp_path / "run")
+    assert (tmp_path / "run" / "policy" / "config.json").is_file()
