@@ -121,7 +121,7 @@ def run_rl_local(cfg: Config, resume: bool = False) -> dict:
     sampler = PromptSampler(len(parts.prompts), cfg.rl.batch_size, cfg.seed)
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     start = resume_learner(learner, ckpt_dir) if resume else 0
-    logger = RunLogger(cfg.run_dir, "rl")
+    logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
     if start == 0:
         logger.hparams(cfg)
     metrics: dict[str, float] = {}

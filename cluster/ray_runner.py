@@ -114,7 +114,7 @@ def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, s
     """The learner loop: take step t's batch off the queue, update, publish weights, log, checkpoint."""
     device, steps, c = learner.device, cfg.rl.steps, cfg.cluster
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    logger = RunLogger(cfg.run_dir, "rl")
+    logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
     if start == 0:
         logger.hparams(cfg)
     pipeline.publish(learner.policy_state(), learner.version)

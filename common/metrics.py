@@ -22,10 +22,20 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 class RunLogger:
-    def __init__(self, run_dir: str | Path, name: str) -> None:
+    """Scalars of one stage. A fresh run (`resume_step=0`) replaces what an earlier run of the stage in this
+    directory logged; a resumed one keeps the steps up to its checkpoint and drops later ones, which a crash
+    after the checkpoint may have left and which the resumed run logs again."""
+
+    def __init__(self, run_dir: str | Path, name: str, resume_step: int = 0) -> None:
         self.dir = Path(run_dir)
-        self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard" / name))
-        self.jsonl = (self.dir / f"metrics_{name}.jsonl").open("a")
+        # TensorBoard hides events of earlier files from purge_step on (0 = all of them)
+        self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard" / name),
+                                    purge_step=resume_step + 1 if resume_step else 0)
+        path = self.dir / f"metrics_{name}.jsonl"
+        kept = [line for line in (path.read_text().splitlines() if resume_step and path.is_file() else [])
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.jsonl = path.open("a")
 
     def hparams(self, cfg: Config) -> None:
         """Hyperparameters logged once, as text (readable in TensorBoard's Text tab)."""

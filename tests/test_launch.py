@@ -63,6 +63,8 @@ def test_resume_continues_exactly(demo_run, tmp_path):
     a = checkpoint.load(checkpoint.latest(straight / "checkpoints"))
     b = checkpoint.load(checkpoint.latest(demo_run / "checkpoints"))
     assert a["step"] == b["step"] == 6
+    steps = [json.loads(line)["step"] for line in (demo_run / "metrics_rl.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "the resumed run's log continues the first one's"
     assert a["learner"]["baseline"] == b["learner"]["baseline"]
     for k, v in a["learner"]["policy"].items():
         assert torch.equal(v, b["learner"]["policy"][k]), k
@@ -71,3 +73,18 @@ def test_resume_continues_exactly(demo_run, tmp_path):
 def test_resume_without_checkpoint_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="sft"):
         run(tmp_path, "--stage", "rl", "--resume")
+
+
+def test_run_logger_replaces_a_fresh_run_and_trims_a_resumed_one(tmp_path):
+    from common.metrics import RunLogger
+
+    def steps():
+        return [json.loads(line)["step"] for line in (tmp_path / "metrics_rl.jsonl").read_text().splitlines()]
+
+    for resume_step, logged in ((0, [1, 2, 3, 4]), (0, [1, 2]), (1, [2, 3])):
+        logger = RunLogger(tmp_path, "rl", resume_step=resume_step)
+        for step in logged:
+            logger.log(step, {"rollout/reward": float(step)})
+        logger.close()
+    # run 2 replaced run 1; run 3 resumed at step 1: it kept step 1 and logged 2 and 3 again
+    assert steps() == [1, 2, 3]
