@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -82,12 +83,12 @@ def plan(seeds: list[int], out: Path, variants: list[str], common: list[str], sa
 def start(job: Job, config: str, threads: int) -> subprocess.Popen:
     """Run the job's stages in one shell, skipping an rl stage whose policy is already saved."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    args = " ".join(f"'{o}'" for o in [f"run_dir={job.run_dir}", f"torch_threads={threads}", *job.overrides])
+    args = [f"run_dir={job.run_dir}", f"torch_threads={threads}", *job.overrides]
     cmds = []
     for stage in job.stages:
-        cmd = f"{sys.executable} launch.py --config {config} --stage {stage} {args}"
+        cmd = shlex.join([sys.executable, "launch.py", "--config", config, "--stage", stage, *args])
         if stage == "rl":
-            cmd = f"[ -f {job.run_dir}/rl_metrics.json ] || {cmd}"
+            cmd = f"[ -f {shlex.quote(str(job.run_dir / 'rl_metrics.json'))} ] || {cmd}"
         cmds.append(cmd)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = (job.run_dir / "experiment.log").open("a")

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from cluster import plots
+from common.config import flatten
 from common.stats import seed_summary
 
 NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path"}
@@ -73,16 +74,9 @@ def group(runs: list[RunData]) -> dict[str, list[RunData]]:
     return out
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, object]]:
     """Per variant, the config values that differ between variants (seeds and paths excluded)."""
-    flat = {v: _flat(runs[0].config) for v, runs in variants.items()}
+    flat = {v: flatten(runs[0].config) for v, runs in variants.items()}
     keys = sorted({k for f in flat.values() for k in f} - NOT_A_VARIANT_KEY)
     diff = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
     return {v: {k: f.get(k) for k in diff} for v, f in flat.items()}

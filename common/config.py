@@ -371,5 +371,13 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config mapping as dotted keys: {"rl": {"kl_coef": 0.1}} -> {"rl.kl_coef": 0.1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -8,17 +8,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from common.config import Config, to_dict
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+from common.config import Config, flatten, to_dict
 
 
 class RunLogger:
@@ -39,7 +29,7 @@ class RunLogger:
 
     def hparams(self, cfg: Config) -> None:
         """Hyperparameters logged once, as text (readable in TensorBoard's Text tab)."""
-        lines = [f"| {k} | {v} |" for k, v in _flat(to_dict(cfg)).items()]
+        lines = [f"| {k} | {v} |" for k, v in flatten(to_dict(cfg)).items()]
         self.writer.add_text("hparams", "| key | value |\n|---|---|\n" + "\n".join(lines), 0)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
