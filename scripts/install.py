@@ -1,6 +1,6 @@
 """Install the project with the torch and vLLM builds this machine can run (stdlib only: it runs before torch).
 
-    python scripts/install.py [--extras dev] [--cpu] [--dry-run] [--torch-index URL]
+    python scripts/install.py [--extras dev] [--cpu] [--dry-run] [--torch-index URL] [--also REQ]
 
 `make install`, the Colab notebook and the `ray up` setup commands all call it. It reads `nvidia-smi` and
 picks (constants below say why):
@@ -116,7 +116,7 @@ def plan_install(gpus: list[Gpu], extras: tuple[str, ...] = (), python: tuple[in
     return plan
 
 
-def pip_commands(plan: Plan, project: Path, installed: str | None,
+def pip_commands(plan: Plan, project: Path, installed: str | None, also: tuple[str, ...] = (),
                  python: str = sys.executable) -> list[tuple[str, list[str]]]:
     """(what, command) pairs. A torch of another build is removed first: pip would keep a 2.13.0+cpu where
     2.13.0 is asked for, since the local label does not count in `==`."""
@@ -129,7 +129,7 @@ def pip_commands(plan: Plan, project: Path, installed: str | None,
         index = ["--index-url", plan.index_url] if plan.index_url else []
         cmds.append((f"installing {plan.torch}", pip + ["install", "--quiet", plan.torch] + index))
     target = f"{project}[{','.join(plan.extras)}]" if plan.extras else str(project)
-    cmds.append(("installing the project", pip + ["install", "--quiet", "-e", target, plan.torch]))
+    cmds.append(("installing the project", pip + ["install", "--quiet", "-e", target, plan.torch, *also]))
     if plan.uninstall:
         cmds.append((f"removing {' '.join(plan.uninstall)}", pip + ["uninstall", "--quiet", "-y", *plan.uninstall]))
     return cmds
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extras", default="", help="extra project extras, comma-separated (e.g. dev)")
     parser.add_argument("--cpu", action="store_true", help="install for CPU even where a GPU is visible")
     parser.add_argument("--torch-index", help="install torch from this index instead of the one chosen")
+    parser.add_argument("--also", action="append", default=[], metavar="REQ",
+                        help="a requirement resolved with the project, e.g. 'ray[default]==2.60.0' (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands only")
     args = parser.parse_args(argv)
     project = Path(__file__).resolve().parent.parent
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_install([] if args.cpu else query_gpus(), extras, torch_index=args.torch_index)
         for note in plan.notes:
             print(f"install: {note}", flush=True)
-        cmds = pip_commands(plan, project, installed_torch())
+        cmds = pip_commands(plan, project, installed_torch(), tuple(args.also))
         if args.dry_run:
             print("\n".join(" ".join(cmd) for _, cmd in cmds))
             return 0
