@@ -129,7 +129,9 @@ def pip_commands(plan: Plan, project: Path, installed: str | None, also: tuple[s
         cmds.append((f"removing torch {installed}", pip + ["uninstall", "--quiet", "-y", "torch", *TORCH_COMPANIONS]))
     if installed != wanted:
         index = ["--index-url", plan.index_url] if plan.index_url else []
-        cmds.append((f"installing {plan.torch}", pip + ["install", "--quiet", plan.torch] + index))
+        # --no-deps: only torch itself comes from its index; its dependencies come from PyPI with the project's
+        # (pip would otherwise look each of them up on the torch index too, retrying where it is unreachable)
+        cmds.append((f"installing {plan.torch}", pip + ["install", "--quiet", "--no-deps", plan.torch] + index))
     target = f"{project}[{','.join(plan.extras)}]" if plan.extras else str(project)
     cmds.append(("installing the project", pip + ["install", "--quiet", "-e", target, plan.torch, *also]))
     if plan.uninstall:
