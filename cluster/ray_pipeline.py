@@ -18,12 +18,13 @@ from ray.util.queue import Empty, Queue
 
 from cluster.local import PromptSampler, generation_seed
 from cluster.ray_actors import RolloutItem
+from common.errors import UserError
 
 POLL_S = 0.5  # how often a waiting learner looks for failed tasks between queue reads
 PING_S = 30.0  # longest a health check waits for an actor (a restarting one answers after its restart)
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """An actor died (restarts exhausted) or failed, or no data came within cluster.data_timeout_s."""
 
 
