@@ -135,7 +135,7 @@ def _read_file(path: Path, split: str) -> list:
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet, .jsonl or .json")
     raw = path.read_bytes()
-    if path.suffix == ".json":
+    if path.suffix == ".json" and raw.strip():
         try:
             return _json_rows(json.loads(raw.decode("utf-8")), path, split)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
