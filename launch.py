@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        return fail(disk_error(e, e.filename or "the run directory"), 1, debug)
+        return fail(disk_error(e, e.filename or f"under {getattr(args, 'run_dir', 'the run directory')}"), 1, debug)
     except KeyboardInterrupt:
         return fail(interrupted_text(signal.SIGINT), 128 + signal.SIGINT, debug)
     except Interrupted as e:
@@ -113,6 +113,7 @@ def interrupted_text(signum: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
     if args.seeds or args.grid:
         from cluster.sweep import parse_grid, parse_seeds, plan
         seeds, grid = parse_seeds(args.seeds or str(cfg.seed)), parse_grid(args.grid)

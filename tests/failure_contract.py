@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,22 @@ def expect_error(capsys, argv: list[str], *needles: str, code: int | None = None
 
 def stage(run_dir: Path, name: str, *overrides: str) -> list[str]:
     return ["--config", CONFIG, "--stage", name, "--no-report", f"run_dir={run_dir}", *FAST, *overrides]
+
+
+@pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """Untrained tiny sft_model/ and reward_model/ (what the sft and rm stages leave)."""
+    from transformers import AutoTokenizer
+
+    from common.models import BUNDLED_TOKENIZER, save_untrained_stand_ins
+    from conftest import TINY
+    path = tmp_path_factory.mktemp("stand_ins")
+    save_untrained_stand_ins(path, TINY, AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER))
+    return path
+
+
+def run_with_sft(tmp_path: Path, stand_ins: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft_model").symlink_to(stand_ins / "sft_model")
+    return run

@@ -9,7 +9,7 @@ import pytest
 
 from common.config import load_config
 from common.data import DataConfig, load_pairs
-from failure_contract import CONFIG, ROOT, expect_error, stage
+from failure_contract import CONFIG, ROOT, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
 
 PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
 LINES = PAIRS.read_bytes().splitlines()  # 5 good rows, 4 distinct prompts
@@ -87,25 +87,6 @@ def test_rl_stage_names_an_empty_file_not_overlong(tmp_path, capsys):
     path.write_bytes(b"")
     line = expect_error(capsys, stage(tmp_path / "run", "rl", f"data.source={path}"), str(path), "no preference pairs")
     assert "over-long" not in line
-
-
-@pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
-    """Untrained tiny sft_model/ and reward_model/ (what the sft and rm stages leave)."""
-    from transformers import AutoTokenizer
-
-    from common.models import BUNDLED_TOKENIZER, save_untrained_stand_ins
-    from conftest import TINY
-    path = tmp_path_factory.mktemp("stand_ins")
-    save_untrained_stand_ins(path, TINY, AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER))
-    return path
-
-
-def run_with_sft(tmp_path: Path, stand_ins: Path) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "sft_model").symlink_to(stand_ins / "sft_model")
-    return run
 
 
 def test_rl_stage_every_prompt_overlong_names_the_limit(tmp_path, capsys, stand_ins):
