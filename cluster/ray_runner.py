@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
 from cluster.ray_pipeline import RolloutPipeline
 from common import checkpoint
 from common.config import ClusterConfig, Config
+from common.errors import UserError, brief, raise_on_sigterm
 from common.metrics import RunLogger
 from common.models import sft_policy_path
 from common.rollout import concat
@@ -47,15 +49,36 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TOKENIZERS_PARALLELISM": "false"}
     if address:
+        check_reachable(address, cfg.connect_timeout_s)
         # Under `ray job submit` the job's own runtime env (its --working-dir) already ships the code.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+        try:
+            ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+        except ConnectionError as e:
+            raise UserError(f"cannot connect to the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): "
+                            f"{brief(e)}") from e
     else:
         ray.init(num_cpus=cfg.local_cpus or None, include_dashboard=False, runtime_env={"env_vars": env})
+    raise_on_sigterm()  # ray.init installs a SIGTERM handler that aborts; stop cleanly instead
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """ray.init retries an address where nothing answers forever; a TCP connect bounded by cluster.connect_timeout_s
+    fails first, naming the address. ('auto' is found or refused by ray.init at once.)"""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = (f"no answer within cluster.connect_timeout_s={timeout_s:g}s" if isinstance(e, TimeoutError)
+                  else e.strerror or brief(e))
+        raise UserError(f"cannot reach the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): {reason}; "
+                        f"start it (ray start --head) or fix the address") from None
 
 
 def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens,

@@ -180,6 +180,8 @@ class ClusterConfig:
     """Ray mode (`launch.py --mode ray`, cluster/ray_runner.py); local mode ignores this section."""
     address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
                                 "the run; 'auto' or host:port = an existing cluster")
+    connect_timeout_s: float = opt(30.0, gt=0.0, help="fail (naming the address) if the cluster at "
+                                                      "cluster.address does not answer within this time")
     local_cpus: int = opt(0, ge=0, help="logical CPUs of a self-started local instance; 0 = this machine's")
     num_generators: int = opt(1, ge=1, help="generator actors; each step's prompts are split across them")
     num_scorers: int = opt(1, ge=1)
