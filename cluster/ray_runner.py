@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from cluster import placement
 from cluster.local import PromptSampler, build_policy, build_prompts, eos_rate, finish_rl, perf_metrics, resume_learner
 from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
 from cluster.ray_pipeline import RolloutPipeline
-from common import checkpoint
+from common import checkpoint, runlock
 from common.config import ClusterConfig, Config
 from common.errors import UserError, brief, raise_on_sigterm
 from common.metrics import RunLogger
@@ -53,7 +55,8 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
         # Under `ray job submit` the job's own runtime env (its --working-dir) already ships the code.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         try:
-            ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+            with connect_watchdog(address, cfg.connect_timeout_s):
+                ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
         except ConnectionError as e:
             raise UserError(f"cannot connect to the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): "
                             f"{brief(e)}") from e
@@ -79,6 +82,28 @@ def check_reachable(address: str, timeout_s: float) -> None:
                   else e.strerror or brief(e))
         raise UserError(f"cannot reach the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): {reason}; "
                         f"start it (ray start --head) or fix the address") from None
+
+
+@contextlib.contextmanager
+def connect_watchdog(address: str, timeout_s: float) -> Iterator[None]:
+    """Bound ray.init. Where something answers at the address but not a Ray GCS, ray.init retries inside Ray's
+    C++ client forever, where no Python exception or signal handler can reach it; after twice
+    cluster.connect_timeout_s the process says why in one line and exits (nothing is written before connecting,
+    and the run directory's lock is released)."""
+    def give_up() -> None:
+        print(f"error: the Ray cluster at {address} (cluster.address or $RAY_ADDRESS) did not accept a connection "
+              f"within {2 * timeout_s:g}s (2 x cluster.connect_timeout_s); is it a Ray head node's GCS port?",
+              file=sys.stderr, flush=True)
+        runlock.release_all()
+        os._exit(1)
+
+    timer = threading.Timer(2 * timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens,
@@ -123,7 +148,8 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
             (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(where, indent=2))
             queue = Queue(maxsize=cfg.cluster.queue_size)
             pipeline = RolloutPipeline(generators, scorers, queue, PromptSampler(len(prompts), cfg.rl.batch_size,
-                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s)
+                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s,
+                                       {role: info["pid"] for role, info in where.items()})
             metrics = train(cfg, learner, pipeline, tokenizer, start, on_step)
         finally:
             if queue is not None:
