@@ -43,8 +43,12 @@ def brief(error: BaseException) -> str:
 
 
 def one_line(text: str) -> str:
-    """A message on one line (newlines inside a message would look like several errors)."""
-    return " ".join(str(text).split())
+    """A message on one line (newlines inside a message would look like several errors). A message that carries
+    a traceback (a remote Ray error, say) keeps its first line and its last, the exception itself."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines() if line.strip()]
+    if len(lines) > 2 and any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0]} ... {lines[-1]}"
+    return " ".join(lines)
 
 
 def disk_error(error: OSError, path) -> str:
