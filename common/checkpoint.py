@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError, brief
+from common.errors import Interrupted, UserError, brief
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 # Checkpoints written before the numpy RNG state was stored as a tensor hold a pickled ndarray; these numpy
@@ -72,6 +72,9 @@ def write_atomic(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        interrupt = _cause(e, (KeyboardInterrupt, Interrupted))
+        if interrupt is not None and interrupt is not e:  # torch's writer turns it into "unexpected pos"
+            raise interrupt from None
         if no_space(e):
             raise CheckpointError(f"no space left on device writing checkpoint {path}; free some space and rerun "
                                   f"with --resume (the previous checkpoint is intact)") from e
@@ -80,15 +83,21 @@ def write_atomic(obj: dict, path: Path) -> None:
         raise
 
 
-def no_space(error: BaseException | None) -> bool:
-    """Whether a full disk (or quota) is behind `error`, anywhere in its chain of causes."""
+def _cause(error: BaseException | None, types: tuple[type, ...]) -> BaseException | None:
+    """The first exception of `types` in `error`'s chain of causes and contexts (itself included)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        if isinstance(error, types):
+            return error
         error = error.__cause__ or error.__context__
-    return False
+    return None
+
+
+def no_space(error: BaseException | None) -> bool:
+    """Whether a full disk (or quota) is behind `error`, anywhere in its chain of causes."""
+    found = _cause(error, (OSError,))
+    return found is not None and found.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def checkpoints(ckpt_dir: str | Path) -> list[Path]:

@@ -9,7 +9,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
-from common.config import Config, LoraConfig, TinyModelConfig
+from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
 from common.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -61,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but torch sees no GPU; use device=cpu or device=auto")
+        raise ConfigError("device=cuda was asked for but torch sees no GPU; use device=cpu or device=auto")
     return torch.device(name)
 
 

@@ -135,6 +135,22 @@ def test_interrupted_checkpoint_write_removes_the_temporary_file(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_signal_during_a_checkpoint_write_stays_a_signal(tmp_path, monkeypatch):
+    """torch's zip writer turns an exception raised inside it into RuntimeError('unexpected pos'): the
+    interruption must still reach the boundary as one (exit 143), not as a crash."""
+    from common.errors import Interrupted
+
+    def torn(obj, f):
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(Interrupted):
+        checkpoint.save(tmp_path, 2, {})
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 
 CORRUPTIONS = {"truncated": lambda b: b[:len(b) // 2], "empty": lambda b: b"", "garbage": lambda b: os.urandom(512),
