@@ -15,7 +15,7 @@ from actors.scorer import Scorer
 from cluster.colocate import local_generator, release_generator_memory, sync_local_generator
 from common import checkpoint, data, sandbox
 from common.config import Config
-from common.metrics import RunLogger
+from common.metrics import RunLogger, read_log
 from common.models import (apply_lora, frozen_copy, load_causal_lm, load_tokenizer, resolve_dtype,
                            reward_model_path, save_model, sft_policy_path)
 from common.reward_head import load_trained_reward_model
@@ -114,13 +114,14 @@ def perf_metrics(batch, t_gen: float, t_score: float, t_learn: float) -> dict[st
 
 
 def run_rl_local(cfg: Config, resume: bool = False) -> dict:
+    resumed = resume_checkpoint(cfg) if resume else None  # refuses before anything is written
     device = prepare(cfg)
     parts = build_rl_parts(cfg, device)
     generator = local_generator(cfg, parts, device)
     learner = Learner(parts.policy, parts.reference, cfg.rl, device)
     sampler = PromptSampler(len(parts.prompts), cfg.rl.batch_size, cfg.seed)
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    start = resume_learner(learner, ckpt_dir) if resume else 0
+    start = resume_learner(learner, resumed) if resumed else 0
     logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
     if start == 0:
         logger.hparams(cfg)
@@ -151,6 +152,9 @@ def finish_rl(cfg: Config, learner: Learner, tokenizer, metrics: dict[str, float
     """Final checkpoint, the trained policy and rl_metrics.json (shared by the local and Ray runners)."""
     checkpoint.save(Path(cfg.run_dir) / "checkpoints", cfg.rl.steps, learner.state_dict())
     save_model(learner.policy, tokenizer, Path(cfg.run_dir) / "policy")
+    if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
+        metrics = {k: v for k, v in json.loads(read_log(Path(cfg.run_dir) / "metrics_rl.jsonl")[-1]).items()
+                   if k != "step"}
     result = {"steps": cfg.rl.steps, "final": metrics, **extra}
     (Path(cfg.run_dir) / "rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
@@ -161,11 +165,14 @@ def eos_rate(batch, eos_token_id: int) -> float:
     return float((batch.response_ids == eos_token_id).logical_and(batch.response_mask.bool()).any(-1).float().mean())
 
 
-def resume_learner(learner: Learner, ckpt_dir: Path) -> int:
-    path = checkpoint.latest(ckpt_dir)
-    if path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    state = checkpoint.load(path)
+def resume_checkpoint(cfg: Config) -> tuple[Path, dict]:
+    """The checkpoint `--resume` continues from (see checkpoint.resume_state: a finished run is refused)."""
+    return checkpoint.resume_state(Path(cfg.run_dir) / "checkpoints", cfg.rl.steps,
+                                   finished=(Path(cfg.run_dir) / "rl_metrics.json").is_file())
+
+
+def resume_learner(learner: Learner, resumed: tuple[Path, dict]) -> int:
+    path, state = resumed
     learner.load_state_dict(state["learner"])
     checkpoint.set_rng_state(state["rng"])
     tqdm.write(f"resumed from {path} (step {state['step']})")

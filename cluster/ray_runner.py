@@ -23,7 +23,8 @@ from ray.util.queue import Queue
 from tqdm.auto import tqdm
 
 from cluster import placement
-from cluster.local import PromptSampler, build_policy, build_prompts, eos_rate, finish_rl, perf_metrics, resume_learner
+from cluster.local import (PromptSampler, build_policy, build_prompts, eos_rate, finish_rl, perf_metrics,
+                           resume_checkpoint, resume_learner)
 from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
 from cluster.ray_pipeline import RolloutPipeline
 from common import checkpoint, runlock
@@ -134,12 +135,13 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
 
     `on_step(step, pipeline)` runs after every learner step (tests use it to kill actors mid-run).
     """
+    resumed = resume_checkpoint(cfg) if resume else None  # refuses before anything is written
     device = prepare(cfg)
     with ray_session(cfg.cluster):
         tokenizer, prompts, prompt_tokens = build_prompts(cfg)
         policy, reference = build_policy(cfg, device)
         learner = Learner(policy, reference, cfg.rl, device)
-        start = resume_learner(learner, Path(cfg.run_dir) / "checkpoints") if resume else 0
+        start = resume_learner(learner, resumed) if resumed else 0
         pg, bundles = placement.reserve(cfg.cluster)
         queue = None
         try:

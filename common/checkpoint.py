@@ -143,14 +143,17 @@ def load_latest(ckpt_dir: str | Path, log=None) -> tuple[Path, dict] | None:
     return None
 
 
-def resume_state(ckpt_dir: str | Path, steps: int, log=None) -> tuple[Path, dict]:
+def resume_state(ckpt_dir: str | Path, steps: int, finished: bool = True, log=None) -> tuple[Path, dict]:
     """The checkpoint `--resume` continues from; refuses (before anything is written) when there is none or it
-    is already at or past `steps` (rl.steps), so a finished run is never rewritten."""
+    is already at or past `steps` (rl.steps), so a finished run is never rewritten. `finished=False` (the run
+    stopped after its last checkpoint but before writing its results) lets a checkpoint at `steps` through."""
     found = load_latest(ckpt_dir, log)
     if found is None:
         raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start fresh")
     path, state = found
     done = int(state["step"])
+    if done == steps and not finished:
+        return path, state
     if done == steps:
         raise CheckpointError(f"--resume: {path} is the end of a finished run (rl.steps={steps}); nothing to do: "
                               f"set rl.steps above {done} to train further")

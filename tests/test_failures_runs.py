@@ -264,3 +264,77 @@ def test_signal_stops_a_stage_cleanly(sig, code, tmp_path):
     assert (tmp_path / runlock.LOCK_NAME).read_text() == "", "the lock was released"
     for line in log.read_text().splitlines():
         json.loads(line)  # every logged line is whole
+
+
+# ----------------------------------------------------------------------------------- resume through launch
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, stand_ins):
+    """A 4-step rl run with checkpoints at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("finished")
+    for name in ("sft_model", "reward_model"):
+        (run / name).symlink_to(stand_ins / name)
+    assert launch.main(stage(run, "rl", "rl.steps=4", "rl.save_every=2")) == 0
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and not p.is_symlink() and "tensorboard" not in p.parts}
+
+
+@pytest.mark.parametrize("steps,needle", [(4, "end of a finished run (rl.steps=4)"), (3, "past rl.steps=3")])
+def test_resume_at_or_below_the_checkpoint_changes_nothing(steps, needle, finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    argv = ["--resume", *stage(run, "rl", f"rl.steps={steps}", "rl.save_every=2")]
+    expect_error(capsys, argv, "--resume:", needle)
+    assert snapshot(run) == before, "rl_metrics.json, config.yaml, checkpoints and logs untouched"
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    latest = run / "checkpoints" / "step_000004.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    assert launch.main(["--resume", *stage(run, "rl", "rl.steps=6", "rl.save_every=2")]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {latest} is unreadable" in err and "step_000002.pt (step 2)" in err
+    steps = [json.loads(line)["step"] for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "steps 3-4 were trained again from the step-2 checkpoint"
+    assert json.loads((run / "rl_metrics.json").read_text())["steps"] == 6
+
+
+def test_resume_every_checkpoint_corrupt_is_one_line(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    for p in (run / "checkpoints").glob("*.pt"):
+        p.write_bytes(b"")
+    expect_error(capsys, ["--resume", *stage(run, "rl", "rl.steps=6")], "no readable checkpoint", "are corrupt")
+
+
+def test_resume_after_a_torn_metrics_line(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "checkpoints" / "step_000004.pt").unlink()  # crashed after step 3's log line, mid-way through step 4's
+    log = run / "metrics_rl.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]) + '{"step": 4, "rollout/rew')
+    assert launch.main(["--resume", *stage(run, "rl", "rl.steps=4", "rl.save_every=2")]) == 0
+    assert "dropping its torn last line" in capsys.readouterr().err
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_of_a_run_stopped_before_its_results_only_writes_them(finished_run, tmp_path):
+    """Killed after the final checkpoint but before policy/ and rl_metrics.json: --resume writes those from it."""
+    import shutil
+    run = copy_run(finished_run, tmp_path / "run")
+    final = json.loads((run / "rl_metrics.json").read_text())["final"]
+    (run / "rl_metrics.json").unlink()
+    shutil.rmtree(run / "policy")
+    assert launch.main(["--resume", *stage(run, "rl", "rl.steps=4", "rl.save_every=2")]) == 0
+    assert json.loads((run / "rl_metrics.json").read_text())["final"] == pytest.approx(final)
+    assert (run / "policy" / "config.json").is_file()
