@@ -16,6 +16,7 @@ from actors.scorer import Scorer
 from cluster.local import build_scorer, eos_rate
 from common import data
 from common.config import Config
+from common.errors import PathNotFound
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
 from common.rollout import RolloutBatch
 from common.runtime import amp, prepare
@@ -84,7 +85,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     splits = load_splits(cfg)
     sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
     if not (Path(trained_path) / "config.json").is_file():
-        raise FileNotFoundError(f"no trained policy at {trained_path}: run --stage rl first")
+        raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(cfg, sft_path)
     stats = data.DataStats()
     prompts, prompt_tokens = encode_prompts(tokenizer, splits.val_prompts, cfg, stats)

@@ -17,6 +17,10 @@ class UserError(Exception):
     exit_code = 1
 
 
+class PathNotFound(UserError, FileNotFoundError):
+    """A file or directory the run needs is missing; the message names it and the stage or key that makes it."""
+
+
 class Interrupted(BaseException):
     """SIGTERM arrived (SIGINT raises KeyboardInterrupt). A BaseException, like KeyboardInterrupt, so that no
     `except Exception` in a stage swallows it; `finally` blocks still release actors and files."""

@@ -10,7 +10,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
 from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
-from common.errors import UserError
+from common.errors import PathNotFound
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
@@ -20,7 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.gguf", "*.pt")
 
 
-class ModelPathError(UserError, FileNotFoundError):
+class ModelPathError(PathNotFound):
     """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
 
 

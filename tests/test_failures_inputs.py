@@ -196,3 +196,24 @@ def test_eval_without_trained_policy_names_the_stage(tmp_path, capsys):
     d = model_dir(tmp_path, "config.json", "model.safetensors", "tokenizer.json")
     expect_error(capsys, stage(tmp_path / "run", "eval", f"model.policy={d}", f"data.source={PAIRS}"),
                  "no trained policy", "run --stage rl first")
+
+
+def test_reward_init_not_found(tmp_path, capsys, stand_ins):
+    run = run_with_sft(tmp_path, stand_ins)
+    expect_error(capsys, stage(run, "rm", "reward.init=./no_init_model"), "not found: ./no_init_model", "reward.init")
+
+
+def test_rm_stage_with_every_pair_too_long_names_the_counts(tmp_path, capsys, stand_ins):
+    run = run_with_sft(tmp_path, stand_ins)
+    expect_error(capsys, stage(run, "rm", f"data.source={PAIRS}", "data.overlong=drop", "data.max_length=16"),
+                 str(PAIRS), "fit data.max_length=16", "validation pairs")
+
+
+def test_sft_stage_outside_the_sandbox_is_one_line(tmp_path, capsys):
+    expect_error(capsys, stage(tmp_path, "sft", f"data.source={PAIRS}"), "--stage sft exists only", code=2)
+
+
+@pytest.mark.parametrize("what", ["missing", "empty"])
+def test_report_without_runs_is_one_line(what, tmp_path, capsys):
+    target = tmp_path / "nowhere" if what == "missing" else tmp_path
+    expect_error(capsys, ["--config", CONFIG, "--stage", "report", "--runs", str(target)], str(target))

@@ -21,7 +21,8 @@ from common.metrics import RunLogger
 from failure_contract import ROOT, check_one_line, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-HOLD = "import sys, time; from common import runlock; runlock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
+HOLD = ("import sys, time; from common import runlock; runlock.acquire(sys.argv[1]); print('locked', flush=True); "
+        "time.sleep(60)")
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
