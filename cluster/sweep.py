@@ -122,8 +122,7 @@ def execute(run: Run, config: str, mode: str = "local") -> None:
                    *run.overrides]
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
+            if run_child(cmd, log) != 0:
                 run.status = "failed"
                 break
     run.seconds = time.perf_counter() - t0
@@ -133,6 +132,24 @@ def execute(run: Run, config: str, mode: str = "local") -> None:
         (run.run_dir / "error.txt").write_text(run.error + "\n")
     else:
         run.status = "done"
+
+
+def run_child(cmd: list[str], log) -> int:
+    """The child's exit code. If the sweep is stopped (SIGTERM, Ctrl-C), the running child is stopped the same
+    clean way (SIGTERM: its checkpoints stay intact and its lock is released), not killed."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return proc.wait()
+    except BaseException:
+        try:
+            proc.wait(timeout=5)  # Ctrl-C in a terminal reaches the child too: give it time to stop by itself
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
 
 
 def run_sweep(config: str, overrides: list[str], seeds: list[int], grid: list[tuple[str, list[str]]],

@@ -339,3 +339,20 @@ def test_resume_of_a_run_stopped_before_its_results_only_writes_them(finished_ru
     assert launch.main(["--resume", *stage(run, "rl", "rl.steps=4", "rl.save_every=2")]) == 0
     assert json.loads((run / "rl_metrics.json").read_text())["final"] == pytest.approx(final)
     assert (run / "policy" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_stops_its_running_child_cleanly(tmp_path):
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--seeds", "0,1", *stage(tmp_path, "sft", "sft.epochs=50")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child_log = tmp_path / "default" / "seed_0" / "metrics_sft.jsonl"
+    deadline = time.monotonic() + 300
+    while not (child_log.is_file() and child_log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=200)
+    check_one_line(proc.returncode, out, err, "interrupted by SIGTERM", code=143)
+    child = tmp_path / "default" / "seed_0"
+    assert (child / "log.txt").read_text().rstrip().splitlines()[-1].startswith("error: interrupted by SIGTERM")
+    assert (child / runlock.LOCK_NAME).read_text() == "", "the child released its lock"
+    assert not (tmp_path / "default" / "seed_1").exists(), "the sweep stopped"
