@@ -56,11 +56,11 @@ def one_line(text: str) -> str:
 
 
 def disk_error(error: OSError, path) -> str:
-    """What an OSError writing `path` means, naming the path; 'no space left on device' when that is the cause."""
+    """What an OSError of the machine (ENVIRONMENT_ERRNOS) means, naming the path; 'no space left on device'
+    when that is the cause."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on device writing {path}: free some space (or point run_dir elsewhere) and rerun"
-    reason = error.strerror or brief(error)
-    return f"cannot write {path}: {reason}"
+    return f"{path}: {error.strerror or brief(error)}"
 
 
 def raise_on_sigterm() -> None:

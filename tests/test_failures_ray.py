@@ -188,9 +188,11 @@ def test_signal_to_the_ray_driver_stops_cleanly(sig, code, ray_run, tmp_path):
     deadline = time.monotonic() + 300
     while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.2)
+    logged = log.read_text().count("\n")
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     check_one_line(proc.returncode, out, err, f"interrupted by {sig.name}", code=code)
-    path, state = checkpoint.load_latest(run / "checkpoints")
-    assert state["step"] >= 2, "the last checkpoint is intact"
+    path, state = checkpoint.load_latest(run / "checkpoints")  # raises if the latest is not readable
+    # a step logs, then checkpoints: the signal may have stopped the checkpoint of the step it logged last
+    assert state["step"] >= logged - 1, "the last checkpoint written is intact"
     assert not list((run / "checkpoints").glob("*.tmp"))

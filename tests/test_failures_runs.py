@@ -358,3 +358,14 @@ def test_sigterm_to_a_sweep_stops_its_running_child_cleanly(tmp_path):
     assert (child / "log.txt").read_text().rstrip().splitlines()[-1].startswith("error: interrupted by SIGTERM")
     assert (child / runlock.LOCK_NAME).read_text() == "", "the child released its lock"
     assert not (tmp_path / "default" / "seed_1").exists(), "the sweep stopped"
+
+
+def test_permission_error_names_the_path(tmp_path, capsys, monkeypatch):
+    """Root reads every file, so the refusal is simulated where the data file is opened."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    expect_error(capsys, stage(tmp_path / "run", "rm", f"data.source={data}"), f"{data}: Permission denied")
