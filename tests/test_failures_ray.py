@@ -17,7 +17,8 @@ ray = pytest.importorskip("ray")
 from ray.util.queue import Queue  # noqa: E402
 
 import launch  # noqa: E402
-from cluster.local import PromptSampler, build_prompts  # noqa: E402
+from common.sampling import PromptSampler  # noqa: E402
+from stages.rl import build_prompts  # noqa: E402
 from cluster.placement import PlacementError  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
