@@ -82,10 +82,11 @@ def test_missing_data_source_is_named(source, needles, tmp_path, capsys):
     expect_error(capsys, stage(tmp_path / "run", "rm", f"data.source={source.format(tmp=tmp_path)}"), *needles)
 
 
-def test_rl_stage_names_an_empty_file_not_overlong(tmp_path, capsys):
+def test_rl_stage_names_an_empty_file_not_overlong(tmp_path, capsys, stand_ins):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"")
-    line = expect_error(capsys, stage(tmp_path / "run", "rl", f"data.source={path}"), str(path), "no preference pairs")
+    line = expect_error(capsys, stage(run_with_sft(tmp_path, stand_ins), "rl", f"data.source={path}"), str(path),
+                        "no preference pairs")
     assert "over-long" not in line
 
 
