@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +18,13 @@ from typing import Any
 
 import yaml
 
+from common.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override names an unknown key or a bad value."""
+
+    exit_code = 2
 
 
 def opt(default: Any, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
@@ -175,6 +180,8 @@ class ClusterConfig:
     """Ray mode (`launch.py --mode ray`, cluster/ray_runner.py); local mode ignores this section."""
     address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
                                 "the run; 'auto' or host:port = an existing cluster")
+    connect_timeout_s: float = opt(30.0, gt=0.0, help="fail (naming the address) if the cluster at "
+                                                      "cluster.address does not answer within this time")
     local_cpus: int = opt(0, ge=0, help="logical CPUs of a self-started local instance; 0 = this machine's")
     num_generators: int = opt(1, ge=1, help="generator actors; each step's prompts are split across them")
     num_scorers: int = opt(1, ge=1)
@@ -332,14 +339,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # inf or nan would train to NaN weights, never an error
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -10,10 +10,51 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
 from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
+from common.errors import PathNotFound
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
 TINY = "tiny"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.gguf", "*.pt")
+
+
+class ModelPathError(PathNotFound):
+    """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id ('org/name')."""
+    return (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+            or Path(name_or_path).suffix in (".gguf", ".safetensors", ".bin"))
+
+
+def check_model_path(name_or_path: str, key: str, needs: tuple[str, ...] = ("config", "weights")) -> None:
+    """Fail in one line, before any loader runs, when a local model path is missing or incomplete.
+
+    A hub id ('org/name') is left to the hub. `needs` lists what the directory must hold: "config"
+    (config.json), "weights" (safetensors/bin/gguf shards or a peft adapter), "tokenizer" (tokenizer files).
+    A single file (a .gguf) is left to its loader.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if looks_local(name_or_path):
+            raise ModelPathError(f"not found: {name_or_path} ({key}); check the path, or run the stage that "
+                                 f"writes it")
+        return
+    if not path.is_dir():
+        return
+    missing = []
+    if "config" in needs and not (path / CONFIG_FILE).is_file() and not (path / "adapter_config.json").is_file():
+        missing.append(CONFIG_FILE)
+    if "weights" in needs and not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if "tokenizer" in needs and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
+    if missing:
+        raise ModelPathError(f"model directory {name_or_path} ({key}) is incomplete: no {', no '.join(missing)}; "
+                             f"save a full model there (save_pretrained) or point {key} elsewhere")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,18 +78,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def sft_policy_path(cfg: Config) -> str:
     """Where the SFT policy (and the frozen reference) comes from."""
     if cfg.model.policy != TINY:
+        check_model_path(cfg.model.policy, "model.policy")
         return cfg.model.policy
     path = Path(cfg.run_dir) / "sft_model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
+        raise ModelPathError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
+    check_model_path(str(path), "model.policy=tiny")
     return str(path)
 
 
 def reward_model_path(cfg: Config) -> str:
     path = cfg.reward.path or str(Path(cfg.run_dir) / "reward_model")
     if not Path(path).exists() and cfg.reward.path == "":
-        raise FileNotFoundError(f"no reward model at {path}: run --stage rm first or set reward.path")
+        raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path")
+    check_model_path(path, "reward.path" if cfg.reward.path else "the rm stage's reward_model")
     return path
+
+
+def reward_init_path(cfg: Config) -> str:
+    """Where reward-model training starts from: reward.init, else the SFT policy."""
+    if cfg.reward.init:
+        check_model_path(cfg.reward.init, "reward.init")
+        return cfg.reward.init
+    return sft_policy_path(cfg)
 
 
 def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTokenizerBase:
@@ -56,6 +108,7 @@ def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTo
     source = cfg.model.tokenizer or name_or_path or cfg.model.policy
     if source == TINY:
         source = str(BUNDLED_TOKENIZER)
+    check_model_path(source, "model.tokenizer", ("tokenizer",))
     tok = AutoTokenizer.from_pretrained(source)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

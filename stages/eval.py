@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from actors.generator import Generator
 from actors.scorer import Scorer, build_scorer
 from common.config import Config
+from common.errors import PathNotFound
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
 from common.rollout import RolloutBatch, eos_rate
 from common.runtime import amp, prepare
@@ -81,7 +82,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     device = prepare(cfg)
     sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
     if not (Path(trained_path) / "config.json").is_file():
-        raise FileNotFoundError(f"no trained policy at {trained_path}: run --stage rl first")
+        raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(cfg, sft_path)
     prompts, prompt_tokens = prompt_pool(cfg, tokenizer, "val", "eval")
     n = min(len(prompts), cfg.eval.num_prompts or len(prompts))

@@ -12,8 +12,8 @@ import torch
 from common import data
 from common.config import Config, RewardConfig
 from common.metrics import RunLogger
-from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model,
-                           sft_policy_path)
+from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, reward_init_path,
+                           save_model)
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
@@ -81,13 +81,16 @@ def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
 def run_rm(cfg: Config) -> dict:
     device = prepare(cfg)
     splits = load_splits(cfg)
-    init = cfg.reward.init or sft_policy_path(cfg)
+    init = reward_init_path(cfg)
     tokenizer = load_tokenizer(cfg, init)
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     report = write_data_report(cfg.run_dir, "rm", splits, stats)
     if not train or not val:
-        raise ValueError(f"reward-model training needs pairs on both sides, got {len(train)} train, {len(val)} val")
+        raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
+                             f"{len(splits.val)} validation pairs fit data.max_length={cfg.data.max_length} "
+                             f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
+                             f"data.max_length or use data.overlong=truncate_left")
     head = head_from_config(cfg.reward)
     model = load_reward_model(init, head.num_labels, tokenizer, device)
     model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
