@@ -48,7 +48,8 @@ class Generator:
                                       generation_config=self.generation_config(greedy))
         self.model.train(was_training)
         return rollout_batch(prompt_ids.cpu(), prompt_mask.cpu(), out[:, prompt_ids.shape[1]:].cpu(),
-                             prompt_indices, self.version, self.tokenizer)
+                             prompt_indices, self.version, self.tokenizer,
+                             temperature=1.0 if greedy else self.cfg.temperature)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the weights with the learner's (full, LoRA-merged names) and record their version."""
@@ -61,15 +62,17 @@ class Generator:
 
 def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                   prompt_indices: list[int], version: int, tokenizer: PreTrainedTokenizerBase,
-                  **extras: torch.Tensor) -> RolloutBatch:
+                  temperature: float = 1.0, **extras: torch.Tensor) -> RolloutBatch:
     """The wire batch from left-padded prompts [B, P] and sampled tokens [B, R]: the response mask runs through
-    the first EOS and everything after it becomes padding (both backends build their batches here)."""
+    the first EOS and everything after it becomes padding (both backends build their batches here). The
+    sampling `temperature` travels with it: the learner's log-probs are those of softmax(logits / T)."""
     response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)  # [B, R]
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(), skip_special_tokens=True)
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                         response_mask=response_mask, prompt_index=torch.tensor(prompt_indices, dtype=torch.long),
-                        version=version, response_texts=[t.strip() for t in texts], extras=extras)
+                        version=version, response_texts=[t.strip() for t in texts], extras=extras,
+                        temperature=temperature)
 
 
 def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,

@@ -16,7 +16,7 @@ from cluster.colocate import local_generator, release_generator_memory, sync_loc
 from common import checkpoint, data, sandbox
 from common.config import Config
 from common.metrics import RunLogger
-from common.models import (apply_lora, frozen_copy, load_causal_lm, load_tokenizer, resolve_dtype,
+from common.models import (apply_lora, frozen_copy, load_causal_lm, load_tokenizer,
                            reward_model_path, save_model, sft_policy_path)
 from common.reward_head import load_trained_reward_model
 from common.runtime import amp, prepare
@@ -97,7 +97,7 @@ def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ..
     win_prob_vs_ref samples its reference responses from `reference` (the frozen SFT policy)."""
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
-    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, resolve_dtype(cfg.model.dtype, device))
+    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
     gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.numerics import check_finite_weights
+
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
 
@@ -33,6 +35,7 @@ def save(ckpt_dir: str | Path, step: int, learner_state: dict, keep: int = 2) ->
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:06d}.pt"
+    check_finite_weights(learner_state["policy"].items(), str(path))  # never checkpoint NaN weights
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "learner": learner_state, "rng": rng_state()}, tmp)
     os.replace(tmp, path)

@@ -9,7 +9,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
-from common.config import Config, LoraConfig, TinyModelConfig
+from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
+from common.numerics import check_finite_weights
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
@@ -24,9 +25,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Native bf16 (compute capability >= 8.0: A100, L4, H100); a T4 (7.5) only emulates it, slowly, and vLLM
+    refuses it there."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """model.dtype -> the 16-bit (or fp32) compute dtype. auto = bf16 on a GPU that has it, else fp16 (with loss
+    scaling in training); fp32 on CPU. An explicit 16-bit dtype on CPU runs under CPU autocast (slow; tests)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
+    if name == "bfloat16" and device.type == "cuda" and not gpu_has_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"model.dtype=bfloat16: {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}) has no native bf16; use model.dtype=auto or float16")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -123,8 +138,9 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Save full (LoRA-merged) weights with the tokenizer, loadable by from_pretrained."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    check_finite_weights(to_save.state_dict().items(), str(path))  # before anything is written
+    path.mkdir(parents=True, exist_ok=True)
     to_save.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
