@@ -74,6 +74,8 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterable[Any]], num_bat
             step += 1
             metrics = {**metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                        "skipped_steps": float(skips.total)}
+            if scaler.is_enabled():
+                metrics["loss_scale"] = float(scaler.get_scale())
             bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
             if log is not None:
                 log(step, metrics)
