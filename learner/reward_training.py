@@ -12,8 +12,8 @@ import torch
 from common import data
 from common.config import Config, RewardConfig
 from common.metrics import RunLogger
-from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model,
-                           sft_policy_path)
+from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, reward_init_path,
+                           save_model)
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
@@ -81,7 +81,7 @@ def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
 def run_rm(cfg: Config) -> dict:
     device = prepare(cfg)
     splits = load_splits(cfg)
-    init = cfg.reward.init or sft_policy_path(cfg)
+    init = reward_init_path(cfg)
     tokenizer = load_tokenizer(cfg, init)
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
