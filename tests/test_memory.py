@@ -42,3 +42,41 @@ def test_memory_knobs_give_the_full_batch_update(tokenizer, policy, rl):
     assert baseline == full_baseline
     for key in ("losses/policy", "losses/grad_norm", "rollout/kl", "baseline/advantage_std"):
         assert metrics[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+def bench_line(capsys, tmp_path, tokenizer, *overrides):
+    """bench/bench_memory.py on configs/tiny.yaml with conftest's tiny shape; returns (rm GiB, rl GiB, output)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from bench.bench_memory import main
+    from common.models import tiny_llama_config
+
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps(tiny_llama_config(TINY, tokenizer).to_dict()))
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--config", str(root / "configs" / "tiny.yaml"), "--model-config", str(shape), "device=cpu",
+                 "data.max_length=64", "generator.max_new_tokens=32", *overrides]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"peak rm step: ([\d.]+) GiB; peak rl step: ([\d.]+) GiB; fits 16 GiB: (yes|no)", last)
+    assert m, last
+    return float(m[1]), float(m[2]), out
+
+
+def activations(out, step):
+    import re
+    return float(re.search(rf"{step} step: .*activations ([\d.]+) GiB", out)[1])
+
+
+def test_bench_memory_counts_what_the_knobs_save(capsys, tmp_path, tokenizer):
+    """Fewer sequences per forward and checkpointing lower the counted activations; the last line is the verdict."""
+    rm_full, rl_full, full = bench_line(capsys, tmp_path, tokenizer, "rl.micro_batch_size=0")
+    _, _, micro = bench_line(capsys, tmp_path, tokenizer, "rl.micro_batch_size=4", "reward.batch_size=4",
+                             "reward.grad_accum=4")
+    _, _, ckpt = bench_line(capsys, tmp_path, tokenizer, "rl.gradient_checkpointing=true",
+                            "reward.gradient_checkpointing=true")
+    for step in ("rm", "rl"):
+        assert activations(micro, step) < activations(full, step) / 2, step
+        assert activations(ckpt, step) < activations(full, step), step
