@@ -93,43 +93,19 @@ class Learner:
         """One REINFORCE update on a scored batch; returns metrics for logging.
 
         The batch goes through the policy in micro-batches of rl.micro_batch_size sequences; each one's loss is
-        its share of the batch mean, so the accumulated gradient is the full batch's (Eq. 8 of the paper).
+        its share of the batch mean, so the accumulated gradient is the full batch's.
         """
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
         scaler = self._loss_scaler()
         baseline = self.baseline.value()  # earlier batches only
-        b, micro = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size
-        self.optimizer.zero_grad(set_to_none=True)
-        parts = []
-        for start in range(0, b, micro):
-            mb = batch.rows(start, min(b, start + micro))
-            mask = mb.response_mask.float()  # [b, R]
-            ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
-            with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):
-                token_lp = response_token_logprobs(self.policy, mb)  # [b, R], with grad
-            logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
-            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
-            loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
-        logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
-        loss = torch.stack([part[3] for part in parts]).sum()
+        logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline, scaler)
         advantages = shaped - baseline  # [B]
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        grad_norm = self._clip_gradients()
-        finite = is_finite(loss) and is_finite(grad_norm)
-        if finite:
-            (scaler.step if scaler is not None else lambda opt: opt.step())(self.optimizer)
-        if scaler is not None:
-            scaler.update()  # a non-finite gradient halves the scale
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._update(loss, scaler)
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
             self.baseline.update(shaped)
         self.version += 1
-        self.skips.record(not finite, "loss" if not is_finite(loss) else "gradient")
 
         kl = (logprobs - ref_lp)  # [B] sequence-level log-ratio, a KL estimate on samples
         mask = batch.response_mask.float()
@@ -150,6 +126,43 @@ class Learner:
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float, scaler: torch.amp.GradScaler | None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards (detached)
+        and the batch loss."""
+        b, micro = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for start in range(0, b, micro):
+            mb = batch.rows(start, min(b, start + micro))
+            mask = mb.response_mask.float()  # [b, R]
+            ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
+            with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):
+                token_lp = response_token_logprobs(self.policy, mb)  # [b, R], with grad
+            logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
+            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
+            loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
+        logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
+        return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
+
+    def _update(self, loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> float:
+        """Clip and apply the accumulated gradient, or skip (and count) the update when it is not finite."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = self._clip_gradients()
+        finite = is_finite(loss) and is_finite(grad_norm)
+        if finite and scaler is not None:
+            scaler.step(self.optimizer)
+        elif finite:
+            self.optimizer.step()
+        if scaler is not None:
+            scaler.update()  # a non-finite gradient halves the scale
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skips.record(not finite, "loss" if not is_finite(loss) else "gradient")
+        return grad_norm
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.policy.parameters() if p.grad is not None]
