@@ -2,7 +2,8 @@
 
 Stages: sft (offline sandbox only), rm, rl, eval; `all` runs them in order (sft only for model.policy=tiny) and
 ends with `report`. `--stage report [--runs DIR ...]` writes report.md and plots for one or more runs or sweeps.
-Sweeps: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1]` runs each (variant, seed) in <run_dir>/<variant>/seed_<s>.
+Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
+in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from common.config import ConfigError, load_config
 from common.metrics import record_stage_time
+from experiments import PLANS, plan_variants
 
 STAGES = ("sft", "rm", "rl", "eval")
 REPORT = "report"
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
+    parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (level2: scalar vs "
+                                                       "distributional reward model, each reduction)")
+    parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
     parser.add_argument("--no-report", action="store_true", help="all: do not end with the report")
@@ -44,23 +49,23 @@ def stages_for(stage: str, policy: str) -> list[str]:
 
 def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
     if name == "sft":
-        from learner.sft import run_sft
+        from stages.sft import run_sft
         return run_sft(cfg)
     if name == "rm":
-        from learner.reward_training import run_rm
+        from stages.rm import run_rm
         return run_rm(cfg)
     if name == "rl" and mode == "ray":
         from cluster.ray_runner import run_rl_ray
         return run_rl_ray(cfg, resume=resume)
     if name == "rl":
-        from cluster.local import run_rl_local
+        from stages.rl import run_rl_local
         return run_rl_local(cfg, resume=resume)
-    from cluster.evaluate import run_eval
+    from stages.eval import run_eval
     return run_eval(cfg)
 
 
 def write_report(runs: list[str], report_dir: str | None) -> None:
-    from cluster.report import write_report as write
+    from stages.report import write_report as write
     path = write(runs, report_dir)
     print(f"[report] written to {path}", flush=True)
 
@@ -69,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.seeds or args.grid:
-            from cluster.sweep import parse_grid, parse_seeds, plan
-            seeds, grid = parse_seeds(args.seeds or str(cfg.seed)), parse_grid(args.grid)
-            plan(args.config, args.overrides, seeds, grid, args.stage)  # validates every run's config first
+        experiment = bool(args.seeds or args.grid or args.plan)
+        if experiment:
+            from experiments.runner import parse_grid, parse_seeds, plan
+            if args.plan and args.grid:
+                raise ConfigError("--plan and --grid do not combine: a plan names its own variants")
+            if args.jobs < 1:
+                raise ConfigError(f"--jobs {args.jobs}: expected a positive integer")
+            seeds = parse_seeds(args.seeds or str(cfg.seed))
+            variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
+            plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -80,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == REPORT:
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return 0
-    if args.seeds or args.grid:
-        from cluster.sweep import run_sweep
-        root, runs = run_sweep(args.config, args.overrides, seeds, grid, args.stage, args.mode)
+    if experiment:
+        from experiments.runner import run_sweep
+        root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
+                               reference)
         if args.stage == "all" and any(r.status in ("done", "skipped") for r in runs):
             write_report([str(root)], args.report_dir)
         return 1 if any(r.status == "failed" for r in runs) else 0

@@ -1,4 +1,5 @@
-"""Generator: prompts -> sampled responses as a `RolloutBatch` (the `hf` backend: transformers `generate`)."""
+"""Generator: prompts -> sampled responses as a `RolloutBatch`. `Generator` is the `hf` backend (transformers
+`generate`); `build_generator` builds either backend (`actors/vllm_generator.py` is imported only when asked for)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from common.config import Config, GeneratorConfig
 from common.models import load_causal_lm
-from common.rollout import RolloutBatch, pad_left, response_mask_from_ids
+from common.rollout import RolloutBatch, pad_left, rollout_batch
 
 
 class Generator:
@@ -58,21 +59,6 @@ class Generator:
         if missing or unexpected:
             raise ValueError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.version = version
-
-
-def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                  prompt_indices: list[int], version: int, tokenizer: PreTrainedTokenizerBase,
-                  temperature: float = 1.0, **extras: torch.Tensor) -> RolloutBatch:
-    """The wire batch from left-padded prompts [B, P] and sampled tokens [B, R]: the response mask runs through
-    the first EOS and everything after it becomes padding (both backends build their batches here). The
-    sampling `temperature` travels with it: the learner's log-probs are those of softmax(logits / T)."""
-    response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)  # [B, R]
-    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(), skip_special_tokens=True)
-    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                        response_mask=response_mask, prompt_index=torch.tensor(prompt_indices, dtype=torch.long),
-                        version=version, response_texts=[t.strip() for t in texts], extras=extras,
-                        temperature=temperature)
 
 
 def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,

@@ -1,4 +1,5 @@
-"""Scorer: runs the reward model on prompt + response and fills the batch's rewards."""
+"""Scorer: runs the reward model on prompt + response and fills the batch's rewards; `build_scorer` builds it
+from a config for every caller (local loop, eval, Ray scorer actor)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.generator import Generator
-from common import data
-from common.config import DataConfig
-from common.models import reward_head_logits
-from common.reward_head import RewardHead
+from common import data, sandbox
+from common.config import Config, DataConfig
+from common.models import (load_causal_lm, load_tokenizer, reward_head_logits, reward_model_path,
+                           sft_policy_path)
+from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
 from learner import distributional as dist
 
@@ -82,9 +84,8 @@ class Scorer:
         return dist.win_prob(dist.score_logprobs(logits_a), dist.score_logprobs(logits_b))
 
     def score_texts(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
-        """[N] rewards; win_prob_vs_ref compares with the cached reference responses."""
-        ref = self.reference_distributions(prompt_indices) if self.reduction == "win_prob_vs_ref" else None
-        return self.rewards_from_logits(self.head_logits(prompt_indices, responses), ref)
+        """[N] rewards of text responses (e.g. a peer trainer's completions)."""
+        return self.rewards(prompt_indices, responses)[0]
 
     @torch.no_grad()
     def reference_distributions(self, prompt_indices: list[int]) -> torch.Tensor:
@@ -109,18 +110,46 @@ class Scorer:
         return torch.tensor([self.gold_fn(self.prompts[i][-1]["content"], r)
                              for i, r in zip(prompt_indices, responses)], dtype=torch.float32)
 
-    def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """Fill rewards ([B]); extras: gold (sandbox) and, for a distributional head, rm_mean/rm_std/rm_entropy."""
-        indices = batch.prompt_index.tolist()
-        logits = self.head_logits(indices, batch.response_texts)
-        extras = {}
-        ref = None
+    def rewards(self, prompt_indices: list[int], responses: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The one path from responses to rewards: [N] rewards and [N] per-sample extras (gold in the sandbox;
+        for a distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref)."""
+        logits = self.head_logits(prompt_indices, responses)
+        extras, ref = {}, None
         if self.head.distributional:
             extras.update(dist.distribution_stats(dist.score_logprobs(logits)))
             if self.reduction == "win_prob_vs_ref":
-                ref = self.reference_distributions(indices)
+                ref = self.reference_distributions(prompt_indices)
                 extras["ref_rm_mean"] = dist.expected_score(ref)
-        gold = self.gold(indices, batch.response_texts)
+        gold = self.gold(prompt_indices, responses)
         if gold is not None:
             extras["gold"] = gold
-        return batch.with_rewards(self.rewards_from_logits(logits, ref), **extras)
+        return self.rewards_from_logits(logits, ref), extras
+
+    def score(self, batch: RolloutBatch) -> RolloutBatch:
+        """The batch with its rewards ([B]) and extras filled (see `rewards`)."""
+        rewards, extras = self.rewards(batch.prompt_index.tolist(), batch.response_texts)
+        return batch.with_rewards(rewards, **extras)
+
+
+def reference_sampler(cfg: Config, device: torch.device,
+                      reference: torch.nn.Module | None = None) -> torch.nn.Module | None:
+    """The frozen SFT policy that answers each prompt once for `win_prob_vs_ref` (None for other reductions);
+    `reference` is reused when the caller already holds one (no copy with LoRA, or in a scorer actor: load it)."""
+    if cfg.rl.reward_reduction != "win_prob_vs_ref":
+        return None
+    return reference if reference is not None else load_causal_lm(sft_policy_path(cfg), device, torch.float32).eval()
+
+
+def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]],
+                 tokenizer, reference: torch.nn.Module | None = None) -> Scorer:
+    """The trained reward model (head read from its directory) behind a Scorer with the configured reduction;
+    win_prob_vs_ref samples its reference responses from `reference` (the frozen SFT policy). Local mode, eval
+    and the Ray scorer actor all build their scorer here."""
+    rm_path = reward_model_path(cfg)
+    rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
+    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
+    gold = sandbox.gold_score if cfg.data.source == "sandbox" and cfg.sandbox.gold_judge else None
+    ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
+    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
+                  reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,
+                  reference_seed=cfg.seed)

@@ -1,7 +1,7 @@
 """The `vllm` generator backend: the `hf` Generator's interface on vLLM's offline engine (`vllm.LLM`).
 
 vLLM is a thin shell here: prompts go in as the same chat-templated token ids the `hf` backend uses (never as
-text), the sampled token ids come back and become the same `RolloutBatch` (actors/generator.rollout_batch).
+text), the sampled token ids come back and become the same `RolloutBatch` (common/rollout.rollout_batch).
 
 Weight sync uses vLLM's in-place reload, `collective_rpc("reload_weights", weights_iterator=...)`: the worker
 restores its checkpoint-format parameters (`initialize_layerwise_reload`), runs the model's own `load_weights`
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from actors.generator import rollout_batch
 from common.config import Config
 from common.models import resolve_dtype
-from common.rollout import pad_left, pad_right
+from common.rollout import pad_left, pad_right, rollout_batch
 
 CPU_KV_CACHE_GB = 1.0  # default KV cache on CPU, where gpu_memory_utilization would be a share of host RAM
 

@@ -1,6 +1,6 @@
 """Throughput of the RL stage: local mode vs Ray mode (1 and 2 generators, max_staleness 0 and 1).
 
-Every variant runs the real runner (`cluster/local.py run_rl_local`, `cluster/ray_runner.py run_rl_ray`) on the
+Every variant runs the real runner (`stages/rl.py run_rl_local`, `cluster/ray_runner.py run_rl_ray`) on the
 same random tiny Llama (configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer) and tiny reward model, the
 same sandbox prompts, batch and length. samples/s = batch x timed steps / their wall time, read from the
 run's per-step `perf/step_s` after `--warmup` steps (Ray: wall time between learner steps, so waiting, queue
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from cluster.local import run_rl_local  # noqa: E402
+from bench.shared import print_table, write_json  # noqa: E402
+from stages.rl import run_rl_local  # noqa: E402
 from cluster.ray_runner import run_rl_ray  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.models import load_tokenizer, save_untrained_stand_ins  # noqa: E402
@@ -100,14 +101,13 @@ def main(argv=None) -> list[dict]:
     finally:
         ray.shutdown()
     local = next((r for r in rows if r["variant"] == "local"), None)
-    print(f"\n{'variant':<12}{'samples/s':>10}{'vs local':>10}{'s/step':>8}{'gen s':>7}{'score s':>8}"
-          f"{'learn s':>8}{'max stale':>10}")
     for r in rows:
-        ratio = f"{r['samples_per_s'] / local['samples_per_s']:.2f}x" if local else "-"
-        print(f"{r['variant']:<12}{r['samples_per_s']:>10.2f}{ratio:>10}{r['s_per_step']:>8.3f}"
-              f"{r['generate_s']:>7.3f}{r['score_s']:>8.3f}{r['learner_s']:>8.3f}{r['staleness']:>10.0f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+        r["vs_local"] = f"{r['samples_per_s'] / local['samples_per_s']:.2f}x" if local else "-"
+    print_table(rows, [("variant", "variant", "<12"), ("samples/s", "samples_per_s", ">10.2f"),
+                       ("vs local", "vs_local", ">10"), ("s/step", "s_per_step", ">8.3f"), ("gen s", "generate_s", ">7.3f"),
+                       ("score s", "score_s", ">8.3f"), ("learn s", "learner_s", ">8.3f"),
+                       ("max stale", "staleness", ">10.0f")])
+    write_json(args.json, vars(args), rows)
     return rows
 
 

@@ -1,7 +1,7 @@
 """Throughput of the project's local RL loop vs TRL's RLOOTrainer on the same tiny model, batch and length.
 
 What is compared (one process, one device, fp32, torch threads = all cores unless --threads):
-- ours: cluster/local.py's loop, step for step: Generator.generate -> Scorer.score -> Learner.step (REINFORCE,
+- ours: stages/rl.py's `local_step`, the step training runs: Generator.generate -> Scorer.score -> Learner.step (REINFORCE,
   moving-average baseline, frozen reference, AdamW, grad clipping), `--batch` prompts x 1 response per step.
 - TRL: `trl.RLOOTrainer` (transformers `generate`, no vLLM), num_generations=2, num_iterations=1, one optimizer
   step per generation batch; by default 8 prompts x 2 = 16 completions per step (the same samples per step as
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -46,11 +45,11 @@ import torch  # noqa: E402
 
 from actors.generator import Generator  # noqa: E402
 from actors.scorer import Scorer  # noqa: E402
-from cluster.local import PromptSampler, eos_rate, generation_seed  # noqa: E402
-from common import data, sandbox  # noqa: E402
+from bench.shared import FixedLengthHF, bench_prompts, print_table, timed_rl_steps  # noqa: E402
+from common import sandbox  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.models import build_tiny_policy, frozen_copy, load_reward_model, load_tokenizer  # noqa: E402
-from common.runtime import amp, prepare  # noqa: E402
+from common.runtime import prepare  # noqa: E402
 from learner.learner import Learner  # noqa: E402
 
 NUM_GENERATIONS = 2
@@ -81,12 +80,7 @@ def setup(args: argparse.Namespace, workdir: Path) -> dict:
     cfg = load_config(args.config, overrides)
     device = prepare(cfg)  # seeds; threads are set by main
     tokenizer = load_tokenizer(cfg)
-    rng = random.Random(args.seed)
-    n = max(256, args.batch * (args.warmup + args.steps))
-    prompts = [({"role": "user", "content": sandbox.sample_prompt(rng)},) for _ in range(n)]
-    stats = data.DataStats()
-    prompt_tokens = [data.encode_prompt(tokenizer, m, cfg.data.max_prompt_tokens, "truncate_left", stats)
-                     for m in prompts]
+    prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     policy = build_tiny_policy(cfg.model.tiny, tokenizer, args.seed)
     policy_dir = workdir / "policy"
     policy.save_pretrained(policy_dir)
@@ -97,49 +91,20 @@ def setup(args: argparse.Namespace, workdir: Path) -> dict:
             "prompt_tokens": prompt_tokens, "policy": policy.to(device), "policy_dir": policy_dir, "scorer": scorer}
 
 
-class FixedLengthGenerator(Generator):
-    """The project's Generator with EOS forbidden before max_new_tokens (min_new_tokens), for equal lengths."""
-
-    def generation_config(self, greedy: bool = False):
-        gc = super().generation_config(greedy)
-        gc.min_new_tokens = gc.max_new_tokens
-        return gc
-
-
 def run_ours(args: argparse.Namespace, s: dict) -> dict:
-    """cluster/local.py run_rl_local's loop (without TensorBoard/checkpoint I/O), timed after --warmup steps."""
+    """stages/rl.py's local_step (the training loop's step, without TensorBoard/checkpoint I/O), timed after
+    --warmup steps."""
     cfg, device = s["cfg"], s["device"]
-    gen_cls = FixedLengthGenerator if args.force_length else Generator
+    gen_cls = FixedLengthHF if args.force_length else Generator
     generator = gen_cls(s["policy"], s["tokenizer"], cfg.generator, s["prompt_tokens"], device)
     learner = Learner(s["policy"], frozen_copy(s["policy"]), cfg.rl, device)
-    sampler = PromptSampler(len(s["prompts"]), cfg.rl.batch_size, cfg.seed)
-    phase = {"generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0}
-    samples = tokens = 0
-    t_start = time.perf_counter()
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            t_start, samples, tokens = time.perf_counter(), 0, 0
-            phase = dict.fromkeys(phase, 0.0)
-        generator.version = learner.version
-        t0 = time.perf_counter()
-        with amp(cfg, device):
-            batch = generator.generate(sampler.batch(step), generation_seed(cfg.seed, step))
-        t1 = time.perf_counter()
-        batch = s["scorer"].score(batch)
-        t2 = time.perf_counter()
-        with amp(cfg, device):
-            metrics = learner.step(batch)
-        t3 = time.perf_counter()
-        metrics["rollout/eos_rate"] = eos_rate(batch, s["tokenizer"].eos_token_id)
-        for k, dt in zip(phase, (t1 - t0, t2 - t1, t3 - t2)):
-            phase[k] += dt
-        samples += batch.batch_size
-        tokens += int(batch.response_mask.sum())
-    wall = time.perf_counter() - t_start
+    t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
+                       args.steps)
+    wall = t["wall_s"]
     return {"system": f"ours REINFORCE {args.batch}x1", "samples_per_step": args.batch,
-            "samples_per_s": samples / wall, "tokens_per_s": tokens / wall, "s_per_step": wall / args.steps,
-            "mean_completion_len": tokens / samples, "wall_s": wall, "threads": torch.get_num_threads(),
-            **{k: v / args.steps for k, v in phase.items()}}
+            "samples_per_s": t["samples"] / wall, "tokens_per_s": t["tokens"] / wall, "s_per_step": wall / args.steps,
+            "mean_completion_len": t["tokens"] / t["samples"], "wall_s": wall, "threads": torch.get_num_threads(),
+            **{k: t[k] / args.steps for k in ("generate_s", "score_s", "learner_s")}}
 
 
 def trl_available() -> str | None:
@@ -216,11 +181,10 @@ def run_trl(args: argparse.Namespace, s: dict, n_prompts: int, workdir: Path) ->
             "step_body_s": sum(e - b for b, e in list(zip(timer.begin, timer.end))[args.warmup:]) / args.steps}
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"\n{'system':<24}{'samples/step':>13}{'samples/s':>11}{'tokens/s':>10}{'s/step':>9}{'mean len':>10}")
-    for r in rows:
-        print(f"{r['system']:<24}{r['samples_per_step']:>13}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}"
-              f"{r['s_per_step']:>9.3f}{r['mean_completion_len']:>10.1f}")
+def print_results(rows: list[dict]) -> None:
+    print_table(rows, [("system", "system", "<24"), ("samples/step", "samples_per_step", ">13"),
+                       ("samples/s", "samples_per_s", ">11.2f"), ("tokens/s", "tokens_per_s", ">10.1f"),
+                       ("s/step", "s_per_step", ">9.3f"), ("mean len", "mean_completion_len", ">10.1f")])
     ours = rows[0]
     print(f"ours phases per step: generate {ours['generate_s']:.3f} s, score {ours['score_s']:.3f} s, "
           f"learner {ours['learner_s']:.3f} s")
@@ -250,7 +214,7 @@ def main(argv=None) -> dict:
                 torch.manual_seed(args.seed)
                 rows.append(run_trl(args, s, n_prompts, workdir))
                 print(f"{rows[-1]['system']} done: {rows[-1]['samples_per_s']:.2f} samples/s", flush=True)
-    print_table(rows)
+    print_results(rows)
     for i, r in enumerate(rows[1:]):
         ratio = rows[0]["samples_per_s"] / r["samples_per_s"]
         label = "ours/TRL samples/s ratio" if i == 0 else f"  (vs {r['system']})"

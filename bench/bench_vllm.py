@@ -4,7 +4,7 @@ For each model (the tiny Llama, and a randomly initialised model of SmolLM2-135M
 common/assets/smollm2-135m-config.json), in one process, on one device, fp32 on CPU:
 - generation: `--batch` prompts x exactly `--new-tokens` sampled tokens (EOS suppressed in both backends, so both
   produce the same number of tokens), timed over `--steps` calls after one warm-up call;
-- RL loop: cluster/local.py's step (sync -> generate -> score -> learner step) with the backend's generator; hf
+- RL loop: stages/rl.py's local_step (sync -> generate -> score -> learner step) with the backend's generator; hf
   shares the learner's module (no sync), vllm receives the learner's full weights before every step.
 Random weights make the text meaningless but not the cost: the work per token is the model's.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -26,29 +25,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from actors.generator import Generator  # noqa: E402
 from actors.scorer import Scorer  # noqa: E402
-from actors.vllm_generator import VLLMGenerator  # noqa: E402
-from cluster.colocate import sync_local_generator  # noqa: E402
-from common import data, sandbox  # noqa: E402
+from bench.shared import (FixedLengthHF, FixedLengthVLLM, bench_prompts, print_table, timed_rl_steps,  # noqa: E402
+                          write_json)
 from common.config import load_config  # noqa: E402
 from common.models import ASSETS, frozen_copy, load_reward_model, load_tokenizer, tiny_llama_config  # noqa: E402
 from learner.learner import Learner  # noqa: E402
-
-
-class FixedLengthHF(Generator):
-    def generation_config(self, greedy: bool = False):
-        gc = super().generation_config(greedy)
-        gc.min_new_tokens = gc.max_new_tokens
-        return gc
-
-
-class FixedLengthVLLM(VLLMGenerator):
-    def sampling_params(self, seeds, greedy):
-        params = super().sampling_params(seeds, greedy)
-        for p in params:
-            p.min_tokens = p.max_tokens  # EOS is ignored until max_tokens, as min_new_tokens in hf
-        return params
 
 
 def model_config(name: str, cfg, tokenizer) -> LlamaConfig:
@@ -65,9 +47,7 @@ def setup(args, name: str, workdir: Path) -> dict:
         f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}",
         f"generator.enforce_eager={str(args.eager).lower()}", f"generator.kv_cache_gb={args.kv_cache_gb}"])
     tokenizer = load_tokenizer(cfg)
-    rng = random.Random(args.seed)
-    prompts = [({"role": "user", "content": sandbox.sample_prompt(rng)},) for _ in range(256)]
-    prompt_tokens = [data.encode_prompt(tokenizer, m, 64, "truncate_left", data.DataStats()) for m in prompts]
+    prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     torch.manual_seed(args.seed)
     policy = LlamaForCausalLM(model_config(name, cfg, tokenizer)).float().eval()
     path = workdir / name
@@ -92,19 +72,11 @@ def time_generation(gen, args) -> float:
 
 
 def time_rl(gen, s: dict, args) -> tuple[float, list[float]]:
+    """RL-loop samples/s over `--steps` local steps after one warm-up step, and the weight-sync seconds."""
     policy = s["policy"]
     learner = Learner(policy, frozen_copy(policy), s["cfg"].rl, torch.device("cpu"))
-    syncs, start = [], None
-    for step in range(args.steps + 1):
-        if step == 1:
-            start = time.perf_counter()
-        t = time.perf_counter()
-        sync_local_generator(gen, learner)
-        if step > 0 and not isinstance(gen, Generator):
-            syncs.append(time.perf_counter() - t)
-        batch = gen.generate(random.Random(step).sample(range(256), args.batch), seed=step)
-        learner.step(s["scorer"].score(batch))
-    return args.steps * args.batch / (time.perf_counter() - start), syncs
+    t = timed_rl_steps(s["cfg"], gen, s["scorer"], learner, s["tokenizer"], len(s["prompt_tokens"]), 1, args.steps)
+    return t["samples"] / t["wall_s"], t["sync_s"]
 
 
 def bench_model(args, name: str, workdir: Path) -> list[dict]:
@@ -148,12 +120,10 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
         for name in args.models.split(","):
             rows += bench_model(args, name, Path(tmp))
-    print(f"\n{'model':<22}{'backend':<8}{'init s':>8}{'gen tok/s':>11}{'RL samples/s':>14}{'sync s':>9}")
-    for r in rows:
-        print(f"{r['model']:<22}{r['backend']:<8}{r['init_s']:>8.1f}{r['gen_tokens_per_s']:>11.1f}"
-              f"{r['rl_samples_per_s']:>14.2f}{r['sync_s_mean']:>9.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+    print_table(rows, [("model", "model", "<22"), ("backend", "backend", "<8"), ("init s", "init_s", ">8.1f"),
+                       ("gen tok/s", "gen_tokens_per_s", ">11.1f"), ("RL samples/s", "rl_samples_per_s", ">14.2f"),
+                       ("sync s", "sync_s_mean", ">9.3f")])
+    write_json(args.json, vars(args), rows)
     return rows
 
 

@@ -14,7 +14,7 @@ import ray
 import torch
 
 from actors.generator import build_generator
-from cluster.local import build_scorer, reference_sampler
+from actors.scorer import build_scorer, reference_sampler
 from common.config import Config
 from common.models import load_tokenizer, resolve_device
 from common.rollout import RolloutBatch

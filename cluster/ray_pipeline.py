@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import ray
 from ray.util.queue import Empty, Queue
 
-from cluster.local import PromptSampler, generation_seed
 from cluster.ray_actors import RolloutItem
+from common.sampling import PromptSampler, shard_seed
 
 POLL_S = 0.5  # how often a waiting learner looks for failed tasks between queue reads
 PING_S = 30.0  # longest a health check waits for an actor (a restarting one answers after its restart)
@@ -25,11 +25,6 @@ PING_S = 30.0  # longest a health check waits for an actor (a restarting one ans
 
 class RolloutError(RuntimeError):
     """An actor died (restarts exhausted) or failed, or no data came within cluster.data_timeout_s."""
-
-
-def shard_seed(seed: int, step: int, shard: int) -> int:
-    """Shard 0 uses the local runner's seed, so one generator samples exactly what local mode samples."""
-    return generation_seed(seed, step) + shard * (1 << 40)
 
 
 def split(indices: list[int], n: int) -> list[list[int]]:

@@ -1,5 +1,6 @@
 """`--stage rl --mode ray`: generator and scorer actors on a Ray cluster, a bounded queue, the learner in the
-driver. The same Generator / Scorer / Learner classes as local mode; only the plumbing differs.
+driver. The same Generator / Scorer / Learner classes as local mode, built, stepped and recorded with the same
+stages/rl.py functions; only the plumbing differs.
 
     driver (learner) --publish(state, version)--> object store --> generator actors --ObjectRef--> scorer
     actors --put (blocks when full)--> rollout queue --get--> driver (learner)
@@ -20,16 +21,16 @@ from ray.util.queue import Queue
 from tqdm.auto import tqdm
 
 from cluster import placement
-from cluster.local import PromptSampler, build_policy, build_prompts, eos_rate, finish_rl, perf_metrics, resume_learner
 from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
 from cluster.ray_pipeline import RolloutPipeline
-from common import checkpoint
 from common.config import ClusterConfig, Config
-from common.metrics import RunLogger
 from common.models import sft_policy_path
 from common.rollout import concat
-from common.runtime import amp, prepare
+from common.runtime import prepare
+from common.sampling import PromptSampler
 from learner.learner import Learner
+from stages.rl import (RLRecorder, build_policy, build_prompts, checkpoint_dir, finish_rl, learn, perf_metrics,
+                       resume_learner)
 
 ROOT = Path(__file__).resolve().parents[1]
 StepHook = Callable[[int, RolloutPipeline], None]
@@ -91,7 +92,7 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
         tokenizer, prompts, prompt_tokens = build_prompts(cfg)
         policy, reference = build_policy(cfg, device)
         learner = Learner(policy, reference, cfg.rl, device)
-        start = resume_learner(learner, Path(cfg.run_dir) / "checkpoints") if resume else 0
+        start = resume_learner(learner, checkpoint_dir(cfg)) if resume else 0
         pg, bundles = placement.reserve(cfg.cluster)
         queue = None
         try:
@@ -112,11 +113,8 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
 def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, start: int,
           on_step: StepHook | None) -> dict[str, float]:
     """The learner loop: take step t's batch off the queue, update, publish weights, log, checkpoint."""
-    device, steps, c = learner.device, cfg.rl.steps, cfg.cluster
-    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
-    if start == 0:
-        logger.hparams(cfg)
+    steps, c = cfg.rl.steps, cfg.cluster
+    recorder = RLRecorder(cfg, start)
     pipeline.publish(learner.policy_state(), learner.version)
     pipeline.start_at(start)
     metrics: dict[str, float] = {}
@@ -127,30 +125,25 @@ def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, s
         items = pipeline.collect(step, learner.version)
         batch = concat([it.batch for it in items], tokenizer.pad_token_id)
         t1 = time.perf_counter()
-        with amp(cfg, device):
-            metrics = learner.step(batch)
+        metrics = learn(cfg, learner, batch, tokenizer)
         t2 = time.perf_counter()
         sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
         if learner.version % c.sync_every == 0 and step + 1 < steps:
             sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
             pipeline.fill(steps)  # hand out the next steps before logging and checkpointing
-        metrics.update(step_metrics(batch, items, t1 - t0, t2 - t1, time.perf_counter() - t_prev, tokenizer))
+        metrics.update(step_metrics(batch, items, t1 - t0, t2 - t1, time.perf_counter() - t_prev))
         metrics.update({"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
-                        "sync/version": learner.version, "sync/published_version": pipeline.version,
+                        "sync/published_version": pipeline.version,
                         **{f"sync/{k}": float(v) for k, v in pipeline.counts.items()}})
         t_prev = time.perf_counter()
-        if (step + 1) % cfg.rl.log_every == 0 or step + 1 == steps:
-            logger.log(step + 1, metrics)
-        if cfg.rl.save_every and (step + 1) % cfg.rl.save_every == 0:
-            checkpoint.save(ckpt_dir, step + 1, learner.state_dict())
+        recorder.record(step, metrics, learner)
         if on_step is not None:
             on_step(step, pipeline)
-    logger.close()
+    recorder.close()
     return metrics
 
 
-def step_metrics(batch, items: list[RolloutItem], t_wait: float, t_learn: float, t_step: float,
-                 tokenizer) -> dict[str, float]:
+def step_metrics(batch, items: list[RolloutItem], t_wait: float, t_learn: float, t_step: float) -> dict[str, float]:
     """perf/ figures of one step. Shards run in parallel, so a phase's time is its slowest shard's; the
     rates use the wall time between learner steps (what overlap buys)."""
     t_gen = max(it.generate_s for it in items)
@@ -158,6 +151,5 @@ def step_metrics(batch, items: list[RolloutItem], t_wait: float, t_learn: float,
     tokens = float(batch.response_mask.sum())
     out.update({"perf/step_s": t_step, "perf/samples_per_s": batch.batch_size / t_step,
                 "perf/tokens_per_s": tokens / t_step, "perf/wait_s": t_wait,
-                "perf/weight_load_s": max(it.weight_load_s for it in items),
-                "rollout/eos_rate": eos_rate(batch, tokenizer.eos_token_id)})
+                "perf/weight_load_s": max(it.weight_load_s for it in items)})
     return out

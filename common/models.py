@@ -25,7 +25,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but torch sees no GPU; use device=cpu or device=auto")
+        # The real configs say `device: cuda` so that a missing GPU stops the run instead of training on the CPU.
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
+        raise ConfigError(f"device: cuda, but torch {torch.__version__} ({build}) sees no GPU: check nvidia-smi "
+                          f"and reinstall with scripts/install.py (it picks a torch for your driver), or run "
+                          f"on the CPU with device=cpu")
     return torch.device(name)
 
 

@@ -86,6 +86,26 @@ class RolloutBatch:
             extras={k: move(v) for k, v in self.extras.items()})
 
 
+def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                  prompt_indices: list[int], version: int, tokenizer, temperature: float = 1.0,
+                  **extras: torch.Tensor) -> RolloutBatch:
+    """The wire batch from left-padded prompts [B, P] and sampled tokens [B, R]: the response mask runs through
+    the first EOS and everything after it becomes padding (every generator backend builds its batches here).
+    The sampling `temperature` travels with it: the learner's log-probs are those of softmax(logits / T)."""
+    response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)  # [B, R]
+    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(), skip_special_tokens=True)
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                        response_mask=response_mask, prompt_index=torch.tensor(prompt_indices, dtype=torch.long),
+                        version=version, response_texts=[t.strip() for t in texts], extras=extras,
+                        temperature=temperature)
+
+
+def eos_rate(batch: RolloutBatch, eos_token_id: int) -> float:
+    """Share of responses that ended with EOS within max_new_tokens."""
+    return float((batch.response_ids == eos_token_id).logical_and(batch.response_mask.bool()).any(-1).float().mean())
+
+
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """[B, R] -> [B, R] mask of the tokens up to and including the first EOS.
 

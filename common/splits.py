@@ -62,6 +62,17 @@ def encode_prompts(tokenizer, prompts: list[tuple[dict, ...]], cfg: Config,
     return kept, tokens
 
 
+def prompt_pool(cfg: Config, tokenizer, split: str, stage: str) -> tuple[list[tuple[dict, ...]], list[list[int]]]:
+    """The prompts of `split` ("train" for RL, "val" for eval) with their chat-templated ids; the stage's data
+    counts go to <run_dir>/data_<stage>.json. Every prompt pool (rl, eval, the benches) is built here."""
+    splits = load_splits(cfg)
+    stats = data.DataStats()
+    chosen = {"train": splits.train_prompts, "val": splits.val_prompts}[split]
+    prompts, prompt_tokens = encode_prompts(tokenizer, chosen, cfg, stats)
+    write_data_report(cfg.run_dir, stage, splits, stats)
+    return prompts, prompt_tokens
+
+
 def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: data.DataStats | None = None) -> dict:
     """Save the data counts of a stage to <run_dir>/data_<name>.json and return them."""
     report = {"train_pairs": len(splits.train), "val_pairs": len(splits.val),

@@ -1,0 +1,3 @@
+"""learner/: the math and the Learner only: REINFORCE losses and baselines (pure tensor functions), the Learner
+(one update per batch), reward-model losses and metrics (scalar and distributional), and the supervised
+training loop. Imports neither Ray nor vLLM; depends only on common/."""

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from actors.generator import Generator
-from cluster.local import build_scorer
+from actors.scorer import build_scorer
 from common.config import ConfigError, load_config
 from common.models import build_tiny_policy, frozen_copy
 from common.reward_head import RewardHead, read_head
 from learner.learner import Learner
-from learner.reward_training import run_rm
+from stages.rm import run_rm
 from tests.conftest import TINY
 from tests.test_learner import CPU, prompt_pool
 

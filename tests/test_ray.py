@@ -15,7 +15,8 @@ ray = pytest.importorskip("ray")
 
 from ray.util.queue import Full, Queue  # noqa: E402
 
-from cluster.local import PromptSampler, build_prompts, run_rl_local  # noqa: E402
+from common.sampling import PromptSampler  # noqa: E402
+from stages.rl import build_prompts, run_rl_local  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
 from cluster.ray_runner import ROOT, run_rl_ray  # noqa: E402
@@ -74,7 +75,8 @@ def actors(ray_instance, base_run):
 
 def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
     """Shards of different widths join into one batch whose rows are the shards' rows, re-padded."""
-    from cluster.ray_pipeline import shard_seed, split
+    from cluster.ray_pipeline import split
+    from common.sampling import shard_seed
     from common.rollout import concat
     from test_learner import make_generator
 

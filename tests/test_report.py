@@ -8,8 +8,8 @@ import pytest
 
 import launch
 
-from cluster.evaluate import summarize
-from cluster.report import discover, write_report
+from stages.eval import summarize
+from stages.report import discover, write_report
 from common.config import load_config, save_config
 from common.metrics import record_stage_time
 
@@ -98,3 +98,16 @@ def test_single_run_directory_and_missing_eval(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run"):
         discover([tmp_path / "empty"])
+
+
+def test_report_compares_variants_with_the_plans_reference(tmp_path):
+    """A named plan's reference variant: every other variant's gold minus the reference's, same seeds/prompts."""
+    for seed in range(3):
+        fake_run(tmp_path / "scalar" / f"seed_{seed}", seed, 0.05, 0.5)
+        fake_run(tmp_path / "dist_expected" / f"seed_{seed}", seed, 0.05, 0.5)
+    (tmp_path / "experiment.json").write_text(json.dumps({"reference": "scalar"}))
+    text = write_report([tmp_path]).read_text()
+    assert "## Against the reference variant `scalar`" in text
+    # both variants' fake trained gold is round(sft) + 1 on the same prompts: a difference of exactly 0
+    row = next(line for line in text.splitlines() if line.startswith("| dist_expected | 3 |"))
+    assert "+0.000 [+0.000, +0.000]" in row

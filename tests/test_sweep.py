@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from cluster.sweep import parse_grid, parse_seeds, plan, run_sweep
+from experiments.runner import parse_grid, parse_seeds, plan, run_sweep
 from common.config import ConfigError
+
+ALL_STAGES = ["sft", "rm", "rl", "eval"]  # `--stage all` of a sandbox run, one stage at a time (resumable)
 
 
 def test_grid_and_seed_parsing():
@@ -36,10 +38,10 @@ def test_plan_shares_sft_and_reward_model_across_downstream_variants(tmp_path):
     assert runs[2].run_dir == tmp_path / "kl_coef=0.2" / "seed_0" and runs[2].stages == ["rl", "eval"]
     assert f"reward.path={runs[0].run_dir / 'reward_model'}" in runs[2].overrides
     assert f"model.policy={runs[0].run_dir / 'sft_model'}" in runs[2].overrides
-    assert runs[3].depends_on is runs[1] and runs[0].stages == ["all"]
+    assert [dep for dep, _ in runs[3].depends_on] == [runs[1], runs[1]] and runs[0].stages == ALL_STAGES
     # an upstream key (the SFT learning rate) changes the SFT policy: nothing is shared
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], parse_grid(["sft.lr=1e-3,3e-3"]), "all")
-    assert all(r.stages == ["all"] and r.depends_on is None for r in runs)
+    assert all(r.stages == ALL_STAGES and not r.depends_on for r in runs)
 
 
 def test_finished_runs_are_skipped_and_a_failure_does_not_stop_the_sweep(tmp_path):
@@ -52,3 +54,53 @@ def test_finished_runs_are_skipped_and_a_failure_does_not_stop_the_sweep(tmp_pat
     assert "needs the sandbox SFT model" in (tmp_path / "default" / "seed_1" / "error.txt").read_text()
     summary = json.loads((root / "sweep.json").read_text())
     assert [row["status"] for row in summary] == ["skipped", "failed"] and summary[1]["error"]
+
+
+def test_level2_plan_shares_one_sft_policy_and_one_reward_model_per_head(tmp_path):
+    from experiments import plan_variants
+    variants, reference = plan_variants("level2")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1], variants, "all")
+    by = {(r.variant, r.seed): r for r in runs}
+    scalar, dist = by[("scalar", 1)], by[("dist_expected", 1)]
+    assert reference == "scalar" and scalar.stages == ALL_STAGES and not scalar.depends_on
+    assert dist.stages == ["rm", "rl", "eval"] and dist.depends_on == [(scalar, "sft")]
+    for name in ("dist_risk_averse", "dist_win_prob_vs_ref"):
+        run = by[(name, 1)]
+        assert run.stages == ["rl", "eval"] and run.run_dir == tmp_path / name / "seed_1"
+        assert run.depends_on == [(dist, "rm"), (scalar, "sft")]
+        assert f"reward.path={dist.run_dir / 'reward_model'}" in run.overrides
+        assert f"model.policy={scalar.run_dir / 'sft_model'}" in run.overrides
+    assert all(f"seed={r.seed}" in r.overrides for r in runs)
+
+
+def test_runs_start_when_their_artifacts_exist_and_a_failure_stops_only_its_dependants(tmp_path, monkeypatch):
+    """The scheduler with a stand-in for the child processes: each stage writes its output file; the
+    dist_expected run of seed 1 fails in its rm stage."""
+    from experiments import plan_variants, runner
+    started, t0 = {}, __import__("time").perf_counter()
+
+    def fake_execute(run, config, mode="local"):
+        started[run.name] = __import__("time").perf_counter() - t0
+        for dep, stage in run.depends_on:
+            assert dep.finished(stage), f"{run.name} started before {dep.name} finished {stage}"
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        for stage in run.todo:
+            if run.name == "dist_expected/seed_1" and stage == "rm":
+                run.status, run.error = "failed", "rm exploded"
+                return
+            (run.run_dir / runner.STAGE_OUTPUT[stage]).write_text("{}")
+        run.status = "done"
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    variants, reference = plan_variants("level2")
+    root, runs = runner.run_sweep("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1], variants, jobs=3,
+                                  reference=reference)
+    status = {r.name: r.status for r in runs}
+    assert status["dist_expected/seed_1"] == "failed"
+    assert status["dist_risk_averse/seed_1"] == status["dist_win_prob_vs_ref/seed_1"] == "failed"
+    assert all(s == "done" for n, s in status.items() if not n.endswith("seed_1") or n.startswith("scalar"))
+    assert "dist_expected/seed_1" in next(r.error for r in runs if r.name == "dist_risk_averse/seed_1")
+    assert json.loads((root / "experiment.json").read_text())["reference"] == "scalar"
+    # a second run of the same experiment skips every finished run and retries only what failed
+    _, again = runner.run_sweep("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1], variants, jobs=3)
+    assert {r.name for r in again if r.status == "skipped"} == {n for n, s in status.items() if s == "done"}

