@@ -124,7 +124,7 @@ class RewardConfig:
     batch_size: int = opt(8, ge=1, help="pairs per forward (the memory knob); an update sees batch_size * "
                                         "grad_accum pairs")
     grad_accum: int = opt(1, ge=1, help="micro-batches of batch_size pairs accumulated into one update")
-    gradient_checkpointing: bool = opt(False, help="recompute activations in backward: less memory, ~30% slower")
+    gradient_checkpointing: bool = opt(False, help="recompute activations in backward: less memory, one more forward")
     weight_decay: float = opt(0.0, ge=0.0)
     warmup_ratio: float = opt(0.03, ge=0.0, lt=1.0)
     precision: str = opt("auto", choices=("auto", "fp32", "fp16", "bf16"),
