@@ -38,9 +38,10 @@ from bench.bench_rl import run_trl, trl_available  # noqa: E402
 from bench.shared import (bench_generator, bench_prompts, load_average, print_table, smollm2_weights,  # noqa: E402
                           timed_rl_steps, write_json)
 from common.config import load_config  # noqa: E402
-from common.models import frozen_copy, load_causal_lm, load_reward_model, load_tokenizer  # noqa: E402
+from common.models import load_reward_model, load_tokenizer  # noqa: E402
 from common.runtime import prepare  # noqa: E402
 from learner.learner import Learner  # noqa: E402
+from stages.rl import build_policy  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "reinforce_rlhf" / "bench"),
                    help="where the de-quantised weights are written once")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every system of ours, e.g. model.lora.enabled=true")
     p.add_argument("--json", default="")
     return p.parse_args(argv)
 
@@ -65,7 +68,7 @@ def setup(args, workdir: Path) -> dict:
     weights = smollm2_weights(args.cache)
     overrides = [f"seed={args.seed}", "device=cpu", "model.dtype=float32", f"model.policy={weights}",
                  f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}", "rl.lr=1e-6",
-                 "sandbox.num_pairs=400"]
+                 "sandbox.num_pairs=400", *args.set]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"run_dir={workdir / 'run'}"])
     prepare(cfg)
     tokenizer = load_tokenizer(cfg, str(weights))
@@ -82,11 +85,11 @@ def setup(args, workdir: Path) -> dict:
 def run_ours(args, s: dict, backend: str) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*s["overrides"], f"run_dir={s['cfg'].run_dir}",
                                                        f"generator.backend={backend}"])
-    policy = load_causal_lm(str(s["weights"]), CPU, torch.float32)
+    policy, reference = build_policy(cfg, CPU)  # as the rl stage: fp32, LoRA-wrapped when model.lora.enabled
     start = time.perf_counter()
     generator = bench_generator(cfg, str(s["weights"]), s["tokenizer"], s["prompt_tokens"], CPU, policy)
     startup = time.perf_counter() - start
-    learner = Learner(policy, frozen_copy(policy), cfg.rl, CPU)
+    learner = Learner(policy, reference, cfg.rl, CPU)
     t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
                        args.steps)
     del generator
@@ -94,7 +97,8 @@ def run_ours(args, s: dict, backend: str) -> dict:
     phases = {"generate_s": t["generate_s"] / n, "score_s": t["score_s"] / n, "ref_forward_s": t["ref_forward_s"] / n,
               "policy_fwd_bwd_s": (t["learner_s"] - t["ref_forward_s"] - t["optimizer_s"]) / n,
               "optimizer_s": t["optimizer_s"] / n, "sync_s": sum(t["sync_s"]) / n}
-    return {"system": f"ours {backend} {args.batch}x1", "samples_per_s": t["samples"] / wall,
+    lora = " LoRA" if cfg.model.lora.enabled else ""
+    return {"system": f"ours {backend}{lora} {args.batch}x1", "samples_per_s": t["samples"] / wall,
             "tokens_per_s": t["tokens"] / wall, "s_per_step": wall / n, "mean_len": t["tokens"] / t["samples"],
             "startup_s": startup, "load": load_average(), **phases}
 
