@@ -45,7 +45,7 @@ def import_vllm():
 
 @contextmanager
 def keep_torch_threads():
-    """Undo what vLLM's CPU worker does to the whole process: it sets torch to one thread ("for serving") and
+    """Undo what vLLM's CPU worker does to the whole process: it asks torch for one thread ("for serving") and
     replaces `torch.set_num_threads` with a no-op. In-process the engine shares the learner's process, and the
     run's `torch_threads` (or a bench's --threads) must still decide how many threads the learner uses."""
     threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
@@ -145,7 +145,7 @@ class VLLMGenerator:
         if device.type == "cuda" and gen.kv_cache_gb:
             memory["kv_cache_memory_bytes"] = int(gen.kv_cache_gb * 2**30)
         # Eager on CPU unless asked otherwise: torch.compile costs about a minute of start-up even for the tiny
-        # model (bench/README.md), more than a demo's whole generation time; on GPU CUDA graphs pay for themselves.
+        # model (bench/README.md "vLLM start-up"); on GPU compile + CUDA graphs are what makes decoding fast.
         eager = gen.enforce_eager if gen.enforce_eager is not None else device.type == "cpu"
         with keep_torch_threads():
             self.llm = vllm.LLM(

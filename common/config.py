@@ -142,8 +142,6 @@ class GeneratorConfig:
                                        "sleep mode)")
     enforce_eager: bool | None = opt(None, help="vllm: no torch.compile / CUDA graphs (faster start, slower "
                                                 "steps); null = auto: eager on CPU, compiled + CUDA graphs on GPU")
-    max_num_seqs: int = opt(0, ge=0, help="vllm: sequences decoded at once; 0 = rl.batch_size (a step's batch "
-                                          "is one scheduler batch, and the CPU KV cache is sized to it)")
     sync_timeout_s: float = opt(600.0, gt=0.0, help="vllm: a weight sync that takes longer fails the run")
 
 
