@@ -122,6 +122,7 @@ def run_ray(args, s: dict, workdir: Path) -> dict:
         f"reward.path={s['rm_dir']}", f"rl.steps={args.warmup + args.steps}", "rl.save_every=0",
         "cluster.max_staleness=1", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
         "cluster.placement_timeout_s=900", "cluster.data_timeout_s=1800",  # actors load 135M models + an engine
+        "generator.kv_cache_gb=0.25",  # 8 x (prompt + 64) tokens need ~40 MB; the node is shared
         f"torch_threads={max(1, threads // 2)}", f"cluster.generator_threads={max(1, threads // 2)}"])
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
