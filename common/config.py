@@ -151,6 +151,9 @@ class RLConfig:
     baseline: str = opt("moving_average", choices=("moving_average", "ema"),
                         help="moving_average = the paper's mean of all earlier rewards; ema is a deviation")
     ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
+    baseline_start: str = opt("batch_mean", choices=("batch_mean", "zero"),
+                              help="baseline of the first batch, which has no earlier rewards: batch_mean = its "
+                                   "own mean (default, learner/baseline.py says why); zero = the empty average as 0")
     max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
     weight_decay: float = opt(0.0, ge=0.0)
     save_every: int = opt(50, ge=0, help="checkpoint every N steps; 0 = only at the end")

@@ -39,7 +39,7 @@ class Learner:
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.baseline = make_baseline(cfg.baseline, cfg.ema_decay)
+        self.baseline = make_baseline(cfg.baseline, cfg.ema_decay, cfg.baseline_start)
         self.version = 0  # optimizer steps taken; generators tag batches with the version they sampled from
 
     @torch.no_grad()
@@ -60,7 +60,7 @@ class Learner:
         logprobs = losses.sequence_logprobs(token_lp, mask)  # [B]
 
         shaped = losses.shaped_rewards(batch.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [B]
-        baseline = self.baseline.value()  # earlier batches only
+        baseline = self.baseline.value(shaped.detach())  # earlier batches only (step 1: see baseline.py)
         advantages = shaped - baseline  # [B]
         loss = losses.reinforce_loss(logprobs, advantages)
 
