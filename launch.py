@@ -14,7 +14,7 @@ import sys
 import time
 
 from common.config import ConfigError, load_config
-from common.metrics import record_stage_time
+from common.metrics import record_invocation, record_stage_time
 from experiments import PLANS, plan_variants
 
 STAGES = ("sft", "rm", "rl", "eval")
@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
-    parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (level2: scalar vs "
-                                                       "distributional reward model, each reduction)")
+    parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (results: the demo "
+                        "over seeds; tune: the sweep behind the demo's settings; level2: scalar vs distributional "
+                        "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == REPORT:
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return 0
+    if args.stage == "all":  # the report quotes the command and the machine beside the figures
+        record_invocation(cfg.run_dir, sys.argv[1:] if argv is None else argv)
     if experiment:
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
