@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # vLLM: the CUDA build (extra `gpu`) where an NVIDIA GPU is visible, else the CPU build (extra `cpu`).
 VLLM_EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo results test bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,13 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml
+
+# The headline figures: the demo's settings over 3 seeds (mean, 95% across-seed interval, per-seed values, the
+# machine and this command in runs/results/report/report.md). SEEDS / JOBS override, e.g. make results JOBS=1.
+SEEDS ?= 0,1,2
+JOBS ?= 2
+results: install
+	$(PY) launch.py --plan results --seeds $(SEEDS) --jobs $(JOBS) run_dir=runs/results torch_threads=1
 
 test: install
 	$(PY) -m pytest -q
