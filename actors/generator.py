@@ -49,7 +49,8 @@ class Generator:
                                       generation_config=self.generation_config(greedy))
         self.model.train(was_training)
         return rollout_batch(prompt_ids.cpu(), prompt_mask.cpu(), out[:, prompt_ids.shape[1]:].cpu(),
-                             prompt_indices, self.version, self.tokenizer)
+                             prompt_indices, self.version, self.tokenizer,
+                             temperature=1.0 if greedy else self.cfg.temperature)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the weights with the learner's (full, LoRA-merged names) and record their version."""

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from actors.generator import Generator
 from common import data, sandbox
 from common.config import Config, DataConfig
-from common.models import (load_causal_lm, load_tokenizer, resolve_dtype, reward_head_logits, reward_model_path,
+from common.models import (load_causal_lm, load_tokenizer, reward_head_logits, reward_model_path,
                            sft_policy_path)
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
@@ -163,8 +163,8 @@ def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ..
     and the Ray scorer actor all build their scorer here."""
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
-    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, resolve_dtype(cfg.model.dtype, device))
-    gold = sandbox.gold_score if cfg.data.source == "sandbox" else None
+    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
+    gold = sandbox.gold_score if cfg.data.source == "sandbox" and cfg.sandbox.gold_judge else None
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,

@@ -77,8 +77,10 @@ class VLLMGenerator:
     """Samples one response per prompt with vLLM; same sampling as `Generator` (temperature, top_p, top_k off,
     max_new_tokens, stop at EOS) with a per-request seed, and the same `RolloutBatch` layout.
 
-    Each batch also carries vLLM's own sequence log-probs, `extras["generator_logprob"]` [B] (raw logits, before
-    temperature / top-p, as the learner computes them); the learner logs their gap as `perf/logprob_mismatch`.
+    Each batch also carries vLLM's own sequence log-probs, `extras["generator_logprob"]` [B], of the distribution
+    it sampled from (`logprobs_mode="processed_logprobs"`: after temperature, as the learner computes them); the
+    learner logs their gap as `perf/logprob_mismatch`. vLLM runs in model.dtype as resolved for the device
+    (bf16 where the GPU has it, else fp16), the learner's autocast dtype.
     """
 
     def __init__(self, cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
@@ -103,7 +105,8 @@ class VLLMGenerator:
         self.llm = vllm.LLM(
             model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
             max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=gen.enforce_eager,
-            enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, **memory)
+            enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, logprobs_mode="processed_logprobs",
+            **memory)
         self.tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-sync")
 
@@ -125,7 +128,8 @@ class VLLMGenerator:
         token_logprobs = [[lp[t].logprob for t, lp in zip(s.token_ids, s.logprobs)] or [0.0] for s in samples]
         prompt_ids, prompt_mask = pad_left(prompts, self.tokenizer.pad_token_id)  # [B, P]
         response_ids, _ = pad_right(responses, self.tokenizer.pad_token_id)  # [B, R]
-        batch = rollout_batch(prompt_ids, prompt_mask, response_ids, prompt_indices, self.version, self.tokenizer)
+        batch = rollout_batch(prompt_ids, prompt_mask, response_ids, prompt_indices, self.version, self.tokenizer,
+                              temperature=1.0 if greedy else self.cfg.temperature)
         logprobs = torch.zeros(response_ids.shape, dtype=torch.float32)  # [B, R]
         for i, lps in enumerate(token_logprobs):
             logprobs[i, :len(lps)] = torch.tensor(lps)

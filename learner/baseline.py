@@ -6,9 +6,12 @@ rewards seen before step t) is an empty average at step 1, and reading it as 0 m
 about 5.5 on 1..10) that is mostly the offset times a sum of score functions, a near-random direction that
 gradient clipping turns into one full-size step (tests/test_baseline.py measures it: with B = 32 and rewards
 5.5 + 0.5 N(0, 1) on the tiny test policy, cosine 0.067 with the centred gradient and a norm 11.0x larger).
-So by default (`rl.baseline_start=batch_mean`) the first batch is centred on its own mean. Its expected
-gradient is then (1 - 1/B) times the true one (E[(R_i - mean R) g_i] = (1 - 1/B) E[R_i g_i], because
-E[g_i] = 0): the same direction, no offset. From step 2 on the baseline is the paper's running mean of all
+So by default (`rl.baseline_start=batch_mean`) the first batch is centred on its own mean reward. At step 1
+the policy is the reference (both runners start from the SFT weights, LoRA adapters start as a no-op), so the
+KL term is 0 and its shaped rewards are its rewards; the learner passes the rewards, which are known before
+any forward pass (micro-batches need the baseline before the first one). The expected gradient is then
+(1 - 1/B) times the true one (E[(R_i - mean R) g_i] = (1 - 1/B) E[R_i g_i], because E[g_i] = 0): the same
+direction, no offset. From step 2 on the baseline is the paper's running mean of all
 earlier shaped rewards, the first batch's included; `rl.baseline_start=zero` restores the empty average read
 as 0, for comparison.
 """
@@ -39,7 +42,7 @@ class MovingAverageBaseline:
         self.count = 0
         self.total = 0.0
 
-    def value(self, rewards: torch.Tensor | None = None) -> float:  # rewards: [B], this batch's (step 1 only)
+    def value(self, rewards: torch.Tensor | None = None) -> float:  # rewards: [B], this batch's (read at step 1 only)
         return self.total / self.count if self.count else _first_value(self.start, rewards)
 
     def update(self, rewards: torch.Tensor) -> None:  # rewards: [B]

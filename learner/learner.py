@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.config import RLConfig
-from common.models import merged_state_dict
+from common.models import merged_state_dict, unwrap
+from common.numerics import SkipCounter, is_finite
 from common.rollout import RolloutBatch
 from learner import losses
 from learner.baseline import make_baseline
 
 
 def response_token_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) for every response column: [B, R] (padding columns are masked later).
+    """log pi_T(y_t | x, y_<t) for every response column: [B, R] (padding columns are masked later).
 
+    pi_T = softmax(logits / T) at the batch's sampling temperature T: the distribution that was sampled is the
+    policy, so the update stays on-policy and the KL compares like with like (the reference uses the same T).
     Only the R positions that predict response tokens go through the LM head (`logits_to_keep` as indices):
     with a 49k vocabulary the prompt's logits would cost more than the rest of the model.
     """
@@ -22,13 +28,32 @@ def response_token_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torc
     keep = torch.arange(p - 1, p + r - 1, device=batch.prompt_ids.device)  # position p-1+t predicts token t
     out = model(input_ids=batch.input_ids(), attention_mask=batch.attention_mask(),
                 position_ids=batch.position_ids(), logits_to_keep=keep, use_cache=False)
-    return losses.token_logprobs(out.logits, batch.response_ids)  # logits: [B, R, V]
+    return losses.token_logprobs(out.logits, batch.response_ids, batch.temperature)  # logits: [B, R, V]
+
+
+@contextlib.contextmanager
+def checkpointed_layers(model: torch.nn.Module, enabled: bool):
+    """Gradient checkpointing for one forward: transformers recomputes a decoder layer only when that layer is
+    in training mode, and full train mode would switch dropout on (the log-probs must be the sampler's). So
+    only the checkpointed layers' own flag is set, for the duration of the forward."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
+    before = [m.training for m in layers]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, before):
+            m.training = flag
 
 
 class Learner:
     """REINFORCE with a moving-average baseline (Ahmadian et al. 2024), fully on-policy by default.
 
     With LoRA the reference is the same network with its adapters disabled, so no second copy is held.
+    Precision is the caller's autocast (common.runtime.amp); under fp16 autocast the loss is scaled
+    (torch.amp.GradScaler). An update whose loss or gradient is not finite is skipped and counted
+    (`losses/skipped_steps`); MAX_CONSECUTIVE_SKIPS in a row raise NonFiniteError.
     """
 
     def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None, cfg: RLConfig,
@@ -37,10 +62,17 @@ class Learner:
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
         self.policy, self.reference, self.cfg, self.device = policy, reference, cfg, device
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
+        if cfg.gradient_checkpointing:
+            unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(policy, "enable_input_require_grads"):  # LoRA: frozen embeddings would cut the graph
+                policy.enable_input_require_grads()
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.baseline = make_baseline(cfg.baseline, cfg.ema_decay, cfg.baseline_start)
-        self.version = 0  # optimizer steps taken; generators tag batches with the version they sampled from
+        self.scaler: torch.amp.GradScaler | None = None  # created on the first step under fp16 autocast
+        self.skips = SkipCounter("rl learner", "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, "
+                                 "or run in float32/bfloat16 (model.dtype)")
+        self.version = 0  # learner steps taken (skipped ones too); generators tag batches with the version
 
     @torch.no_grad()
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:  # [B, R]
@@ -49,43 +81,88 @@ class Learner:
         with self.policy.disable_adapter():
             return response_token_logprobs(self.policy, batch)
 
+    def _loss_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 gradients underflow without loss scaling (bf16 and fp32 have fp32's exponent range: no scaling)."""
+        fp16 = (torch.is_autocast_enabled(self.device.type)
+                and torch.get_autocast_dtype(self.device.type) == torch.float16)
+        if fp16 and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 12, growth_interval=100)
+        return self.scaler if fp16 else None
+
     def step(self, batch: RolloutBatch) -> dict[str, float]:
-        """One REINFORCE update on a scored batch; returns metrics for logging."""
+        """One REINFORCE update on a scored batch; returns metrics for logging.
+
+        The batch goes through the policy in micro-batches of rl.micro_batch_size sequences; each one's loss is
+        its share of the batch mean, so the accumulated gradient is the full batch's.
+        """
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
-        mask = batch.response_mask.float()  # [B, R]
-        ref_lp = losses.sequence_logprobs(self.reference_logprobs(batch), mask)  # [B]
-        token_lp = response_token_logprobs(self.policy, batch)  # [B, R], with grad
-        logprobs = losses.sequence_logprobs(token_lp, mask)  # [B]
-
-        shaped = losses.shaped_rewards(batch.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [B]
-        baseline = self.baseline.value(shaped.detach())  # earlier batches only (step 1: see baseline.py)
+        scaler = self._loss_scaler()
+        baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
+        logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline, scaler)
         advantages = shaped - baseline  # [B]
-        loss = losses.reinforce_loss(logprobs, advantages)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = self._clip_gradients()
-        self.optimizer.step()
-        self.baseline.update(shaped)
+        grad_norm = self._update(loss, scaler)
+        if is_finite(shaped):  # the rewards seen are data even when the update is skipped
+            self.baseline.update(shaped)
         self.version += 1
 
-        kl = (logprobs.detach() - ref_lp)  # [B] sequence-level log-ratio, a KL estimate on samples
+        kl = (logprobs - ref_lp)  # [B] sequence-level log-ratio, a KL estimate on samples
+        mask = batch.response_mask.float()
         metrics = {
             "rollout/reward": batch.rewards.mean().item(), "rollout/shaped_reward": shaped.mean().item(),
             "rollout/kl": kl.mean().item(), "rollout/response_len": mask.sum(-1).mean().item(),
-            "rollout/logprob": logprobs.detach().mean().item(),
+            "rollout/logprob": logprobs.mean().item(),
             "baseline/value": baseline, "baseline/advantage_mean": advantages.mean().item(),
             "baseline/advantage_std": advantages.std(unbiased=False).item(),
             "losses/policy": loss.item(), "losses/grad_norm": grad_norm,
+            "losses/skipped_steps": float(self.skips.total),
             "sync/staleness": float(self.version - 1 - batch.version),
         }
+        if scaler is not None:
+            metrics["losses/loss_scale"] = float(scaler.get_scale())
         metrics.update({f"rollout/{k}": v.float().mean().item() for k, v in batch.extras.items()})
-        if "generator_logprob" in batch.extras:  # the sampler's own log pi(y|x): ~0 gap when weights match
-            gap = (logprobs.detach() - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
+        if "generator_logprob" in batch.extras:  # the sampler's own log pi_T(y|x): ~0 gap when weights match
+            gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float, scaler: torch.amp.GradScaler | None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards (detached)
+        and the batch loss."""
+        b, micro = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for start in range(0, b, micro):
+            mb = batch.rows(start, min(b, start + micro))
+            mask = mb.response_mask.float()  # [b, R]
+            ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
+            with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):
+                token_lp = response_token_logprobs(self.policy, mb)  # [b, R], with grad
+            logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
+            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
+            loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
+        logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
+        return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
+
+    def _update(self, loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> float:
+        """Clip and apply the accumulated gradient, or skip (and count) the update when it is not finite."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = self._clip_gradients()
+        finite = is_finite(loss) and is_finite(grad_norm)
+        if finite and scaler is not None:
+            scaler.step(self.optimizer)
+        elif finite:
+            self.optimizer.step()
+        if scaler is not None:
+            scaler.update()  # a non-finite gradient halves the scale
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skips.record(not finite, "loss" if not is_finite(loss) else "gradient")
+        return grad_norm
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.policy.parameters() if p.grad is not None]
@@ -98,11 +175,17 @@ class Learner:
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "baseline": self.baseline.state_dict(), "version": self.version}
+                "baseline": self.baseline.state_dict(), "version": self.version, "skips": self.skips.state_dict(),
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.version = int(state["version"])
+        if state.get("skips"):  # checkpoints from before skips were counted have none
+            self.skips.load_state_dict(state["skips"])
+        if state.get("scaler"):
+            self.scaler = torch.amp.GradScaler(self.device.type)
+            self.scaler.load_state_dict(state["scaler"])
 

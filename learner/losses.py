@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) for each response token.
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T(y_t | x, y_<t) = log softmax(logits / T)[y_t] for each response token.
 
     logits: [B, R, V] (the positions that predict `tokens`), tokens: [B, R] -> [B, R] float32.
     The fused cross-entropy kernel (log-softmax + pick, backward softmax - onehot) in float32 is several
     times faster than gather + logsumexp with a 49k vocabulary, and never materialises the log-softmax.
     """
     b, r, v = logits.shape
-    nll = F.cross_entropy(logits.float().reshape(b * r, v), tokens.reshape(b * r), reduction="none")
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    nll = F.cross_entropy(logits.reshape(b * r, v), tokens.reshape(b * r), reduction="none")
     return -nll.view(b, r)
 
 

@@ -21,6 +21,7 @@ from actors.generator import Generator
 from actors.scorer import Scorer, build_scorer
 from common import sandbox
 from common.config import Config
+from common.errors import PathNotFound
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
 from common.rollout import RolloutBatch
 from common.runtime import amp, prepare
@@ -131,7 +132,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     device = prepare(cfg)
     sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
     if not (Path(trained_path) / "config.json").is_file():
-        raise FileNotFoundError(f"no trained policy at {trained_path}: run --stage rl first")
+        raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(cfg, sft_path)
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     trained = load_causal_lm(trained_path, device, torch.float32).eval()

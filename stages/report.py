@@ -21,6 +21,8 @@ from stages import plots
 from stages.eval import overoptimisation_check
 from stages.report_compare import matched_kl, reward_models, versus_reference
 from common.config import flatten
+from common.errors import PathNotFound
+from common.metrics import read_log
 from common.stats import seed_summary
 
 NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path"}
@@ -47,7 +49,7 @@ def load_run(path: Path) -> RunData:
     config = yaml.safe_load((path / "config.yaml").read_text())
     variant = path.parent.name if re.fullmatch(r"seed_\d+", path.name) else path.name
     rl_file = path / "metrics_rl.jsonl"
-    rl = [json.loads(line) for line in rl_file.read_text().splitlines() if line.strip()] if rl_file.is_file() else []
+    rl = [json.loads(line) for line in read_log(rl_file)]
     rm = _json(path / "rm_metrics.json")
     if rm is None and config["reward"]["path"]:  # a sweep variant reusing another run's reward model
         rm = _json(Path(config["reward"]["path"]).parent / "rm_metrics.json")
@@ -60,12 +62,12 @@ def discover(paths: list[str | Path]) -> list[RunData]:
     found = []
     for p in map(Path, paths):
         if not p.is_dir():
-            raise FileNotFoundError(f"report: {p} is not a directory")
+            raise PathNotFound(f"report: {p} is not a directory")
         dirs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
         found += [load_run(d) for d in dirs]
     runs = [r for r in found if r.eval or r.rl]
     if not runs:
-        raise FileNotFoundError(f"report: no run with metrics_rl.jsonl or eval.json under {', '.join(map(str, paths))}")
+        raise PathNotFound(f"report: no run with metrics_rl.jsonl or eval.json under {', '.join(map(str, paths))}")
     return sorted(runs, key=lambda r: (r.variant, r.seed))
 
 

@@ -21,7 +21,7 @@ from actors.generator import Generator, build_generator
 from actors.scorer import Scorer, build_scorer, reference_sampler
 from common import checkpoint
 from common.config import Config
-from common.metrics import RunLogger
+from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer, save_model, sft_policy_path
 from common.rollout import RolloutBatch, eos_rate
 from common.runtime import amp, prepare
@@ -168,12 +168,18 @@ def checkpoint_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "checkpoints"
 
 
-def resume_learner(learner: Learner, ckpt_dir: Path) -> int:
-    """Load the latest checkpoint into the learner (weights, optimizer, baseline, RNG); returns its step."""
-    path = checkpoint.latest(ckpt_dir)
-    if path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    state = checkpoint.load(path)
+def resume_checkpoint(cfg: Config) -> tuple[Path, dict]:
+    """The checkpoint `--resume` continues from, read before anything is written: an unreadable latest one is
+    skipped for the previous, and rl.steps at or below its step is refused (a finished run is never rewritten,
+    unless it stopped after its last checkpoint and before writing its results)."""
+    return checkpoint.resume_state(checkpoint_dir(cfg), cfg.rl.steps,
+                                   finished=(Path(cfg.run_dir) / "rl_metrics.json").is_file())
+
+
+def resume_learner(learner: Learner, resumed: tuple[Path, dict]) -> int:
+    """Load a checkpoint (resume_checkpoint's) into the learner (weights, optimizer, baseline, RNG); returns
+    its step."""
+    path, state = resumed
     learner.load_state_dict(state["learner"])
     checkpoint.set_rng_state(state["rng"])
     tqdm.write(f"resumed from {path} (step {state['step']})")
@@ -184,14 +190,17 @@ def finish_rl(cfg: Config, learner: Learner, tokenizer, metrics: dict[str, float
     """Final checkpoint, the trained policy and rl_metrics.json (both runners)."""
     checkpoint.save(checkpoint_dir(cfg), cfg.rl.steps, learner.state_dict())
     save_model(learner.policy, tokenizer, Path(cfg.run_dir) / "policy")
-    log = Path(cfg.run_dir) / "metrics_rl.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
+        metrics = {k: v for k, v in json.loads(read_log(Path(cfg.run_dir) / "metrics_rl.jsonl")[-1]).items()
+                   if k != "step"}
+    rows = [json.loads(line) for line in read_log(Path(cfg.run_dir) / "metrics_rl.jsonl")]
     result = {"steps": cfg.rl.steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     (Path(cfg.run_dir) / "rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def run_rl_local(cfg: Config, resume: bool = False) -> dict:
+    resumed = resume_checkpoint(cfg) if resume else None  # refuses before anything is written
     device = prepare(cfg)
     tokenizer, prompts, prompt_tokens = build_prompts(cfg)
     policy, reference = build_policy(cfg, device)
@@ -199,7 +208,7 @@ def run_rl_local(cfg: Config, resume: bool = False) -> dict:
     generator = local_generator(cfg, policy, tokenizer, prompt_tokens, device)
     learner = Learner(policy, reference, cfg.rl, device)
     sampler = PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed)
-    start = resume_learner(learner, checkpoint_dir(cfg)) if resume else 0
+    start = resume_learner(learner, resumed) if resumed else 0
     recorder = RLRecorder(cfg, start, learner, tokenizer)
     metrics: dict[str, float] = {}
     for step in tqdm(range(start, cfg.rl.steps), initial=start, total=cfg.rl.steps, desc="rl"):

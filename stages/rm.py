@@ -12,8 +12,8 @@ import torch
 from common import data
 from common.config import Config, RewardConfig
 from common.metrics import RunLogger
-from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model,
-                           sft_policy_path)
+from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, reward_init_path,
+                           save_model)
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
@@ -81,14 +81,17 @@ def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
 def run_rm(cfg: Config) -> dict:
     device = prepare(cfg)
     splits = load_splits(cfg)
-    init = cfg.reward.init or sft_policy_path(cfg)
+    init = reward_init_path(cfg)
     tokenizer = load_tokenizer(cfg, init)
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
     report = write_data_report(cfg.run_dir, "rm", splits, stats)
     if not train or not val:
-        raise ValueError(f"reward-model training needs pairs on both sides, got {len(train)} train, {len(val)} val")
+        raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
+                             f"{len(splits.val)} validation pairs fit data.max_length={cfg.data.max_length} "
+                             f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
+                             f"data.max_length or use data.overlong=truncate_left")
     head = head_from_config(cfg.reward)
     model = load_reward_model(init, head.num_labels, tokenizer, device)
     model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
@@ -110,7 +113,7 @@ def run_rm(cfg: Config) -> dict:
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,
         precision=cfg.reward.precision, log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}),
-        desc="reward model")
+        desc="reward model", gradient_checkpointing=cfg.reward.gradient_checkpointing)
     val_metrics = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
                | {"rm/val_ece": val_metrics["calibration"]["ece"]})

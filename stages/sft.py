@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from common import data, sandbox
-from common.config import Config
+from common.config import Config, ConfigError
 from common.metrics import RunLogger
 from common.models import TINY, build_tiny_policy, load_tokenizer, save_model
 from common.rollout import RolloutBatch, pad_left, pad_right
@@ -43,7 +43,7 @@ def sft_loss(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
 
 def run_sft(cfg: Config) -> dict:
     if cfg.model.policy != TINY or cfg.data.source != "sandbox":
-        raise ValueError("--stage sft exists only for the offline sandbox (model.policy=tiny, data.source=sandbox)")
+        raise ConfigError("--stage sft exists only for the offline sandbox (model.policy=tiny, data.source=sandbox)")
     device = prepare(cfg)
     splits = load_splits(cfg)
     tokenizer = load_tokenizer(cfg)

@@ -6,7 +6,8 @@ import torch
 from common.config import RLConfig
 from common.models import frozen_copy
 from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
-from learner.learner import Learner
+from learner.learner import Learner, response_token_logprobs
+from learner.losses import reinforce_loss, sequence_logprobs
 from tests.test_learner import CPU, make_generator
 
 
@@ -39,16 +40,12 @@ def test_state_dict_round_trip_keeps_the_running_mean_exact():
     assert b.value(probe) == a.value(probe) == pytest.approx(16.3 / 5)
 
 
-def first_gradient(policy, tokenizer, rewards, start: str) -> torch.Tensor:
-    """The flattened gradient of the learner's first update (clipping off, so the raw gradient is kept)."""
-    model = type(policy)(policy.config)
-    model.load_state_dict(policy.state_dict())
-    model.eval()
-    learner = Learner(model, frozen_copy(model), RLConfig(lr=1e-12, kl_coef=0.0, max_grad_norm=0.0,
-                                                         baseline_start=start), CPU)
-    gen = make_generator(model, tokenizer, n=len(rewards), max_new_tokens=8)
-    learner.step(gen.generate(list(range(len(rewards))), seed=0).with_rewards(rewards))
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+def reinforce_gradient(policy, batch, rewards, baseline: float) -> torch.Tensor:
+    """The flattened gradient of -(1/B) sum_i (R_i - b) log pi(y_i|x_i) (learner/losses.py), KL term 0."""
+    policy.zero_grad(set_to_none=True)
+    logprobs = sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
+    reinforce_loss(logprobs, rewards - baseline).backward()
+    return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
 
 
 def test_offset_rewards_make_the_zero_start_first_step_mostly_noise(policy, tokenizer):
@@ -59,11 +56,15 @@ def test_offset_rewards_make_the_zero_start_first_step_mostly_noise(policy, toke
     Measured here (tiny test policy, seed 0): cosine 0.067, norm ratio 11.0 (printed with `pytest -s`)."""
     torch.manual_seed(0)
     rewards = 5.5 + 0.5 * torch.randn(32)
-    centred = first_gradient(policy, tokenizer, rewards - rewards.mean(), "zero")
-    zero = first_gradient(policy, tokenizer, rewards, "zero")
-    mean = first_gradient(policy, tokenizer, rewards, "batch_mean")
+    batch = make_generator(policy, tokenizer, n=32, max_new_tokens=8).generate(list(range(32)), seed=0)
+    centred = reinforce_gradient(policy, batch, rewards, float(rewards.mean()))
+    zero = reinforce_gradient(policy, batch, rewards, 0.0)
     cos = float(torch.nn.functional.cosine_similarity(zero, centred, dim=0))
     ratio = float(zero.norm() / centred.norm())
     print(f"\nzero start vs centred first gradient: cosine {cos:.3f}, norm ratio {ratio:.1f}")
     assert abs(cos) < 0.3 and ratio > 4.0
-    assert torch.allclose(mean, centred, rtol=1e-4, atol=1e-6)
+    # the learner's first step uses exactly the centred baseline (and the zero start exactly 0)
+    for start, expected in (("batch_mean", float(rewards.mean())), ("zero", 0.0)):
+        learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-12, baseline_start=start), CPU)
+        metrics = learner.step(batch.with_rewards(rewards))
+        assert metrics["baseline/value"] == pytest.approx(expected, abs=1e-6)

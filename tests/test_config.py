@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import launch
 from common.config import Config, ConfigError, load_config, save_config
+from common.models import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +69,14 @@ def test_saved_config_round_trips(tmp_path):
 def test_launch_exits_nonzero_on_bad_config(capsys):
     assert launch.main(["--config", str(ROOT / "configs/tiny.yaml"), "rl.kl_coef=abc"]) == 2
     assert "rl.kl_coef: expected a number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["smollm2_helpsteer2", "smollm2_helpsteer2_distributional"])
+def test_real_configs_ask_for_the_gpu(name):
+    assert load_config(ROOT / "configs" / f"{name}.yaml").device == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where torch sees no GPU")
+def test_device_cuda_without_a_gpu_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^device: cuda, but torch .* sees no GPU: .*device=cpu"):
+        resolve_device("cuda")

@@ -73,9 +73,10 @@ def test_resume_continues_exactly(demo_run, tmp_path):
         assert torch.equal(v, b["learner"]["policy"][k]), k
 
 
-def test_resume_without_checkpoint_names_the_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="sft"):
-        run(tmp_path, "--stage", "rl", "--resume")
+def test_resume_without_checkpoint_names_the_directory(tmp_path, capsys):
+    assert run(tmp_path, "--stage", "rl", "--resume") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(tmp_path) in last
 
 
 def test_run_logger_replaces_a_fresh_run_and_trims_a_resumed_one(tmp_path):

@@ -1,0 +1,248 @@
+"""Peak memory of one reward-model step and one RL step at a config's sizes (worst case: every sequence at its
+maximum length), on a random model of the real shape, so it runs offline:
+
+    python bench/bench_memory.py --config configs/smollm2_helpsteer2.yaml [key=value ...]
+
+Ends with one line: `peak rm step: X GiB; peak rl step: Y GiB; fits 16 GiB: yes|no`.
+
+On CUDA it runs the steps (autocast in model.dtype / reward.precision, GradScaler, AdamW, every micro-batch)
+and reads `torch.cuda.max_memory_allocated`. On CPU it counts the same quantities:
+- parameters of every resident model (policy, reference, reward model; fp32 master weights),
+- gradients and AdamW state (2 fp32 tensors) of the trained parameters,
+- activations saved for backward by ONE micro-batch's forward, counted with
+  `torch.autograd.graph.saved_tensors_hooks` (unique storages; the fp32 parameters themselves excluded, their
+  16-bit autocast copies included) under CPU autocast in the GPU's 16-bit dtype (bf16 and fp16 have the same
+  size); measured on 1 and 2 rows at full length and extrapolated linearly to the micro-batch's rows,
+- the loss's backward transient: the gradient of the fp32 response logits [b, R, V],
+- the generator's share: hf = its KV cache at (prompt + response) tokens while it samples (a phase of its own:
+  the learner's activations are freed by then); vllm = what vLLM reserves (gpu_memory_utilization of 16 GiB,
+  or kv_cache_gb + its 16-bit weights), counted in the learner phase unless generator.vllm_sleep.
+The CPU count omits the CUDA allocator's fragmentation and kernel workspaces (typically a few hundred MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.config import Config, load_config  # noqa: E402
+from common.models import ASSETS, frozen_copy, resolve_device, resolve_dtype, reward_head_logits  # noqa: E402
+from common.reward_head import head_from_config  # noqa: E402
+from common.rollout import RolloutBatch  # noqa: E402
+from learner import losses  # noqa: E402
+from learner.learner import Learner, checkpointed_layers, response_token_logprobs  # noqa: E402
+from learner.reward_losses import bradley_terry_loss  # noqa: E402
+from learner.train_loop import autocast_dtype  # noqa: E402
+
+GIB = 2 ** 30
+GPU_GIB = 16
+REAL_SHAPE = ASSETS / "smollm2-135m-config.json"
+
+
+def model_config(path: Path) -> LlamaConfig:
+    raw = json.loads(path.read_text())
+    return LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "dtype", "torch_dtype")})
+
+
+def nbytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def saved_bytes(model: torch.nn.Module, forward) -> int:
+    """Bytes of the distinct storages autograd saves for backward during `forward()` (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
+
+
+def per_rows(rows: int, measure) -> int:
+    """measure(r) at r = 1 and 2 rows, extrapolated linearly (saved activations are per row plus a constant)."""
+    one, two = measure(1), measure(2)
+    return max(one + (rows - 1) * (two - one), 0) if rows > 1 else one
+
+
+def training_state(model: torch.nn.Module) -> int:
+    """fp32 weights + gradients + AdamW's two moments of the trained parameters."""
+    return nbytes(model.parameters()) + 3 * nbytes(p for p in model.parameters() if p.requires_grad)
+
+
+def rollout(cfg: Config, rows: int, vocab: int, device: torch.device) -> RolloutBatch:
+    """Random prompts of max_prompt_tokens and responses of max_new_tokens (no EOS): the longest batch."""
+    p, r = cfg.data.max_prompt_tokens, cfg.generator.max_new_tokens
+    g = torch.Generator().manual_seed(0)
+    ones = lambda n: torch.ones(rows, n, dtype=torch.long)  # noqa: E731
+    return RolloutBatch(prompt_ids=torch.randint(3, vocab, (rows, p), generator=g), prompt_mask=ones(p),
+                        response_ids=torch.randint(3, vocab, (rows, r), generator=g), response_mask=ones(r),
+                        prompt_index=torch.arange(rows), version=0, rewards=torch.randn(rows, generator=g),
+                        temperature=cfg.generator.temperature).to(device)
+
+
+def build(cfg: Config, shape: LlamaConfig, device: torch.device):
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(shape).to(device).eval()
+    rm_shape = copy.deepcopy(shape)
+    rm_shape.num_labels = head_from_config(cfg.reward).num_labels
+    reward_model = LlamaForSequenceClassification(rm_shape).to(device)
+    return policy, reward_model
+
+
+def rm_step_cpu(cfg: Config, rm: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, float]:
+    length, seqs = cfg.data.max_length, 2 * cfg.reward.batch_size  # chosen and rejected of each pair
+    if cfg.reward.gradient_checkpointing:
+        rm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rm.train()
+
+    def measure(rows: int) -> int:
+        ids = torch.randint(3, rm.config.vocab_size, (rows, length))
+        mask = torch.ones_like(ids)
+
+        def forward():
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = reward_head_logits(rm, ids, mask).float()
+                n = max(rows // 2, 1)
+                bradley_terry_loss(logits[:n, 0], logits[-n:, 0])
+        return saved_bytes(rm, forward)
+
+    return {"weights+grads+adam": training_state(rm), "activations": per_rows(seqs, measure)}
+
+
+def rl_step_cpu(cfg: Config, policy, reward_model, dtype: torch.dtype) -> dict[str, float]:
+    micro = cfg.rl.micro_batch_size or cfg.rl.batch_size
+    reference = 0 if cfg.model.lora.enabled else nbytes(policy.parameters())
+    shape = policy.config
+    r, v = cfg.generator.max_new_tokens, shape.vocab_size
+    if cfg.rl.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def measure(rows: int) -> int:
+        batch = rollout(cfg, rows, v, torch.device("cpu"))
+
+        def forward():
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32), \
+                    checkpointed_layers(policy, cfg.rl.gradient_checkpointing):
+                lp = losses.sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
+                losses.reinforce_loss(lp, batch.rewards)
+        return saved_bytes(policy, forward)
+
+    half = 2 if dtype != torch.float32 else 4
+    tokens = cfg.data.max_prompt_tokens + r
+    kv = 2 * shape.num_hidden_layers * shape.num_key_value_heads * (shape.hidden_size // shape.num_attention_heads)
+    resident = {"policy weights+grads+adam": training_state(policy), "reference weights": reference,
+                "reward model weights": nbytes(reward_model.parameters())}
+    learner = {**resident, "activations": per_rows(micro, measure), "logits gradient": micro * r * v * 4,
+               "generator (vllm, awake)": vllm_share(cfg, policy, half)}
+    generation = {**resident, "policy grads+adam (freed: set_to_none)": 0,
+                  "generator (hf KV cache)": kv * tokens * cfg.rl.batch_size * half if cfg.generator.backend == "hf"
+                  else 0}
+    return learner if sum(learner.values()) >= sum(generation.values()) else generation
+
+
+def vllm_share(cfg: Config, policy, half: int) -> int:
+    gen = cfg.generator
+    if gen.backend != "vllm" or gen.vllm_sleep:
+        return 0
+    if gen.kv_cache_gb:
+        return int(gen.kv_cache_gb * GIB) + nbytes(policy.parameters()) // 4 * half
+    return int(gen.gpu_memory_utilization * GPU_GIB * GIB)
+
+
+def cuda_peak(step) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def rm_step_cuda(cfg: Config, rm, dtype: torch.dtype | None, device: torch.device) -> int:
+    """One reward-model update: grad_accum micro-batches of batch_size pairs at max_length, AdamW, GradScaler."""
+    if cfg.reward.gradient_checkpointing:
+        rm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rm.train()
+    opt = torch.optim.AdamW(rm.parameters(), lr=1e-6)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    b = cfg.reward.batch_size
+
+    def step():
+        for _ in range(cfg.reward.grad_accum):
+            ids = torch.randint(3, rm.config.vocab_size, (2 * b, cfg.data.max_length), device=device)
+            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = reward_head_logits(rm, ids, torch.ones_like(ids)).float()
+                loss = bradley_terry_loss(logits[:b, 0], logits[b:, 0])
+            scaler.scale(loss / cfg.reward.grad_accum).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    return cuda_peak(step)
+
+
+def rl_step_cuda(cfg: Config, policy, reward_model, dtype: torch.dtype, device: torch.device) -> int:
+    """One Learner.step (all micro-batches) with the reward model resident, plus the vLLM reservation."""
+    learner = Learner(policy, None if cfg.model.lora.enabled else frozen_copy(policy), cfg.rl, device)
+    batch = rollout(cfg, cfg.rl.batch_size, policy.config.vocab_size, device)
+    ctx = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32)
+
+    def step():
+        with ctx:
+            learner.step(batch)
+    return cuda_peak(step) + vllm_share(cfg, policy, 2 if dtype != torch.float32 else 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--model-config", default=str(REAL_SHAPE), help="shape of the random model (config.json)")
+    parser.add_argument("--gpu-dtype", default="float16", choices=("float16", "bfloat16"),
+                        help="CPU count: the 16-bit dtype model.dtype=auto resolves to on the target GPU")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(cfg.device if cfg.device != "auto" else "auto")
+    shape = model_config(Path(args.model_config))
+    policy, rm = build(cfg, shape, device)
+    if device.type == "cuda":
+        dtype = resolve_dtype(cfg.model.dtype, device)
+        rm_peak = rm_step_cuda(cfg, rm, autocast_dtype(cfg.reward.precision, device), device)
+        del rm
+        rl_peak = rl_step_cuda(cfg, policy, build(cfg, shape, device)[1], dtype, device)
+        print(f"measured on {torch.cuda.get_device_name(device)} (max_memory_allocated)")
+    else:
+        gpu = getattr(torch, args.gpu_dtype)
+        dtype = gpu if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype, torch.device("cpu"))
+        rm_dtype = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[
+            cfg.reward.precision]
+        rm_parts = rm_step_cpu(cfg, rm, rm_dtype)
+        rl_parts = rl_step_cpu(cfg, policy, rm, dtype)
+        for name, parts in (("rm step", rm_parts), ("rl step", rl_parts)):
+            print(f"{name}: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items()))
+        rm_peak, rl_peak = sum(rm_parts.values()), sum(rl_parts.values())
+    fits = max(rm_peak, rl_peak) <= GPU_GIB * GIB
+    print(f"headroom: {100 * (1 - max(rm_peak, rl_peak) / (GPU_GIB * GIB)):.0f}% of {GPU_GIB} GiB")
+    print(f"peak rm step: {rm_peak / GIB:.2f} GiB; peak rl step: {rl_peak / GIB:.2f} GiB; "
+          f"fits {GPU_GIB} GiB: {'yes' if fits else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

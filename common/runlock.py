@@ -1,0 +1,89 @@
+"""One writer per run directory: `<run_dir>/run.lock`, held with flock while a stage writes there.
+
+Two runs in one directory would interleave their metrics and leave config.yaml and the policy of whichever wrote
+last. The lock file holds the holder's pid, host and start time, so the second run refuses at start naming the
+holder. flock is released by the kernel when the holder dies, however it dies; a lock file with content whose
+flock is free was left by a process that did not finish cleanly, and is taken over with a message. A clean
+release empties the file (the file itself stays: removing it would race with a process about to lock it).
+
+The lock is per process and re-entrant: the stages of one `launch.py` run share it; launch.py releases it when
+the run ends. Sweeps run each (variant, seed) as a child process in its own directory, so they never contend.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from common.errors import UserError
+
+LOCK_NAME = "run.lock"
+_held: dict[Path, int] = {}  # resolved run_dir -> the open, flocked file descriptor
+
+
+class RunDirBusy(UserError):
+    """Another process is writing to the run directory."""
+
+
+def holder_text(info: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (since {since})"
+
+
+def _read(fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    if not text:
+        return {}
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        return {"pid": "?", "host": "?", "raw": text[:80]}
+    return info if isinstance(info, dict) else {}
+
+
+def acquire(run_dir: str | Path, log=print) -> None:
+    """Lock `run_dir` for this process (no-op if it already holds it); RunDirBusy names the holder."""
+    key = Path(run_dir).resolve()
+    if key in _held:
+        return
+    path = key / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"run_dir {run_dir}: cannot create {path}: {e.strerror or e}; "
+                        f"choose a writable run_dir") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        info = _read(fd)
+        os.close(fd)
+        raise RunDirBusy(f"run_dir {run_dir} is in use by {holder_text(info)}: wait for that run to end or "
+                         f"choose another run_dir") from None
+    stale = _read(fd)
+    if stale:
+        log(f"run_dir {run_dir}: taking over the lock left by {holder_text(stale)}, which is no longer running")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    _held[key] = fd
+
+
+def release(run_dir: str | Path) -> None:
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)  # a clean end: the next holder has no stale lock to report
+    except OSError:
+        pass
+    os.close(fd)  # closing the descriptor drops the flock
+
+
+def release_all() -> None:
+    for run_dir in list(_held):
+        release(run_dir)

@@ -1,0 +1,27 @@
+"""bench/gpu_check.py on the CPU at toy sizes, so the GPU check cannot rot: the real config's rm and rl stages
+run in a process where ray, vllm, datasets, matplotlib, pandas and pyarrow cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_the_real_config_without_ray_or_vllm(tmp_path):
+    out = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu-smoke", "--rm-steps", "2", "--rl-steps", "3",
+                          "--config", "configs/smollm2_helpsteer2.yaml", "--work-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line.removeprefix("gpu_check: ")) for line in out.stdout.splitlines()
+            if line.startswith("gpu_check: {")]
+    assert [(r["stage"], r["fits"], r["steps"]) for r in rows] == [("rm", True, 2), ("rl", True, 3)]
+    assert all(r["s_per_step"] > 0 for r in rows)
+    assert rows[1]["response_len"] == 8  # random weights: every response is max_new_tokens long (the smoke's 8)
+    data = json.loads((tmp_path / "run" / "data_rm.json").read_text())
+    assert data["encode"]["truncated"] > 0  # the generated prompts exceed data.max_prompt_tokens

@@ -1,0 +1,82 @@
+"""Memory knobs change memory, not the algorithm: micro-batches and gradient checkpointing give the full-batch
+update (gradients equal to float tolerance, the baseline unchanged)."""
+
+import pytest
+import torch
+
+from common.config import RLConfig
+from common.models import build_tiny_policy, frozen_copy
+from learner.learner import Learner
+from tests.conftest import TINY
+from tests.test_precision import scored_batch
+
+CPU = torch.device("cpu")
+
+
+def one_step(tokenizer, batch, **rl):
+    """Gradients (before the optimizer's update) and the baseline after one step from the same start."""
+    policy = build_tiny_policy(TINY, tokenizer, seed=0).eval()
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3, kl_coef=0.1, **rl), CPU)
+    learner.baseline.update(torch.tensor([0.3, -0.1]))  # a nonzero baseline from "earlier" batches
+    grads = {}
+    step = learner.optimizer.step
+
+    def keep_grads(*args, **kwargs):  # read the accumulated gradients at the moment the update uses them
+        grads.update({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    learner.optimizer.step = keep_grads
+    metrics = learner.step(batch)
+    return grads, learner.baseline.state_dict(), metrics
+
+
+@pytest.mark.parametrize("rl", [{"micro_batch_size": 3}, {"micro_batch_size": 1}, {"gradient_checkpointing": True},
+                                {"micro_batch_size": 4, "gradient_checkpointing": True}])
+def test_memory_knobs_give_the_full_batch_update(tokenizer, policy, rl):
+    batch = scored_batch(policy, tokenizer, n=8)  # micro-batches of 3: 3 + 3 + 2, unequal on purpose
+    full_grads, full_baseline, full = one_step(tokenizer, batch)
+    grads, baseline, metrics = one_step(tokenizer, batch, **rl)
+    assert grads.keys() == full_grads.keys() and grads
+    for name, g in grads.items():
+        assert torch.allclose(g, full_grads[name], rtol=1e-4, atol=1e-6), name
+    assert baseline == full_baseline
+    for key in ("losses/policy", "losses/grad_norm", "rollout/kl", "baseline/advantage_std"):
+        assert metrics[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+def bench_line(capsys, tmp_path, tokenizer, *overrides):
+    """bench/bench_memory.py on configs/tiny.yaml with conftest's tiny shape; returns (rm GiB, rl GiB, output)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from bench.bench_memory import main
+    from common.models import tiny_llama_config
+
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps(tiny_llama_config(TINY, tokenizer).to_dict()))
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--config", str(root / "configs" / "tiny.yaml"), "--model-config", str(shape), "device=cpu",
+                 "data.max_length=64", "generator.max_new_tokens=32", *overrides]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"peak rm step: ([\d.]+) GiB; peak rl step: ([\d.]+) GiB; fits 16 GiB: (yes|no)", last)
+    assert m, last
+    return float(m[1]), float(m[2]), out
+
+
+def activations(out, step):
+    import re
+    return float(re.search(rf"{step} step: .*activations ([\d.]+) GiB", out)[1])
+
+
+def test_bench_memory_counts_what_the_knobs_save(capsys, tmp_path, tokenizer):
+    """Fewer sequences per forward and checkpointing lower the counted activations; the last line is the verdict."""
+    rm_full, rl_full, full = bench_line(capsys, tmp_path, tokenizer, "rl.micro_batch_size=0")
+    _, _, micro = bench_line(capsys, tmp_path, tokenizer, "rl.micro_batch_size=4", "reward.batch_size=4",
+                             "reward.grad_accum=4")
+    _, _, ckpt = bench_line(capsys, tmp_path, tokenizer, "rl.gradient_checkpointing=true",
+                            "reward.gradient_checkpointing=true")
+    for step in ("rm", "rl"):
+        assert activations(micro, step) < activations(full, step) / 2, step
+        assert activations(ckpt, step) < activations(full, step), step

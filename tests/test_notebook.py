@@ -1,0 +1,62 @@
+"""notebooks/colab.ipynb cannot rot: its cells run here, on the offline tiny config, in one namespace as a kernel
+would run them. Cells tagged `colab-only` (GPU check, Google Drive, install, TensorBoard) only have to parse."""
+
+import ast
+import json
+from pathlib import Path
+
+import IPython.display
+import pytest
+import yaml
+from IPython.core.inputtransformer2 import TransformerManager
+
+from test_launch import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = json.loads((ROOT / "notebooks" / "colab.ipynb").read_text())
+CODE = [("".join(c["source"]), c["metadata"].get("tags", [])) for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
+PARAMETERS = {"REPO_URL", "LEVEL1_CONFIG", "LEVEL2_CONFIG", "OVERRIDES", "RUN_ROOT"}
+
+
+def assigned_names(source: str) -> set[str]:
+    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def test_the_first_code_cell_holds_exactly_the_parameters_the_test_replaces():
+    source, tags = CODE[0]
+    assert tags == ["parameters"] and assigned_names(source) == PARAMETERS
+    assert "configs/smollm2_helpsteer2.yaml" in source and "configs/smollm2_helpsteer2_distributional.yaml" in source
+
+
+def test_colab_only_cells_parse_and_install_with_the_install_script():
+    colab = [source for source, tags in CODE if "colab-only" in tags]
+    for source in colab:
+        ast.parse(TransformerManager().transform_cell(source))  # IPython magics (%tensorboard) made Python
+    assert any("scripts/install.py" in s for s in colab) and any("drive.mount" in s for s in colab)
+
+
+@pytest.mark.slow
+def test_notebook_runs_level1_then_level2_and_shows_the_report(tmp_path, monkeypatch):
+    level2 = tmp_path / "level2.yaml"  # Level 2 on the tiny model: the tiny config with the distributional head
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    level2.write_text(yaml.safe_dump(cfg | {"reward": cfg["reward"] | {"head": "distributional"}}))
+    runs = tmp_path / "runs"
+    parameters = (f"LEVEL1_CONFIG = 'configs/tiny.yaml'\nLEVEL2_CONFIG = {str(level2)!r}\n"
+                  f"OVERRIDES = {FAST + ['rl.steps=3', 'eval.bootstrap_samples=100']!r}\nRUN_ROOT = {str(runs)!r}\n")
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(objs))  # the notebook front end
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    for i, (source, tags) in enumerate(CODE):
+        if "colab-only" not in tags:
+            exec(compile(parameters if "parameters" in tags else source, f"notebook cell {i}", "exec"), namespace)
+
+    for level, head in (("level1", "scalar"), ("level2", "distributional")):
+        assert json.loads((runs / level / "rm_metrics.json").read_text())["head"] == head
+        assert (runs / level / "eval.json").is_file() and (runs / level / "report" / "report.md").is_file()
+    report = (runs / "report" / "report.md").read_text()
+    markdown = [o for o in shown if isinstance(o, IPython.display.Markdown)]
+    images = [o for o in shown if isinstance(o, IPython.display.Image)]
+    assert [m.data for m in markdown] == [report] and str(runs / "level1") in report and str(runs / "level2") in report
+    assert len(images) == len(list((runs / "report").glob("*.png"))) > 0
+    assert all(img.data.startswith(b"\x89PNG") for img in images)

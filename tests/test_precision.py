@@ -1,0 +1,202 @@
+"""Precision on CPU: model.dtype resolution, the fp16 learner (loss scaling under CPU autocast), non-finite losses
+and gradients skipped then stopping the run, no save of non-finite weights, and temperature as part of the policy."""
+
+import pytest
+import torch
+
+from common import checkpoint
+from common.config import ConfigError, RLConfig, load_config
+from common.models import frozen_copy, resolve_dtype, save_model
+from common.numerics import MAX_CONSECUTIVE_SKIPS, NonFiniteError
+from learner import losses
+from learner.learner import Learner, response_token_logprobs
+from learner.train_loop import fit
+from tests.test_learner import make_generator
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+
+
+def fake_gpu(monkeypatch, capability):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+
+
+def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch):
+    assert resolve_dtype("auto", CPU) == torch.float32
+    fake_gpu(monkeypatch, (7, 5))  # T4
+    assert resolve_dtype("auto", CUDA) == torch.float16
+    with pytest.raises(ConfigError, match=r"model.dtype=bfloat16: Tesla T4 \(compute capability 7.5\).*float16"):
+        resolve_dtype("bfloat16", CUDA)
+    fake_gpu(monkeypatch, (8, 0))  # A100
+    assert resolve_dtype("auto", CUDA) == torch.bfloat16
+    assert resolve_dtype("float16", CUDA) == torch.float16
+
+
+def test_top_p_below_one_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"^generator.top_p=0.9 is not supported: .*set generator.top_p=1.0"):
+        load_config(None, ["generator.top_p=0.9"])
+
+
+def scored_batch(policy, tokenizer, n=8, temperature=1.0, seed=0):
+    gen = make_generator(policy, tokenizer, n=n, max_new_tokens=6, temperature=temperature)
+    batch = gen.generate(list(range(n)), seed=seed)
+    return batch.with_rewards(torch.linspace(-1.0, 1.0, n))
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fp16_learner_scales_the_loss_and_updates(policy, tokenizer):
+    """Under fp16 autocast (CPU here) the learner creates a GradScaler; the update is finite and changes weights."""
+    batch = scored_batch(policy, tokenizer)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
+    before = weights(policy)
+    with torch.autocast("cpu", dtype=torch.float16):
+        m = learner.step(batch)
+    assert learner.scaler is not None and m["losses/loss_scale"] == 2.0 ** 12
+    assert m["losses/skipped_steps"] == 0.0
+    after = weights(policy)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert learner.state_dict()["scaler"]["scale"] == 2.0 ** 12  # resumed runs keep their loss scale
+
+
+def test_fp16_overflow_is_skipped_and_backs_off_the_scale(policy, tokenizer):
+    batch = scored_batch(policy, tokenizer)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
+    with torch.autocast("cpu", dtype=torch.float16):
+        learner._loss_scaler()
+    learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # every fp16 gradient overflows
+    before = weights(policy)
+    with torch.autocast("cpu", dtype=torch.float16):
+        m = learner.step(batch)
+    assert m["losses/skipped_steps"] == 1.0 and m["losses/loss_scale"] == 2.0 ** 59
+    assert all(torch.equal(before[k], v) for k, v in weights(policy).items()), "a skipped step changed weights"
+    assert learner.version == 1  # the version counts steps, so the Ray pipeline's bookkeeping is unchanged
+
+
+def test_non_finite_loss_skips_then_stops_the_run(policy, tokenizer):
+    """rl.kl_coef=inf: every loss is NaN. Updates are skipped (weights untouched, baseline untouched), counted,
+    and MAX_CONSECUTIVE_SKIPS in a row raise NonFiniteError naming the learner and what to change."""
+    batch = scored_batch(policy, tokenizer)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3, kl_coef=float("inf")), CPU)
+    before = weights(policy)
+    for k in range(MAX_CONSECUTIVE_SKIPS - 1):
+        m = learner.step(batch)
+        assert m["losses/skipped_steps"] == k + 1
+    assert all(torch.equal(before[k], v) for k, v in weights(policy).items())
+    assert learner.baseline.count == 0, "non-finite shaped rewards reached the baseline"
+    with pytest.raises(NonFiniteError, match=r"^rl learner: 8 updates in a row skipped for a non-finite loss .*"
+                                             r"rl.kl_coef"):
+        learner.step(batch)
+
+
+def test_a_finite_step_resets_the_run_of_skips(policy, tokenizer):
+    batch = scored_batch(policy, tokenizer)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
+    bad = batch.with_rewards(torch.full((batch.batch_size,), float("nan")))
+    for _ in range(MAX_CONSECUTIVE_SKIPS - 1):
+        learner.step(bad)
+    learner.step(batch)
+    for _ in range(MAX_CONSECUTIVE_SKIPS - 1):
+        m = learner.step(bad)
+    assert m["losses/skipped_steps"] == 2 * (MAX_CONSECUTIVE_SKIPS - 1)
+
+
+def nan_weights(model):
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+
+
+def test_no_stage_saves_non_finite_weights(policy, tokenizer, tmp_path):
+    nan_weights(policy)
+    with pytest.raises(NonFiniteError, match=r"refusing to save .*policy: tensor model.embed_tokens.weight has"):
+        save_model(policy, tokenizer, tmp_path / "policy")
+    assert not (tmp_path / "policy").exists()
+    with pytest.raises(NonFiniteError, match=r"step_000003.pt"):
+        checkpoint.save(tmp_path / "ckpt", 3, {"policy": policy.state_dict()})
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def fit_model(loss_values, precision="fp32"):
+    """A linear model trained by fit() on batches whose loss is scaled by `loss_values` (nan poisons one)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(16, 4)
+
+    def loss_fn(m, scale):
+        loss = m(x).pow(2).mean() * scale
+        return loss, {"loss": loss.item()}
+
+    logged = []
+    metrics = fit(model, lambda epoch: iter(loss_values), len(loss_values), loss_fn, epochs=1, lr=1e-2, device=CPU,
+                  precision=precision, log=lambda s, m: logged.append(m))
+    return model, metrics, logged
+
+
+def test_fit_skips_a_non_finite_loss_and_counts_it():
+    model, metrics, logged = fit_model([1.0, float("nan"), 1.0])
+    assert [m["skipped_steps"] for m in logged] == [0.0, 1.0, 1.0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fit_stops_after_consecutive_non_finite_losses():
+    with pytest.raises(NonFiniteError, match=r"^train: 8 updates in a row skipped for a non-finite loss"):
+        fit_model([float("inf")] * MAX_CONSECUTIVE_SKIPS)
+
+
+def test_fit_fp16_on_cpu_uses_a_grad_scaler():
+    """GradScaler's first scale (2**16) overflows the fp16 gradients here: that update is skipped and counted, the
+    scale halves, and the next three update the weights."""
+    model, metrics, logged = fit_model([1.0] * 4, precision="fp16")
+    assert [(m["skipped_steps"], m["loss_scale"]) for m in logged] == [(1.0, 2.0 ** 15)] * 4
+    torch.manual_seed(0)
+    init = torch.nn.Linear(4, 1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.weight, init.weight)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.6])
+def test_learner_logprobs_are_those_sampled_at_temperature(policy, tokenizer, temperature):
+    """hf's own processed scores (logits / T, top_k and top_p off) give the learner's log-probs at T != 1."""
+    gen = make_generator(policy, tokenizer, n=4, max_new_tokens=6, temperature=temperature)
+    batch = gen.generate([0, 1, 2, 3], seed=3)
+    assert batch.temperature == temperature
+    torch.manual_seed(3)  # the generator's seed: the same samples, now with their scores
+    with torch.no_grad():
+        out = policy.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                              generation_config=gen.generation_config(), output_scores=True,
+                              return_dict_in_generate=True)
+        learner_lp = response_token_logprobs(policy, batch)  # [B, R]
+    sampled = out.sequences[:, batch.prompt_len:]
+    assert torch.equal(sampled[batch.response_mask.bool()], batch.response_ids[batch.response_mask.bool()])
+    scores = torch.stack(out.scores, 1).log_softmax(-1)  # [B, R, V]
+    hf_lp = scores.gather(-1, sampled[..., None])[..., 0]
+    mask = batch.response_mask.bool()
+    assert torch.allclose(learner_lp[mask], hf_lp[mask], atol=1e-4)
+    untempered = losses.token_logprobs(torch.stack(out.scores, 1) * temperature, sampled)
+    assert not torch.allclose(untempered[mask], hf_lp[mask], atol=1e-2), "T=1 log-probs would pass too"
+
+
+@pytest.mark.slow  # starts a vLLM engine (about a minute on 2 cores)
+def test_vllm_logprobs_equal_the_learner_at_temperature(tokenizer, tmp_path):
+    """vLLM's processed log-probs (after temperature) equal the learner's softmax(logits / T) log-probs."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from actors.generator import build_generator
+    from tests.test_vllm import NEW_TOKENS, decisive_policy, prompt_pool
+
+    path = tmp_path / "policy"
+    policy = decisive_policy(tokenizer, seed=3)
+    policy.save_pretrained(path)
+    prompts = prompt_pool(tokenizer, 8, seed=1)[1]
+    cfg = load_config(None, ["generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}",
+                             "generator.enforce_eager=true", "generator.kv_cache_gb=0.05", "model.dtype=float32",
+                             "generator.temperature=0.6"])
+    engine = build_generator(cfg, str(path), tokenizer, prompts, CPU)
+    batch = engine.generate(list(range(8)), seed=5)
+    with torch.no_grad():
+        learner_lp = losses.sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
+    assert batch.temperature == 0.6
+    assert torch.allclose(batch.extras["generator_logprob"], learner_lp, atol=1e-3)
