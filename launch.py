@@ -117,6 +117,14 @@ def interrupted_text(signum: int) -> str:
             f"(--stage rl --resume continues from the latest)")
 
 
+def command_of(args: argparse.Namespace) -> list[str]:
+    """The arguments that reproduce this invocation (what the report prints beside its figures)."""
+    out = ["--config", args.config, "--mode", args.mode, "--stage", args.stage]
+    out += [x for flag, value in (("--seeds", args.seeds), ("--plan", args.plan)) if value for x in (flag, value)]
+    out += [x for g in args.grid for x in ("--grid", g)] + (["--jobs", str(args.jobs)] if args.jobs > 1 else [])
+    return out + list(args.overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return 0
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
-        record_invocation(cfg.run_dir, sys.argv[1:] if argv is None else argv)
+        record_invocation(cfg.run_dir, command_of(args))
     if experiment:
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
