@@ -9,7 +9,7 @@ GPU ?= auto
 TORCH_INDEX ?=
 INSTALL_FLAGS := $(if $(filter 0,$(GPU)),--cpu) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
-.PHONY: install real-weights demo test bench clean
+.PHONY: install real-weights demo results test bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ real-weights: install
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml
+
+# The headline figures: the demo's settings over 3 seeds (mean, 95% across-seed interval, per-seed values, the
+# machine and this command in runs/results/report/report.md). SEEDS / JOBS override, e.g. make results JOBS=1.
+SEEDS ?= 0,1,2
+JOBS ?= 2
+results: install
+	$(PY) launch.py --plan results --seeds $(SEEDS) --jobs $(JOBS) run_dir=runs/results torch_threads=1
 
 test: install
 	$(PY) -m pytest -q

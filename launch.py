@@ -22,7 +22,7 @@ import traceback
 from common import runlock
 from common.config import ConfigError, load_config
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
-from common.metrics import record_stage_time
+from common.metrics import record_invocation, record_stage_time
 from experiments import PLANS, plan_variants
 
 STAGES = ("sft", "rm", "rl", "eval")
@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
-    parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (level2: scalar vs "
-                                                       "distributional reward model, each reduction)")
+    parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (results: the demo "
+                        "over seeds; tune: the sweep behind the demo's settings; level2: scalar vs distributional "
+                        "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
@@ -116,6 +117,14 @@ def interrupted_text(signum: int) -> str:
             f"(--stage rl --resume continues from the latest)")
 
 
+def command_of(args: argparse.Namespace) -> list[str]:
+    """The arguments that reproduce this invocation (what the report prints beside its figures)."""
+    out = ["--config", args.config, "--mode", args.mode, "--stage", args.stage]
+    out += [x for flag, value in (("--seeds", args.seeds), ("--plan", args.plan)) if value for x in (flag, value)]
+    out += [x for g in args.grid for x in ("--grid", g)] + (["--jobs", str(args.jobs)] if args.jobs > 1 else [])
+    return out + list(args.overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
@@ -133,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == REPORT:
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return 0
+    if args.stage == "all":  # the report quotes the command and the machine beside the figures
+        record_invocation(cfg.run_dir, command_of(args))
     if experiment:
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,

@@ -29,6 +29,10 @@ class Scorer:
     so what the model sees at scoring time is what it saw in training: chat template, left-truncated prompt,
     score read at the last real token.
 
+    A response cut at max_new_tokens (no EOS) is scored as truncated: without the template's end-of-turn tokens,
+    so the reward model does not read it as a complete answer; in RL (`score`) it also loses
+    `missing_eos_penalty` (rl.missing_eos_penalty, 0 = off).
+
     A distributional head's p(score) becomes the scalar reward by `reduction` (learner/distributional.py);
     `win_prob_vs_ref` compares with the reference policy's response to the same prompt, sampled once per prompt
     by `reference_generator` (the frozen SFT weights) and cached as its score distribution.
@@ -38,33 +42,37 @@ class Scorer:
                  data_cfg: DataConfig, device: torch.device, batch_size: int = 32,
                  gold_fn: GoldFn | None = None, head: RewardHead = SCALAR, reduction: str = "expected",
                  risk_lambda: float = 1.0, reference_generator: Generator | None = None,
-                 reference_seed: int = 0) -> None:
+                 reference_seed: int = 0, missing_eos_penalty: float = 0.0) -> None:
         self.model, self.tokenizer, self.prompts = model.eval(), tokenizer, prompts
         self.data_cfg, self.device, self.batch_size, self.gold_fn = data_cfg, device, batch_size, gold_fn
         if reduction != "expected" and not head.distributional:
             raise ValueError(f"reward_reduction={reduction} needs a distributional reward model, not a {head.kind} one")
         self.head, self.reduction, self.risk_lambda = head, reduction, risk_lambda
         self.reference_generator, self.reference_seed = reference_generator, reference_seed
+        self.missing_eos_penalty = missing_eos_penalty
         self.reference_logp: dict[int, torch.Tensor] = {}  # prompt index -> [K] log p of the reference response
         self.reference_texts: dict[int, str] = {}
 
-    def _encode(self, prompt_index: int, response: str) -> list[int]:
-        cfg, stats = self.data_cfg, data.DataStats()
-        ids = data.encode_conversation(self.tokenizer, self.prompts[prompt_index], response, cfg.max_length,
-                                       cfg.max_prompt_tokens, "truncate_left", stats)
+    def _encode(self, prompt_index: int, response: str, finished: bool = True) -> list[int]:
+        cfg, stats, messages = self.data_cfg, data.DataStats(), self.prompts[prompt_index]
+        ids = data.encode_conversation(self.tokenizer, messages, response, cfg.max_length, cfg.max_prompt_tokens,
+                                       "truncate_left", stats, finished)
         if ids is None:  # response alone nearly fills max_length: keep its end, where the score is read
-            full = self.tokenizer(data.conversation_text(self.tokenizer, self.prompts[prompt_index], response),
-                                  add_special_tokens=False)["input_ids"]
-            ids = full[-cfg.max_length:]
+            text = (data.conversation_text(self.tokenizer, messages, response) if finished
+                    else data.prompt_text(self.tokenizer, messages) + response)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][-cfg.max_length:]
         return ids
 
     @torch.no_grad()
-    def head_logits(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
-        """[N, L] reward-head outputs in float32 (L = 1 for the scalar head, num_bins for the distributional)."""
+    def head_logits(self, prompt_indices: list[int], responses: list[str],
+                    finished: list[bool] | None = None) -> torch.Tensor:
+        """[N, L] reward-head outputs in float32 (L = 1 for the scalar head, num_bins for the distributional);
+        `finished[k]` False scores response k as truncated (default: all finished)."""
+        finished = [True] * len(responses) if finished is None else list(finished)
         out = []
         for start in range(0, len(responses), self.batch_size):
-            seqs = [self._encode(i, r) for i, r in zip(prompt_indices[start:start + self.batch_size],
-                                                       responses[start:start + self.batch_size])]
+            rows = slice(start, start + self.batch_size)
+            seqs = [self._encode(i, r, f) for i, r, f in zip(prompt_indices[rows], responses[rows], finished[rows])]
             ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
             logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, L]
             out.append(logits.float().cpu())
@@ -84,7 +92,7 @@ class Scorer:
         return dist.win_prob(dist.score_logprobs(logits_a), dist.score_logprobs(logits_b))
 
     def score_texts(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor:
-        """[N] rewards of text responses (e.g. a peer trainer's completions)."""
+        """[N] rewards of finished text responses (e.g. a peer trainer's completions)."""
         return self.rewards(prompt_indices, responses)[0]
 
     @torch.no_grad()
@@ -99,7 +107,8 @@ class Scorer:
             raise ValueError("reward_reduction=win_prob_vs_ref needs a reference_generator (the SFT policy)")
         if missing:
             batch = self.reference_generator.generate(missing, self.reference_seed * 1_000_003 + len(self.reference_logp))
-            logp = dist.score_logprobs(self.head_logits(missing, batch.response_texts))  # [M, K]
+            finished = batch.finished(self.reference_generator.tokenizer.eos_token_id).tolist()
+            logp = dist.score_logprobs(self.head_logits(missing, batch.response_texts, finished))  # [M, K]
             for row, (i, text) in enumerate(zip(missing, batch.response_texts)):
                 self.reference_logp[i], self.reference_texts[i] = logp[row], text
         return torch.stack([self.reference_logp[i] for i in prompt_indices])
@@ -110,10 +119,12 @@ class Scorer:
         return torch.tensor([self.gold_fn(self.prompts[i][-1]["content"], r)
                              for i, r in zip(prompt_indices, responses)], dtype=torch.float32)
 
-    def rewards(self, prompt_indices: list[int], responses: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def rewards(self, prompt_indices: list[int], responses: list[str],
+                finished: list[bool] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The one path from responses to rewards: [N] rewards and [N] per-sample extras (gold in the sandbox;
-        for a distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref)."""
-        logits = self.head_logits(prompt_indices, responses)
+        for a distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref).
+        `finished` as in head_logits."""
+        logits = self.head_logits(prompt_indices, responses, finished)
         extras, ref = {}, None
         if self.head.distributional:
             extras.update(dist.distribution_stats(dist.score_logprobs(logits)))
@@ -125,9 +136,14 @@ class Scorer:
             extras["gold"] = gold
         return self.rewards_from_logits(logits, ref), extras
 
-    def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """The batch with its rewards ([B]) and extras filled (see `rewards`)."""
-        rewards, extras = self.rewards(batch.prompt_index.tolist(), batch.response_texts)
+    def score(self, batch: RolloutBatch, eos_token_id: int | None = None) -> RolloutBatch:
+        """The batch with its rewards ([B]) and extras filled (see `rewards`); a response without EOS is scored
+        as truncated and loses missing_eos_penalty. `eos_token_id` defaults to the reward tokenizer's (the policy
+        generated with its own tokenizer; they are the same unless model.tokenizer says otherwise)."""
+        eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        finished = batch.finished(eos)  # [B] bool
+        rewards, extras = self.rewards(batch.prompt_index.tolist(), batch.response_texts, finished.tolist())
+        rewards = rewards - self.missing_eos_penalty * (~finished).float()
         return batch.with_rewards(rewards, **extras)
 
 
@@ -152,4 +168,4 @@ def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ..
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,
-                  reference_seed=cfg.seed)
+                  reference_seed=cfg.seed, missing_eos_penalty=cfg.rl.missing_eos_penalty)

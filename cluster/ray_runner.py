@@ -165,7 +165,7 @@ def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, s
           on_step: StepHook | None) -> dict[str, float]:
     """The learner loop: take step t's batch off the queue, update, publish weights, log, checkpoint."""
     steps, c = cfg.rl.steps, cfg.cluster
-    recorder = RLRecorder(cfg, start)
+    recorder = RLRecorder(cfg, start, learner, tokenizer)
     pipeline.publish(learner.policy_state(), learner.version)
     pipeline.start_at(start)
     metrics: dict[str, float] = {}

@@ -99,6 +99,11 @@ class SandboxConfig:
     on_topic_prob: float = opt(0.45, ge=0.0, le=1.0, help="chance that an SFT/pair response word is on topic")
     filler_prob: float = opt(0.25, ge=0.0, le=1.0, help="chance that it is a filler word; else another topic's")
     max_words: int = opt(6, ge=1)
+    heldout_templates: int = opt(1, ge=0, le=5, help="the last N of the 6 request templates never occur in "
+                                                     "training: their prompts are out-of-distribution held-out")
+    heldout_topics: int = opt(1, ge=0, le=7, help="the last N of the 8 topics never occur in training prompts")
+    num_ood_pairs: int = opt(400, ge=0, help="extra pairs whose prompts use a held-out template or topic "
+                                             "(validation only); 0 = no out-of-distribution split")
     gold_judge: bool = opt(True, help="score answers with the sandbox's programmatic judge (eval's gold row); "
                                       "false for a real chat model, whose answers the toy judge cannot read")
 
@@ -181,6 +186,9 @@ class RLConfig:
     baseline: str = opt("moving_average", choices=("moving_average", "ema"),
                         help="moving_average = the paper's mean of all earlier rewards; ema is a deviation")
     ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
+    baseline_start: str = opt("batch_mean", choices=("batch_mean", "zero"),
+                              help="baseline of the first batch, which has no earlier rewards: batch_mean = its "
+                                   "own mean (default, learner/baseline.py says why); zero = the empty average as 0")
     max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
     weight_decay: float = opt(0.0, ge=0.0)
     save_every: int = opt(50, ge=0, help="checkpoint every N steps; 0 = only at the end")
@@ -189,6 +197,12 @@ class RLConfig:
                                 help="distributional RM -> scalar reward: expected = E[score]; risk_averse = "
                                      "E - risk_lambda * std; win_prob_vs_ref = P(beats the SFT response), ties half")
     risk_lambda: float = opt(1.0, ge=0.0, help="lambda of the risk_averse reduction")
+    eval_every: int = opt(0, ge=0, help="every N steps the policy answers a fixed held-out subset, scored by the "
+                                        "reward model (and gold in the sandbox), logged under eval/; 0 = off")
+    eval_prompts: int = opt(64, ge=1, help="prompts of each held-out pool in that subset (the first N)")
+    missing_eos_penalty: float = opt(0.0, ge=0.0, help="subtracted from the reward of a response cut at "
+                                                       "generator.max_new_tokens (no EOS); 0 = off (the paper's "
+                                                       "reward; a truncated answer is still scored as unfinished)")
 
 
 @dataclass(frozen=True)

@@ -401,10 +401,13 @@ def encode_prompt(tokenizer, messages: Sequence[dict], max_prompt_tokens: int, o
 
 
 def encode_conversation_parts(tokenizer, messages: Sequence[dict], response: str, max_length: int,
-                              max_prompt_tokens: int, overlong: str,
-                              stats: DataStats) -> tuple[list[int], list[int]] | None:
+                              max_prompt_tokens: int, overlong: str, stats: DataStats,
+                              finished: bool = True) -> tuple[list[int], list[int]] | None:
     """encode_conversation, with the prompt and response ids returned apart: (prompt_ids, response_ids)."""
-    p_text, full_text = prompt_text(tokenizer, messages), conversation_text(tokenizer, messages, response)
+    p_text = prompt_text(tokenizer, messages)
+    # a finished answer is rendered by the chat template (end-of-turn tokens appended); a truncated one is the
+    # prompt (ending with the generation header) followed by the text the policy produced, and nothing else
+    full_text = conversation_text(tokenizer, messages, response) if finished else p_text + response
     if not full_text.startswith(p_text):
         raise ValueError("the chat template renders the prompt differently with and without the response; "
                          "prompt and response tokens cannot be separated")
@@ -425,8 +428,12 @@ def encode_conversation_parts(tokenizer, messages: Sequence[dict], response: str
 
 
 def encode_conversation(tokenizer, messages: Sequence[dict], response: str, max_length: int,
-                        max_prompt_tokens: int, overlong: str, stats: DataStats) -> list[int] | None:
+                        max_prompt_tokens: int, overlong: str, stats: DataStats,
+                        finished: bool = True) -> list[int] | None:
     """Token ids of conversation_text: the prompt part (as in encode_prompt) followed by the response part.
+
+    `finished=False` (a response cut at max_new_tokens) leaves out the template's end-of-turn tokens, so a
+    reward model reads the answer as unfinished rather than as a complete turn.
 
     The response part is what follows the prompt tokens in the tokenised conversation (encoded separately
     only if BPE merges across the boundary, counted in stats.boundary_split). The response end is never cut:
@@ -436,5 +443,5 @@ def encode_conversation(tokenizer, messages: Sequence[dict], response: str, max_
     (stats.dropped_overlong).
     """
     parts = encode_conversation_parts(tokenizer, messages, response, max_length, max_prompt_tokens,
-                                      overlong, stats)
+                                      overlong, stats, finished)
     return None if parts is None else parts[0] + parts[1]

@@ -3,8 +3,12 @@ copy of every scalar, both under the run directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -70,3 +74,27 @@ def record_stage_time(run_dir: str | Path, stage: str, seconds: float) -> None:
     times = json.loads(path.read_text()) if path.is_file() else {}
     times[stage] = round(seconds, 2)
     path.write_text(json.dumps(times, indent=2))
+
+
+def machine_info() -> dict:
+    """What moves a run's trajectory between machines: CPU model, core count, GPU, platform, library versions."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return {"cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "blas": torch.backends.mkl.is_available() and "mkl" or "openblas/other"}
+
+
+def record_invocation(out_dir: str | Path, argv: list[str]) -> None:
+    """The command and machine of a run or experiment, in <out_dir>/invocation.json (quoted by the report)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    info = {"command": " ".join(shlex.quote(a) for a in ["python", "launch.py", *argv]), "machine": machine_info(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    (Path(out_dir) / "invocation.json").write_text(json.dumps(info, indent=2))

@@ -50,6 +50,10 @@ class RolloutBatch:
     def response_lengths(self) -> torch.Tensor:  # [B]
         return self.response_mask.sum(-1)
 
+    def finished(self, eos_token_id: int) -> torch.Tensor:  # [B] bool
+        """Which responses ended with EOS; the others were cut at max_new_tokens (truncated, not finished)."""
+        return (self.response_ids == eos_token_id).logical_and(self.response_mask.bool()).any(-1)
+
     def input_ids(self) -> torch.Tensor:  # [B, P+R]
         return torch.cat([self.prompt_ids, self.response_ids], dim=1)
 
@@ -103,7 +107,7 @@ def rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_
 
 def eos_rate(batch: RolloutBatch, eos_token_id: int) -> float:
     """Share of responses that ended with EOS within max_new_tokens."""
-    return float((batch.response_ids == eos_token_id).logical_and(batch.response_mask.bool()).any(-1).float().mean())
+    return float(batch.finished(eos_token_id).float().mean())
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

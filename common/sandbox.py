@@ -7,6 +7,13 @@ other topics' words: the SFT policy is mediocre on purpose. Fillers are bad what
 feature for a small reward model; topic match depends on the prompt and is harder to learn, so the reward
 model is an imperfect proxy of the gold judge, as real ones are.
 Files are written in the esfrankel17/HelpSteer2_binarized schema and loaded through the normal data path.
+
+Two kinds of held-out prompts. In-distribution: new names on (template, topic) requests that training also
+asks (the usual by-prompt split). Out-of-distribution: requests with a template (`sandbox.heldout_templates`, the
+last N of TEMPLATES) or a topic (`sandbox.heldout_topics`, the last N of TOPICS) that no training prompt uses;
+they come from `num_ood_pairs` extra pairs and only ever go to validation (common/splits.py). A held-out
+topic's words still occur in training answers as other topics' words, as every topic's do, so on a new topic
+a reward model must apply "on topic" to words it has only seen off topic: a real test of generalisation.
 """
 
 from __future__ import annotations
@@ -73,9 +80,44 @@ def rating(score: float, max_words: int) -> float:
     return round(min(4.0, max(0.0, 2.0 + 2.0 * score / max_words)), 3)
 
 
-def sample_prompt(rng: random.Random) -> str:
-    topic = rng.choice(list(TOPICS))
-    return f"Hi, I am {rng.choice(NAMES)}. " + rng.choice(TEMPLATES).format(topic=topic)
+def heldout(cfg: SandboxConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The held-out (out-of-distribution) templates and topics: the last N of each."""
+    topics = tuple(TOPICS)
+    return (TEMPLATES[len(TEMPLATES) - cfg.heldout_templates:] if cfg.heldout_templates else (),
+            topics[len(topics) - cfg.heldout_topics:] if cfg.heldout_topics else ())
+
+
+def template_of(prompt: str) -> str:
+    """The request template a sandbox prompt was written from."""
+    request = prompt.split(". ", 1)[-1]
+    for template in TEMPLATES:
+        if re.fullmatch(re.escape(template).replace(re.escape("{topic}"), r"\w+"), request):
+            return template
+    raise ValueError(f"sandbox prompt matches no template: {prompt!r}")
+
+
+def ood_kind(prompt: str, cfg: SandboxConfig) -> str:
+    """'' for an in-distribution prompt; 'new_topic' (a held-out topic, any template) or 'new_template' (a
+    held-out template on a training topic) for an out-of-distribution one."""
+    templates, topics = heldout(cfg)
+    if topic_of(prompt) in topics:
+        return "new_topic"
+    return "new_template" if template_of(prompt) in templates else ""
+
+
+def sample_prompt(rng: random.Random, requests: list[tuple[str, str]] | None = None) -> str:
+    """A prompt from any (template, topic), or from `requests` when given."""
+    if requests is None:
+        topic, template = rng.choice(list(TOPICS)), None
+    else:
+        template, topic = rng.choice(requests)
+    return f"Hi, I am {rng.choice(NAMES)}. " + (template or rng.choice(TEMPLATES)).format(topic=topic)
+
+
+def requests(cfg: SandboxConfig, ood: bool) -> list[tuple[str, str]]:
+    """The (template, topic) requests of training (ood=False) or of the out-of-distribution held-out set."""
+    templates, topics = heldout(cfg)
+    return [(t, k) for t in TEMPLATES for k in TOPICS if (t in templates or k in topics) == ood]
 
 
 def sample_response(prompt: str, rng: random.Random, cfg: SandboxConfig) -> str:
@@ -110,14 +152,20 @@ def make_pair_row(prompt: str, rng: random.Random, cfg: SandboxConfig) -> dict:
 
 
 def write_sandbox_data(out_dir: str | Path, cfg: SandboxConfig, seed: int) -> Path:
-    """Write <out_dir>/average_rating_split.jsonl (preference pairs). Deterministic for a seed."""
+    """Write <out_dir>/average_rating_split.jsonl: num_pairs pairs on training requests, then num_ood_pairs on
+    held-out templates and topics. Deterministic for a seed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     path = out_dir / "average_rating_split.jsonl"
+    train_requests = None if not any(heldout(cfg)) else requests(cfg, ood=False)
+    ood_requests = requests(cfg, ood=True)
+    if cfg.num_ood_pairs and not ood_requests:
+        raise ValueError("sandbox.num_ood_pairs > 0 needs sandbox.heldout_templates or sandbox.heldout_topics > 0")
     with path.open("w") as f:
-        for _ in range(cfg.num_pairs):
-            f.write(json.dumps(make_pair_row(sample_prompt(rng), rng, cfg)) + "\n")
+        for k in range(cfg.num_pairs + cfg.num_ood_pairs):
+            prompt = sample_prompt(rng, train_requests if k < cfg.num_pairs else ood_requests)
+            f.write(json.dumps(make_pair_row(prompt, rng, cfg)) + "\n")
     return path
 
 

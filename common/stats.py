@@ -85,3 +85,20 @@ def seed_summary(values, confidence: float = 0.95, bounds: tuple[float, float] |
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return {"n": n, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "values": v.tolist()}
+
+
+def overoptimisation(steps, proxy, gold, gold_se, z: float = 2.0) -> dict:
+    """Flag a run whose proxy (reward-model) reward kept rising while its gold reward fell, from held-out probes
+    taken during training (the same prompts each time).
+
+    Flagged when gold peaked before the last probe, fell from that peak by more than z combined standard errors
+    (z * sqrt(se_peak^2 + se_last^2): more than probe noise), and the proxy at the last probe is above the proxy
+    at gold's peak: training went on buying reward-model reward at the price of the true reward.
+    """
+    steps, proxy, gold, se = (np.asarray(x, dtype=np.float64) for x in (steps, proxy, gold, gold_se))
+    peak, last = int(np.argmax(gold)), len(gold) - 1
+    threshold = z * math.sqrt(se[peak] ** 2 + se[last] ** 2)
+    drop, rise = float(gold[peak] - gold[last]), float(proxy[last] - proxy[peak])
+    return {"flagged": bool(peak < last and drop > threshold and rise > 0), "peak_step": int(steps[peak]),
+            "peak_gold": float(gold[peak]), "last_step": int(steps[last]), "last_gold": float(gold[last]),
+            "gold_drop": drop, "drop_threshold": threshold, "proxy_rise_after_peak": rise}

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-PLANS = ("level2",)  # named plans for `launch.py --plan NAME`
+PLANS = ("results", "tune", "level2", "level2_kl")  # named plans for `launch.py --plan NAME`
 
 
 def plan_variants(name: str):
     """The variants and the reference variant of a named plan."""
+    if name in ("results", "tune"):
+        from experiments import demo
+        return (demo.RESULTS if name == "results" else demo.TUNE), None
     if name == "level2":
         from experiments import level2
         return level2.VARIANTS, level2.REFERENCE
+    if name == "level2_kl":
+        from experiments import level2_kl
+        return level2_kl.VARIANTS, level2_kl.REFERENCE
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLANS)}")

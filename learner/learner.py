@@ -68,7 +68,7 @@ class Learner:
                 policy.enable_input_require_grads()
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.baseline = make_baseline(cfg.baseline, cfg.ema_decay)
+        self.baseline = make_baseline(cfg.baseline, cfg.ema_decay, cfg.baseline_start)
         self.scaler: torch.amp.GradScaler | None = None  # created on the first step under fp16 autocast
         self.skips = SkipCounter("rl learner", "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, "
                                  "or run in float32/bfloat16 (model.dtype)")
@@ -99,7 +99,7 @@ class Learner:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
         scaler = self._loss_scaler()
-        baseline = self.baseline.value()  # earlier batches only
+        baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
         logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline, scaler)
         advantages = shaped - baseline  # [B]
         grad_norm = self._update(loss, scaler)

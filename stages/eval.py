@@ -1,10 +1,16 @@
 """`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward model (and, in
-the sandbox, the gold judge) scores both; paired differences get bootstrap confidence intervals."""
+the sandbox, the gold judge) scores both; paired differences get bootstrap confidence intervals.
+
+Two held-out pools, reported side by side: in-distribution (new prompts on requests training also asks; the
+top level of eval.json) and, in the sandbox, out-of-distribution (templates and topics training never asks;
+eval.json["ood"], same layout). A response cut at max_new_tokens is scored as truncated and counted
+(truncation_rate). The RL stage's held-out probe (stages/rl.py) calls the same functions on a fixed subset."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +19,14 @@ from tqdm.auto import tqdm
 
 from actors.generator import Generator
 from actors.scorer import Scorer, build_scorer
+from common import sandbox
 from common.config import Config
 from common.errors import PathNotFound
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
-from common.rollout import RolloutBatch, eos_rate
+from common.rollout import RolloutBatch
 from common.runtime import amp, prepare
 from common.splits import prompt_pool
-from common.stats import paired_comparison
+from common.stats import overoptimisation, paired_comparison
 from learner import distributional as dist
 from learner import losses
 from learner.learner import response_token_logprobs
@@ -36,29 +43,38 @@ def sample_answers(generator: Generator, n: int, batch_size: int, seed: int, cfg
     return batches
 
 
+TokenLogprobs = Callable[[RolloutBatch], torch.Tensor]  # batch -> [B, R] log pi(y_t | x, y_<t)
+
+
 @torch.no_grad()
-def sequence_kl(policy, reference, batches: list[RolloutBatch], cfg: Config, device: torch.device) -> np.ndarray:
-    """log pi(y|x) - log pi_ref(y|x) on the policy's own samples: [N], its mean estimates KL(pi || pi_ref)."""
+def sequence_kl(policy, reference: torch.nn.Module | TokenLogprobs, batches: list[RolloutBatch], cfg: Config,
+                device: torch.device) -> np.ndarray:
+    """log pi(y|x) - log pi_ref(y|x) on the policy's own samples: [N], its mean estimates KL(pi || pi_ref).
+    `reference` is a model or a function giving the reference's token log-probs (the learner's, with LoRA)."""
+    ref_fn = reference if not isinstance(reference, torch.nn.Module) else (
+        lambda b: response_token_logprobs(reference, b))
     out = []
     for b in batches:
         b = b.to(device)
         mask = b.response_mask.float()
         with amp(cfg, device):
             lp = losses.sequence_logprobs(response_token_logprobs(policy, b), mask)
-            ref = losses.sequence_logprobs(response_token_logprobs(reference, b), mask)
+            ref = losses.sequence_logprobs(ref_fn(b), mask)
         out.append((lp - ref).float().cpu())
     return torch.cat(out).numpy()
 
 
 def describe(batches: list[RolloutBatch], scorer: Scorer, eos_id: int) -> dict:
-    """Per-prompt arrays for one policy: reward-head outputs, gold (sandbox), lengths, EOS, texts."""
+    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated), gold
+    (sandbox), lengths, EOS rate, texts."""
     idx = [i for b in batches for i in b.prompt_index.tolist()]
     texts = [t for b in batches for t in b.response_texts]
+    finished = torch.cat([b.finished(eos_id) for b in batches])  # [N] bool
     gold = scorer.gold(idx, texts)
-    return {"logits": scorer.head_logits(idx, texts), "gold": None if gold is None else gold.numpy(),
+    return {"logits": scorer.head_logits(idx, texts, finished.tolist()),
+            "gold": None if gold is None else gold.numpy(),
             "length": torch.cat([b.response_lengths for b in batches]).float().numpy(),
-            "eos": np.array([eos_rate(b, eos_id) * b.batch_size for b in batches]).sum() / len(texts),
-            "texts": texts}
+            "eos": float(finished.float().mean()), "texts": texts}
 
 
 def add_rm_scores(d: dict, scorer: Scorer) -> None:
@@ -78,29 +94,89 @@ def add_rm_scores(d: dict, scorer: Scorer) -> None:
             v.update({k: x.numpy() for k, x in dist.distribution_stats(dist.score_logprobs(v["logits"])).items()})
 
 
+class HeldoutPool:
+    """One held-out prompt pool ("val": in-distribution, "ood": out-of-distribution) with its scorer; the first
+    `n` prompts are the ones evaluated (eval.num_prompts, or the RL probe's rl.eval_prompts)."""
+
+    def __init__(self, cfg: Config, tokenizer, device: torch.device, split: str, n: int, stage: str) -> None:
+        self.cfg, self.tokenizer, self.device, self.split = cfg, tokenizer, device, split
+        self.prompts, self.prompt_tokens = prompt_pool(cfg, tokenizer, split, stage)
+        self.n = min(len(self.prompts), n or len(self.prompts))
+        # win_prob_vs_ref is measured against the SFT answers (add_rm_scores), so no reference sampler here
+        self.scorer = build_scorer(cfg, device, self.prompts, self.prompt_tokens, tokenizer) if self.n else None
+
+    def answers(self, model: torch.nn.Module) -> list[RolloutBatch]:
+        """The model's answers to prompts 0..n-1, sampled with eval.seed whatever the model."""
+        gen = Generator(model, self.tokenizer, self.cfg.generator, self.prompt_tokens, self.device)
+        return sample_answers(gen, self.n, self.cfg.eval.batch_size, self.cfg.eval.seed, self.cfg, self.device)
+
+    def describe(self, batches: list[RolloutBatch]) -> dict:
+        return describe(batches, self.scorer, self.tokenizer.eos_token_id)
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        return [self.prompts[i][-1]["content"] for i in range(self.n)]
+
+
+def compare_on_pool(pool: HeldoutPool, sft: dict, trained: torch.nn.Module,
+                    reference: torch.nn.Module | TokenLogprobs) -> tuple[dict, np.ndarray]:
+    """The trained policy's answers described beside the SFT policy's (`sft`: pool.describe of its answers), the
+    reward-model figures of both, and the per-prompt KL of the trained policy to the reference."""
+    batches = pool.answers(trained)
+    d = {"sft": dict(sft), "trained": pool.describe(batches)}
+    add_rm_scores(d, pool.scorer)
+    return d, sequence_kl(trained, reference, batches, pool.cfg, pool.device)
+
+
 def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     device = prepare(cfg)
     sft_path, trained_path = sft_policy_path(cfg), policy_path or str(Path(cfg.run_dir) / "policy")
     if not (Path(trained_path) / "config.json").is_file():
         raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(cfg, sft_path)
-    prompts, prompt_tokens = prompt_pool(cfg, tokenizer, "val", "eval")
-    n = min(len(prompts), cfg.eval.num_prompts or len(prompts))
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     trained = load_causal_lm(trained_path, device, torch.float32).eval()
-    scorer = build_scorer(cfg, device, prompts, prompt_tokens, tokenizer)  # win_prob_vs_ref: vs the SFT answers
-
-    answers = {}
-    for name, model in (("sft", sft), ("trained", trained)):
-        gen = Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
-        answers[name] = sample_answers(gen, n, cfg.eval.batch_size, cfg.eval.seed, cfg, device)
-    d = {name: describe(b, scorer, tokenizer.eos_token_id) for name, b in answers.items()}
-    add_rm_scores(d, scorer)
-    kl = sequence_kl(trained, sft, answers["trained"], cfg, device)
-    result = summarize(d, kl, cfg, [prompts[i][-1]["content"] for i in range(n)])
+    result: dict = {}
+    for split, stage in (("val", "eval"), ("ood", "eval_ood")):
+        pool = HeldoutPool(cfg, tokenizer, device, split, cfg.eval.num_prompts, stage)
+        if not pool.n:
+            continue
+        d, kl = compare_on_pool(pool, pool.describe(pool.answers(sft)), trained, sft)
+        summary = summarize(d, kl, cfg, pool.prompt_texts)
+        if split == "val":
+            result = summary
+        else:  # the out-of-distribution pool: same layout, with each prompt's kind (new_topic / new_template)
+            summary["kinds"] = [sandbox.ood_kind(p, cfg.sandbox) for p in pool.prompt_texts]
+            result["ood"] = summary
     Path(cfg.run_dir, "eval.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
+    if "ood" in result:
+        print("\nout-of-distribution (templates and topics never asked in training):\n" + format_table(result["ood"]))
     return result
+
+
+def probe_metrics(d: dict, kl: np.ndarray, prefix: str) -> dict[str, float]:
+    """The RL probe's scalars from compare_on_pool's output: the trained policy's held-out RM reward and gold
+    (levels, gains over the SFT answers to the same prompts, standard errors), KL, length, truncation rate."""
+    t, s = d["trained"], d["sft"]
+    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+    out = {"reward": float(t["reward"].mean()), "reward_gain": float((t["reward"] - s["reward"]).mean()),
+           "reward_se": se(t["reward"]), "kl": float(kl.mean()), "length": float(t["length"].mean()),
+           "truncation_rate": 1.0 - float(t["eos"])}
+    if t["gold"] is not None:
+        out.update({"gold": float(t["gold"].mean()), "gold_gain": float((t["gold"] - s["gold"]).mean()),
+                    "gold_se": se(t["gold"])})
+    return {prefix + k: v for k, v in out.items()}
+
+
+def overoptimisation_check(rows: list[dict], prefix: str = "eval/") -> dict | None:
+    """The over-optimisation flag (common/stats.py) on a run's logged probe rows (metrics_rl.jsonl); None
+    without at least two probes with gold."""
+    rows = [r for r in rows if f"{prefix}gold" in r]
+    if len(rows) < 2:
+        return None
+    col = lambda k: [r[prefix + k] for r in rows]  # noqa: E731
+    return overoptimisation([r["step"] for r in rows], col("reward"), col("gold"), col("gold_se"))
 
 
 def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> dict:
@@ -113,7 +189,8 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
         comparisons[key] = paired_comparison(d["trained"][key], d["sft"][key], e.bootstrap_samples, e.confidence,
                                              e.seed)
     policies = {name: {"reward_mean": float(v["reward"].mean()), "length_mean": float(v["length"].mean()),
-                       "eos_rate": float(v["eos"]), **{f"{k}_mean": float(v[k].mean()) for k in extra}}
+                       "eos_rate": float(v["eos"]), "truncation_rate": 1.0 - float(v["eos"]),
+                       **{f"{k}_mean": float(v[k].mean()) for k in extra}}
                 for name, v in d.items()}
     policies["trained"]["kl_to_ref"] = float(kl.mean())
     policies["sft"]["kl_to_ref"] = 0.0
@@ -144,6 +221,7 @@ def format_table(result: dict) -> str:
         lines.append(f"{label:<14}{p['sft'][key]:>10.3f}{p['trained'][key]:>10.3f}{x['diff_mean']:>10.3f}   "
                      f"[{x['diff_ci_low']:>7.3f}, {x['diff_ci_high']:>7.3f}]   {x['win_rate']:.3f} "
                      f"[{x['win_rate_ci_low']:.3f}, {x['win_rate_ci_high']:.3f}]")
-    for label, key in (("KL to ref", "kl_to_ref"), ("length", "length_mean"), ("EOS rate", "eos_rate")):
+    for label, key in (("KL to ref", "kl_to_ref"), ("length", "length_mean"), ("EOS rate", "eos_rate"),
+                       ("truncated", "truncation_rate")):
         lines.append(f"{label:<14}{p['sft'][key]:>10.3f}{p['trained'][key]:>10.3f}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 
 CURVES = (("rollout/reward", "reward-model reward"), ("rollout/kl", "KL to reference (log-ratio)"),
           ("baseline/value", "baseline (moving average)"), ("rollout/response_len", "response length (tokens)"),
-          ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"))
+          ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"),
+          ("rollout/truncation_rate", "truncated (no EOS) share"))
 STAGES = ("sft", "rm", "rl", "eval")
 
 
@@ -126,6 +127,31 @@ def gold_vs_rm(variants: dict[str, list], path: Path) -> Path | None:
     for ax in axes:
         ax.set_xlabel("RL step")
     axes[1].legend(fontsize=7, ncol=1 + len(variants) // 2)
+    return _save(fig, path)
+
+
+def probe_curves(variants: dict[str, list], path: Path) -> Path | None:
+    """The held-out probe during training (rl.eval_every): gain over SFT of the reward-model reward and of gold on
+    a fixed held-out subset, in-distribution (solid) and out-of-distribution (dashed); colour = variant, one line
+    per seed. Over-optimisation shows as the RM gain still rising while the gold gain falls."""
+    keys = [k for k in ("reward_gain", "gold_gain")
+            if any(f"eval/{k}" in r for runs in variants.values() for run in runs for r in run.rl)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for i, (v, runs) in enumerate(variants.items()):
+            for j, run in enumerate(runs):
+                for prefix, ls in (("eval/", "-"), ("eval_ood/", "--")):
+                    x, y = _series(run, prefix + key)
+                    if len(x):
+                        ax.plot(x, y, color=f"C{i}", ls=ls, marker="o", ms=2.5, lw=1.0, alpha=0.5 + 0.5 / (1 + j),
+                                label=f"{v} seed {run.seed}" if prefix == "eval/" else None)
+        ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
+        ax.set_title(f"held-out {'reward-model reward' if key == 'reward_gain' else 'gold'} gain over SFT "
+                     "(solid ID, dashed OOD)", fontsize=9)
+        ax.set_xlabel("RL step")
+    axes.flat[0].legend(fontsize=7)
     return _save(fig, path)
 
 

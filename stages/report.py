@@ -18,7 +18,8 @@ import numpy as np
 import yaml
 
 from stages import plots
-from stages.report_compare import reward_models, versus_reference
+from stages.eval import overoptimisation_check
+from stages.report_compare import matched_kl, reward_models, versus_reference
 from common.config import flatten
 from common.errors import PathNotFound
 from common.metrics import read_log
@@ -88,9 +89,11 @@ def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, obje
 # ------------------------------------------------------------------------------------------------ numbers
 
 
-def aggregate(runs: list[RunData]) -> dict:
-    """Seed-level summaries of one variant's held-out results (runs without eval.json are left out)."""
-    ev = [r.eval for r in runs if r.eval]
+def aggregate(runs: list[RunData], pool: str | None = None) -> dict:
+    """Seed-level summaries of one variant's held-out results (runs without eval.json are left out); `pool`
+    "ood" summarises the out-of-distribution pool (eval.json["ood"]) instead of the in-distribution one."""
+    ev = [r.eval if pool is None else r.eval.get(pool) for r in runs if r.eval]
+    ev = [e for e in ev if e]
     if not ev:
         return {}
     conf = ev[0]["confidence"]
@@ -109,6 +112,15 @@ def aggregate(runs: list[RunData]) -> dict:
     ranges = {"kl_to_ref": (0.0, np.inf), "length_mean": (0.0, np.inf), "eos_rate": (0.0, 1.0)}  # true ranges
     for key, rng in ranges.items():
         out[key] = {name: seed_summary(pol(name, key), conf, bounds=rng) for name in ("sft", "trained")}
+    out["truncation_rate"] = {name: seed_summary([1.0 - x for x in pol(name, "eos_rate")], conf, bounds=(0.0, 1.0))
+                              for name in ("sft", "trained")}
+    if "kinds" in ev[0] and "gold" in out:  # out-of-distribution pool: the gold gain per kind of novelty
+        for kind in sorted(set(ev[0]["kinds"])):
+            gains = []
+            for e in ev:
+                pp, sel = e["per_prompt"], np.array(e["kinds"]) == kind
+                gains.append(float(np.mean(np.array(pp["trained"]["gold"])[sel] - np.array(pp["sft"]["gold"])[sel])))
+            out[f"gold_diff_{kind}"] = seed_summary(gains, conf)
     return out
 
 
@@ -147,7 +159,7 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
     has_gold = any("gold" in a for a in aggs.values())
     head = ["variant", "seeds", "RM reward SFT", "RM reward trained", "diff vs SFT [CI]", "win rate [CI]"]
     head += ["gold SFT", "gold trained", "gold diff [CI]", "gold win rate [CI]"] if has_gold else []
-    head += ["KL to SFT", "length SFT -> trained", "EOS rate SFT -> trained"]
+    head += ["KL to SFT", "length SFT -> trained", "truncated SFT -> trained"]
     rows = []
     for v, a in aggs.items():
         if not a:
@@ -158,10 +170,72 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
             g = a.get("gold")
             row += [ci(g["sft"]), ci(g["trained"]), ci(g["diff"]), ci(g["win_rate"])] if g else ["n/a"] * 4
         row += [ci(a["kl_to_ref"]["trained"]), f"{f3(a['length_mean']['sft']['mean'])} -> "
-                f"{f3(a['length_mean']['trained']['mean'])}", f"{f3(a['eos_rate']['sft']['mean'])} -> "
-                f"{f3(a['eos_rate']['trained']['mean'])}"]
+                f"{f3(a['length_mean']['trained']['mean'])}", f"{f3(a['truncation_rate']['sft']['mean'])} -> "
+                f"{f3(a['truncation_rate']['trained']['mean'])}"]
         rows.append(row)
     return _table(head, rows)
+
+
+def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict]) -> list[str]:
+    """In-distribution and out-of-distribution held-out gains side by side (mean over seeds [t-CI])."""
+    rows, kinds = [], sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
+    for v, a in aggs.items():
+        o = aggs_ood.get(v) or {}
+        if not a or not o:
+            continue
+        cell = lambda agg, metric, key="diff": ci(agg[metric][key]) if metric in agg else "n/a"  # noqa: E731
+        rows.append([v, str(a["seeds"]), cell(a, "reward"), cell(o, "reward"), cell(a, "gold"), cell(o, "gold"),
+                     *[ci(o[f"gold_diff_{k}"]) if f"gold_diff_{k}" in o else "n/a" for k in kinds],
+                     cell(a, "gold", "win_rate"), cell(o, "gold", "win_rate"), ci(a["kl_to_ref"]["trained"]),
+                     ci(o["kl_to_ref"]["trained"])])
+    if not rows:
+        return []
+    head = ["variant", "seeds", "RM diff ID", "RM diff OOD", "gold diff ID", "gold diff OOD",
+            *[f"gold diff OOD {k}" for k in kinds], "gold win ID", "gold win OOD", "KL ID", "KL OOD"]
+    n_id, n_ood = next(iter(aggs.values()))["num_prompts"], next(iter(aggs_ood.values()))["num_prompts"]
+    return ["## In-distribution vs out-of-distribution held-out", "",
+            f"ID: {n_id} held-out prompts with new names on requests (template, topic) that training also asks. "
+            f"OOD: {n_ood} prompts whose template or topic no training prompt uses (new_template: a held-out "
+            "template on a training topic; new_topic: a held-out topic). A gain that holds only in ID is "
+            "memorised phrasing, not a learned behaviour.", ""] + _table(head, rows) + [""]
+
+
+def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
+    """Over-optimisation measured during training: per run, the held-out probe's gold peak, its last value and
+    the flag of common/stats.overoptimisation (RM reward still rising while gold fell beyond probe noise)."""
+    rows = []
+    for v, runs in variants.items():
+        for r in runs:
+            for prefix, pool in (("eval/", "ID"), ("eval_ood/", "OOD")):
+                c = overoptimisation_check(r.rl, prefix)
+                if c is not None:
+                    rows.append([v, str(r.seed), pool, f"{c['peak_step']} ({f3(c['peak_gold'])})",
+                                 f"{c['last_step']} ({f3(c['last_gold'])})", f3(c["gold_drop"]),
+                                 f3(c["drop_threshold"]), f3(c["proxy_rise_after_peak"]),
+                                 "**over-optimised**" if c["flagged"] else "no"])
+    if not rows:
+        return []
+    flagged = sum(r[-1] != "no" for r in rows)
+    return (["## Over-optimisation during training (held-out probe)", "",
+            "Every `rl.eval_every` steps the policy answered a fixed held-out subset (same prompts, same sampling "
+            "seed each time), scored by the reward model and the gold judge (curves `eval/` in the training "
+            "figures). A run is flagged when gold peaked before the end, fell from the peak by more than two "
+            "combined standard errors, and the reward-model reward at the end is above its value at gold's peak. "
+            f"Flagged: {flagged} of {len(rows)} (run, pool) pairs.", ""]
+            + _table(["variant", "seed", "pool", "gold peak: step (gold)", "last: step (gold)", "gold drop",
+                      "drop threshold", "RM rise after peak", "flag"], rows) + [""])
+
+
+def provenance(paths) -> list[str]:
+    """The command and machine that produced the runs (invocation.json of the experiment or run directory)."""
+    inv = _json(Path(paths[0]) / "invocation.json")
+    if not inv:
+        return []
+    m = inv["machine"]
+    return [f"Produced by `{inv['command']}` on {m['cpu']} ({m['cpus']} logical CPUs"
+            + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"), {m['platform']}, Python {m['python']}, "
+            f"torch {m['torch']}, started {inv['started']}. Figures move with the machine (CPU, BLAS build): "
+            "quote the across-seed intervals, not one seed's value.", ""]
 
 
 def per_seed_table(variants: dict[str, list[RunData]]) -> list[str]:
@@ -230,9 +304,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     variants = group(runs)
     aggs = {v: aggregate(rs) for v, rs in variants.items()}
+    aggs_ood = {v: aggregate(rs, "ood") for v, rs in variants.items()}
     figures = figures_for(variants, out)
     reference = (_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
-    text = render(paths, runs, variants, aggs, figures, reference)
+    text = render(paths, runs, variants, aggs, figures, reference, aggs_ood)
     (out / "report.md").write_text(text)
     return out / "report.md"
 
@@ -244,11 +319,13 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
         figs[f"heldout:{v}"] = plots.heldout_distribution(runs, v, out / f"heldout_{i}.png")
     figs["frontier"] = plots.kl_reward_frontier(variants, out / "kl_reward_frontier.png")
     figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
+    figs["probe"] = plots.probe_curves(variants, out / "heldout_probe.png")
     figs["throughput"] = plots.throughput(variants, out / "throughput.png")
     return figs
 
 
-def render(paths, runs, variants, aggs, figures, reference: str | None = None) -> str:
+def render(paths, runs, variants, aggs, figures, reference: str | None = None,
+           aggs_ood: dict[str, dict] | None = None) -> str:
     img = lambda key, alt: [f"![{alt}]({figures[key].name})", ""] if figures.get(key) else []  # noqa: E731
     first = next((a for a in aggs.values() if a), {})
     pct = int(round(100 * first.get("confidence", 0.95)))
@@ -262,7 +339,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None) -
              f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
              f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {kl}, temperature "
              f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
-             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""]
+             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""] + provenance(paths)
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
                                                      for v, d in diffs.items()), ""]
@@ -281,8 +358,10 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None) -
                   "not the levels. The gold reward (sandbox) is one fixed scale. KL is the mean of "
                   "log pi(y|x) - log pi_ref(y|x) on the trained policy's own held-out samples (nats per response).",
                   ""]
+        lines += id_vs_ood_table(aggs, aggs_ood or {})
         if reference in variants:
             lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
+            lines += matched_kl(variants, reference, "gold" if "gold" in first else "reward")
         lines += ["## Per seed", ""] + per_seed_table(variants) + [""]
         lines += reward_models(variants)
         lines += ["## Held-out reward distributions", ""]
@@ -294,6 +373,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None) -
     lines += ["## Training curves", ""]
     for v in variants:
         lines += img(f"training:{v}", f"training curves {v}")
+    lines += img("probe", "held-out probe during training") + probe_section(variants)
     if figures.get("gold_vs_rm"):
         lines += ["## Gold vs reward-model reward during training", "",
                   "If the reward model's reward keeps rising while the gold reward stalls or falls, the policy is "

@@ -88,3 +88,58 @@ def reliability(variants: dict[str, list]) -> list[str]:
                                            if k in m and m[k][0] else "-" for m in merged.values()] for k in bins]
     return (["Reliability of P(first response preferred), seeds pooled, each pair in both orders "
              "(predicted -> observed, count):", ""] + _table(["bin", *merged], rows) + [""])
+
+
+def kl_frontier(points: list[tuple[float, float]], kl: float) -> float:
+    """Gold (or reward) at held-out KL `kl` on one family's frontier: linear interpolation between the two runs
+    whose KLs bracket it, the points taken in order of KL; nan outside the measured KL range (no extrapolation)."""
+    pts = sorted(points)
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if len(xs) < 2 or not xs[0] <= kl <= xs[-1]:
+        return float("nan")
+    return float(np.interp(kl, xs, ys))
+
+
+def families(variants: dict[str, list]) -> dict[str, dict[float, list]]:
+    """Variants that differ only in rl.kl_coef, grouped: family name (the variant name up to '@') -> kl_coef ->
+    runs. Names come from experiments/level2_kl.py (`scalar@kl_coef=0.05`)."""
+    out: dict[str, dict[float, list]] = {}
+    for v, runs in variants.items():
+        if "@" in v and runs:
+            out.setdefault(v.split("@")[0], {})[float(runs[0].config["rl"]["kl_coef"])] = runs
+    return {f: k for f, k in out.items() if len(k) >= 2}
+
+
+def matched_kl(variants: dict[str, list], reference: str, metric: str, n_targets: int = 3) -> list[str]:
+    """Each family's held-out `metric` gain over SFT at matched KL: per seed, the family's (KL, gain) points over
+    its kl_coef values are interpolated (kl_frontier) at target KLs inside every family's and seed's range;
+    then mean [t-CI] over seeds, and the difference to the reference family per seed."""
+    fams = families(variants)
+    ref_family = reference.split("@")[0]
+    if len(fams) < 2 or ref_family not in fams:
+        return []
+    seeds = sorted(set.intersection(*[{r.seed for runs in k.values() for r in runs if r.eval} for k in fams.values()]))
+    pts = {f: {s: [(r.eval["policies"]["trained"]["kl_to_ref"], r.eval["comparisons"][metric]["diff_mean"])
+                   for runs in k.values() for r in runs if r.seed == s and r.eval] for s in seeds}
+           for f, k in fams.items()}
+    ranges = [(min(p[0] for p in ps), max(p[0] for p in ps)) for f in pts.values() for ps in f.values() if ps]
+    if not seeds or not ranges:
+        return []
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    if lo >= hi:
+        return ["## At matched KL", "", f"No KL range is covered by every family and seed (overlap [{lo:.3f}, "
+                f"{hi:.3f}] is empty): widen the kl_coef sweep.", ""]
+    targets = np.linspace(lo, hi, n_targets + 2)[1:-1]
+    rows = []
+    for kl in targets:
+        ref = {s: kl_frontier(pts[ref_family][s], kl) for s in seeds}
+        for f in fams:
+            gains = [kl_frontier(pts[f][s], kl) for s in seeds]
+            diff = "" if f == ref_family else _f(seed_summary([g - ref[s] for g, s in zip(gains, seeds)]))
+            rows.append([f"{kl:.3f}", f, _f(seed_summary(gains)), diff])
+    return ["## At matched KL", "",
+            f"Held-out {metric} gain over SFT of each family read off its KL-{metric} frontier at the same held-out "
+            f"KL: per seed, the family's runs (one per kl_coef) are linearly interpolated between the two whose KL "
+            f"brackets the target; targets lie inside the KL range every family and seed covers ([{lo:.3f}, "
+            f"{hi:.3f}] nats), so nothing is extrapolated. Mean over {len(seeds)} seeds [95% t-interval].", ""] + \
+        _table(["KL target", "family", f"{metric} gain at that KL", f"minus `{ref_family}` (per seed, t-CI)"], rows) + [""]

@@ -8,8 +8,10 @@ collected batch with the same `learn`, records with the same `RLRecorder` and en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,6 +28,7 @@ from common.runtime import amp, prepare
 from common.sampling import PromptSampler, generation_seed
 from common.splits import prompt_pool
 from learner.learner import Learner
+from stages.eval import HeldoutPool, compare_on_pool, overoptimisation_check, probe_metrics
 
 
 def build_prompts(cfg: Config) -> tuple[object, list[tuple[dict, ...]], list[list[int]]]:
@@ -68,7 +71,8 @@ def learn(cfg: Config, learner: Learner, batch: RolloutBatch, tokenizer) -> dict
     batch's rollout metrics."""
     with amp(cfg, learner.device):
         metrics = learner.step(batch)
-    metrics.update({"rollout/eos_rate": eos_rate(batch, tokenizer.eos_token_id), "sync/version": learner.version})
+    eos = eos_rate(batch, tokenizer.eos_token_id)  # truncated = cut at max_new_tokens, scored as unfinished
+    metrics.update({"rollout/eos_rate": eos, "rollout/truncation_rate": 1.0 - eos, "sync/version": learner.version})
     return metrics
 
 
@@ -98,18 +102,58 @@ def perf_metrics(batch: RolloutBatch, t_gen: float, t_score: float, t_learn: flo
             "perf/generate_tokens_per_s": tokens / max(t_gen, 1e-9)}
 
 
-class RLRecorder:
-    """TensorBoard / jsonl logging and periodic checkpoints after each learner step (both runners)."""
+@contextlib.contextmanager
+def reference_policy(learner: Learner) -> Iterator[torch.nn.Module]:
+    """The frozen SFT policy as a module: the reference, or with LoRA the policy with its adapters disabled."""
+    if learner.reference is not None:
+        yield learner.reference
+        return
+    with learner.policy.disable_adapter():
+        yield learner.policy
 
-    def __init__(self, cfg: Config, start: int) -> None:
+
+class HeldoutProbe:
+    """Over-optimisation measured during training (rl.eval_every): the policy answers a fixed held-out subset, the
+    first rl.eval_prompts prompts of each held-out pool with eval.seed, scored by the reward model and, in the
+    sandbox, the gold judge, with stages/eval.py's functions. Tags: eval/ (in-distribution) and eval_ood/
+    (out-of-distribution). The SFT answers are sampled once, from the reference. Sampling forks the RNG, so a
+    probe does not change the training run."""
+
+    def __init__(self, cfg: Config, learner: Learner, tokenizer) -> None:
+        self.learner = learner
+        pools = [(prefix, HeldoutPool(cfg, tokenizer, learner.device, split, cfg.rl.eval_prompts, stage))
+                 for split, prefix, stage in (("val", "eval/", "probe"), ("ood", "eval_ood/", "probe_ood"))]
+        self.pools = [(prefix, pool) for prefix, pool in pools if pool.n]
+        with reference_policy(learner) as sft:
+            self.sft = {prefix: pool.describe(pool.answers(sft)) for prefix, pool in self.pools}
+
+    def __call__(self) -> dict[str, float]:
+        t0, out = time.perf_counter(), {}
+        for prefix, pool in self.pools:
+            d, kl = compare_on_pool(pool, self.sft[prefix], self.learner.policy, self.learner.reference_logprobs)
+            out.update(probe_metrics(d, kl, prefix))
+        return {**out, "perf/probe_s": time.perf_counter() - t0}
+
+
+class RLRecorder:
+    """TensorBoard / jsonl logging, the held-out probe (when rl.eval_every > 0 and the learner is given) and
+    periodic checkpoints after each learner step (both runners)."""
+
+    def __init__(self, cfg: Config, start: int, learner: Learner | None = None, tokenizer=None) -> None:
         self.cfg, self.ckpt_dir = cfg, checkpoint_dir(cfg)
         self.logger = RunLogger(cfg.run_dir, "rl", resume_step=start)
         if start == 0:
             self.logger.hparams(cfg)
+        self.probe = HeldoutProbe(cfg, learner, tokenizer) if cfg.rl.eval_every and learner is not None else None
+        if self.probe is not None and start == 0:
+            self.logger.log(0, self.probe())  # step 0: the SFT policy itself
 
     def record(self, step: int, metrics: dict[str, float], learner: Learner) -> None:
         rl = self.cfg.rl
-        if (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
+        probe = self.probe is not None and ((step + 1) % rl.eval_every == 0 or step + 1 == rl.steps)
+        if probe:
+            metrics.update(self.probe())
+        if probe or (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
             self.logger.log(step + 1, metrics)
         if rl.save_every and (step + 1) % rl.save_every == 0:
             checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
@@ -147,7 +191,8 @@ def finish_rl(cfg: Config, learner: Learner, tokenizer, metrics: dict[str, float
     if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
         metrics = {k: v for k, v in json.loads(read_log(Path(cfg.run_dir) / "metrics_rl.jsonl")[-1]).items()
                    if k != "step"}
-    result = {"steps": cfg.rl.steps, "final": metrics, **extra}
+    rows = [json.loads(line) for line in read_log(Path(cfg.run_dir) / "metrics_rl.jsonl")]
+    result = {"steps": cfg.rl.steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     (Path(cfg.run_dir) / "rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -162,7 +207,7 @@ def run_rl_local(cfg: Config, resume: bool = False) -> dict:
     learner = Learner(policy, reference, cfg.rl, device)
     sampler = PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed)
     start = resume_learner(learner, resumed) if resumed else 0
-    recorder = RLRecorder(cfg, start)
+    recorder = RLRecorder(cfg, start, learner, tokenizer)
     metrics: dict[str, float] = {}
     for step in tqdm(range(start, cfg.rl.steps), initial=start, total=cfg.rl.steps, desc="rl"):
         metrics = local_step(cfg, generator, scorer, learner, sampler, tokenizer, step)

@@ -85,6 +85,7 @@ def run_rm(cfg: Config) -> dict:
     tokenizer = load_tokenizer(cfg, init)
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
+    ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
     report = write_data_report(cfg.run_dir, "rm", splits, stats)
     if not train or not val:
         raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
@@ -121,5 +122,7 @@ def run_rm(cfg: Config) -> dict:
     save_head(head, Path(cfg.run_dir) / "reward_model")
     result = {"head": head.kind, "num_bins": head.num_bins, "val": val_metrics, "val_before_training": before,
               "data": report}
+    if ood:  # the same metrics on pairs whose requests no training pair uses
+        result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
     (Path(cfg.run_dir) / "rm_metrics.json").write_text(json.dumps(result, indent=2))
     return result

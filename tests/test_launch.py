@@ -12,8 +12,9 @@ from common import checkpoint
 
 # The tiny demo, shrunk to seconds: fewer pairs, a smaller model, a few RL steps. One head of 32 keeps a head size
 # vLLM's CPU attention accepts, so the rl stage samples with vLLM where it is installed (generator.backend=auto).
-FAST = ["sandbox.num_pairs=240", "sandbox.num_sft_examples=256", "sft.epochs=1", "reward.epochs=1",
-        "model.tiny.hidden_size=32", "model.tiny.num_heads=1", "model.tiny.intermediate_size=64", "rl.batch_size=8",
+FAST = ["sandbox.num_pairs=240", "sandbox.num_ood_pairs=40", "sandbox.num_sft_examples=256", "sft.epochs=1",
+        "reward.epochs=1", "model.tiny.hidden_size=32", "model.tiny.num_heads=1", "model.tiny.intermediate_size=64",
+        "rl.batch_size=8",
         "generator.max_new_tokens=8", "eval.num_prompts=16", "eval.bootstrap_samples=200", "torch_threads=1"]
 
 
@@ -37,17 +38,20 @@ def test_all_stages_write_their_outputs(demo_run):
     assert 0.0 <= rm["val"]["accuracy"] <= 1.0 and rm["val"]["pairs"] > 0
     assert rm["data"]["train_prompts"] > 0 and rm["data"]["val_prompts"] > 0
     ev = json.loads((demo_run / "eval.json").read_text())
-    assert ev["num_prompts"] == 16
+    assert ev["num_prompts"] == 16 and ev["ood"]["num_prompts"] == 16  # in- and out-of-distribution held-out
+    assert set(ev["ood"]["kinds"]) <= {"new_topic", "new_template"} and "truncation_rate" in ev["policies"]["sft"]
+    assert "val_ood" in rm and (demo_run / "invocation.json").is_file()
     # the sandbox also reports the gold judge; both heads report P(beats the SFT answer)
     assert set(ev["comparisons"]) == {"reward", "gold", "win_prob_vs_sft"}
     gold = ev["comparisons"]["gold"]
     assert gold["diff_ci_low"] <= gold["diff_mean"] <= gold["diff_ci_high"]
     assert ev["policies"]["sft"]["kl_to_ref"] == 0.0
     steps = [json.loads(line)["step"] for line in (demo_run / "metrics_rl.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3, 4], "step 0 is the held-out probe of the SFT policy (rl.eval_every)"
     tags = set(json.loads((demo_run / "metrics_rl.jsonl").read_text().splitlines()[-1]))
-    for tag in ("rollout/reward", "rollout/kl", "rollout/gold", "rollout/eos_rate", "baseline/value",
-                "losses/policy", "perf/tokens_per_s", "sync/version"):
+    for tag in ("rollout/reward", "rollout/kl", "rollout/gold", "rollout/eos_rate", "rollout/truncation_rate",
+                "baseline/value", "losses/policy", "perf/tokens_per_s", "sync/version", "eval/reward", "eval/gold",
+                "eval_ood/gold", "eval/truncation_rate"):
         assert tag in tags, tag
     if importlib.util.find_spec("vllm"):  # generator.backend=auto sampled with vLLM, from the learner's weights
         assert tags >= {"perf/logprob_mismatch", "perf/sync_s"}
@@ -68,7 +72,7 @@ def test_resume_continues_exactly(demo_run, tmp_path):
     b = checkpoint.load(checkpoint.latest(demo_run / "checkpoints"))
     assert a["step"] == b["step"] == 6
     steps = [json.loads(line)["step"] for line in (demo_run / "metrics_rl.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6], "the resumed run's log continues the first one's"
+    assert steps == [0, 1, 2, 3, 4, 5, 6], "the resumed run's log continues the first one's"
     assert a["learner"]["baseline"] == b["learner"]["baseline"]
     for k, v in a["learner"]["policy"].items():
         assert torch.equal(v, b["learner"]["policy"][k]), k

@@ -61,7 +61,10 @@ def test_reference_never_changes_and_kl_starts_at_zero(policy, tokenizer, reward
     batch = gen.generate(list(range(8)), seed=0).with_rewards(torch.randn(8))
     first = learner.step(batch)
     assert first["rollout/kl"] == pytest.approx(0.0, abs=1e-5)
-    assert first["baseline/value"] == 0.0  # documented: the first batch uses b = 0
+    # documented (learner/baseline.py): the first batch is centred on its own mean (KL is 0 at step 1, so the
+    # shaped rewards are the rewards)
+    assert first["baseline/value"] == pytest.approx(float(batch.rewards.mean()), abs=1e-5)
+    assert first["baseline/advantage_mean"] == pytest.approx(0.0, abs=1e-5)
     for step in range(3):
         learner.step(gen.generate(list(range(8)), seed=step + 1).with_rewards(torch.randn(8)))
     assert learner.version == 4

@@ -76,7 +76,10 @@ def test_scoring_reductions_and_learner_step(dist_run, tokenizer, reduction):
         assert scorer.reference_texts == cached and torch.allclose(again.rewards, scored.rewards)
         # the policy is the reference here: its own reference answers must score exactly 1/2
         ref_texts = [cached[i] for i in range(4)]
-        own = scorer.rewards_from_logits(scorer.head_logits([0, 1, 2, 3], ref_texts),
+        ref_batch = scorer.reference_generator.generate([0, 1, 2, 3], cfg.seed * 1_000_003)  # the cached sample
+        assert ref_batch.response_texts == ref_texts
+        finished = ref_batch.finished(tokenizer.eos_token_id).tolist()  # cut answers are scored as cut, both times
+        own = scorer.rewards_from_logits(scorer.head_logits([0, 1, 2, 3], ref_texts, finished),
                                          scorer.reference_distributions([0, 1, 2, 3]))
         assert torch.allclose(own, torch.full_like(own, 0.5))
     metrics = Learner(policy, reference, cfg.rl, CPU).step(scored)

@@ -226,7 +226,8 @@ def read_metrics(run_dir):
 def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_instance, run_copy):
     """One generator, max_staleness 0, same seed: the same losses as local mode, step by step, although the
     generator's process is killed mid-run (Ray restarts it, it reloads the published weights and the retried
-    request samples the same batch) and the run is stopped after step 2 and continued with --resume."""
+    request samples the same batch) and the run is stopped after step 2 and continued with --resume. The Ray run
+    also probes held-out prompts (rl.eval_every) and the local one does not: the probe leaves training unchanged."""
     local_dir, ray_dir = run_copy("local"), run_copy("ray")
     run_rl_local(load_config(None, tiny_overrides(local_dir, steps=3)))
     pids = []
@@ -236,10 +237,13 @@ def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_
         if step == 0:
             os.kill(pids[0], signal.SIGKILL)
 
-    result = run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=2)), on_step=kill_generator)
+    probe = ["rl.eval_every=2", "rl.eval_prompts=4"]
+    result = run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=2) + probe), on_step=kill_generator)
     assert result["steps"] == 2 and len(pids) == 2 and pids[1] != pids[0], "generator 0 was restarted"
-    run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=3)), resume=True)
+    run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=3) + probe), resume=True)
     local, remote = read_metrics(local_dir), read_metrics(ray_dir)
+    assert [m["step"] for m in remote if "eval/gold" in m and "eval_ood/gold" in m] == [0, 2, 3]
+    remote = [m for m in remote if "losses/policy" in m]
     assert [m["step"] for m in remote] == [1, 2, 3]
     for a, b in zip(local, remote):
         for key in ("losses/policy", "rollout/reward", "rollout/kl", "rollout/logprob", "baseline/value"):

@@ -1,0 +1,165 @@
+"""Claims that hold on any machine: the out-of-distribution split, truncated answers, the over-optimisation
+flag and probe, matched-KL interpolation, and the plans behind the headline figures."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from actors.scorer import Scorer
+from common import data, sandbox
+from common.config import DataConfig, SandboxConfig, load_config
+from common.splits import load_splits
+from common.stats import overoptimisation
+from experiments import plan_variants
+from experiments.runner import plan
+from stages.eval import overoptimisation_check, probe_metrics
+from stages.report_compare import kl_frontier
+from tests.test_learner import CPU, make_generator, prompt_pool
+
+
+def request(prompt: str) -> tuple[str, str]:
+    return sandbox.template_of(prompt), sandbox.topic_of(prompt)
+
+
+def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", "sandbox.num_pairs=300",
+                                            "sandbox.num_ood_pairs=80"])
+    splits = load_splits(cfg)
+    text = lambda pairs: [p.prompt[-1]["content"] for p in pairs]  # noqa: E731
+    templates, topics = sandbox.heldout(cfg.sandbox)
+    assert templates == ("Write down {topic}.",) and topics == ("vegetables",)
+    train = {request(p) for p in text(splits.train)}
+    assert all(t not in templates and k not in topics for t, k in train), "no training prompt is out-of-distribution"
+    assert {request(p) for p in text(splits.val)} <= train, "in-distribution held-out asks what training asks"
+    ood = text(splits.ood)
+    assert len(splits.ood) == 80 and all(request(p) not in train for p in ood)
+    assert {sandbox.ood_kind(p, cfg.sandbox) for p in ood} == {"new_topic", "new_template"}
+    assert not set(text(splits.train)) & set(text(splits.val) + ood), "a prompt is never on both sides"
+    # no held-out requests configured: the old split (and the old data stream) comes back, with no OOD split
+    plain = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'plain'}", "sandbox.num_pairs=50",
+                                              "sandbox.num_ood_pairs=0", "sandbox.heldout_templates=0",
+                                              "sandbox.heldout_topics=0"])
+    assert load_splits(plain).ood == []
+    rng, old = random.Random(0), random.Random(0)
+    assert sandbox.sample_prompt(rng) == (lambda t: f"Hi, I am {old.choice(sandbox.NAMES)}. "
+                                          + old.choice(sandbox.TEMPLATES).format(topic=t))(old.choice(list(sandbox.TOPICS)))
+    with pytest.raises(ValueError, match="num_ood_pairs"):
+        sandbox.write_sandbox_data(tmp_path / "x", SandboxConfig(heldout_templates=0, heldout_topics=0), 0)
+
+
+def test_truncated_response_is_encoded_without_end_of_turn(tokenizer):
+    messages = ({"role": "user", "content": "Hi, I am Ada. List some fruits."},)
+    stats = data.DataStats()
+    done = data.encode_conversation(tokenizer, messages, "apple, pear", 96, 64, "truncate_left", stats)
+    cut = data.encode_conversation(tokenizer, messages, "apple, pear", 96, 64, "truncate_left", stats, finished=False)
+    prompt = data.encode_prompt(tokenizer, messages, 64, "truncate_left", stats)
+    assert cut[:len(prompt)] == prompt and done[:len(prompt)] == prompt
+    assert tokenizer.decode(cut[len(prompt):]) == "apple, pear", "a cut answer is the text and nothing after it"
+    assert tokenizer.decode(done[len(prompt):]).startswith("apple, pear<|im_end|>")
+
+
+def test_scorer_scores_truncated_answers_as_unfinished_and_penalises_them(policy, tokenizer, reward_model):
+    messages, _ = prompt_pool(tokenizer, 8)
+    gen = make_generator(policy, tokenizer, n=8, max_new_tokens=3)  # a random tiny policy: mostly cut answers
+    batch = gen.generate(list(range(8)), seed=0)
+    finished = batch.finished(tokenizer.eos_token_id)
+    assert not finished.all()
+    scorer = Scorer(reward_model, tokenizer, messages, DataConfig(max_length=96, max_prompt_tokens=64), CPU,
+                    missing_eos_penalty=0.5)
+    idx = batch.prompt_index.tolist()
+    as_cut = scorer.head_logits(idx, batch.response_texts, finished.tolist())[:, 0]
+    as_done = scorer.head_logits(idx, batch.response_texts)[:, 0]
+    assert not torch.allclose(as_cut[~finished], as_done[~finished]), "end-of-turn tokens change what the RM reads"
+    assert torch.allclose(as_cut[finished], as_done[finished])
+    scored = scorer.score(batch)
+    assert torch.allclose(scored.rewards, as_cut - 0.5 * (~finished).float(), atol=1e-6)
+
+
+def test_overoptimisation_flags_proxy_up_gold_down_beyond_noise():
+    steps, se = [0, 10, 20, 30], [0.1] * 4
+    hacked = overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -1.0, -2.0, -3.0], se)
+    assert hacked["flagged"] and hacked["peak_step"] == 10 and hacked["gold_drop"] == pytest.approx(2.0)
+    assert hacked["drop_threshold"] == pytest.approx(2 * math.sqrt(0.02))
+    assert hacked["proxy_rise_after_peak"] == pytest.approx(0.5)
+    assert not overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -1.0, -1.1, -1.2], se)["flagged"]  # noise
+    assert not overoptimisation(steps, [0.0, 1.0, 0.6, 0.2], [-3.0, -1.0, -2.0, -3.0], se)["flagged"]  # both fall
+    assert not overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -2.0, -1.0, 0.0], se)["flagged"]  # both rise
+
+
+def test_probe_metrics_and_the_check_on_logged_rows():
+    d = {"sft": {"reward": np.array([0.0, 1.0]), "gold": np.array([-2.0, 0.0]), "length": np.array([4.0, 6.0]),
+                 "eos": 1.0},
+         "trained": {"reward": np.array([1.0, 2.0]), "gold": np.array([-1.0, 3.0]), "length": np.array([2.0, 2.0]),
+                     "eos": 0.5}}
+    m = probe_metrics(d, np.array([0.5, 1.5]), "eval/")
+    assert m["eval/reward_gain"] == 1.0 and m["eval/gold"] == 1.0 and m["eval/gold_gain"] == 2.0
+    assert m["eval/kl"] == 1.0 and m["eval/truncation_rate"] == 0.5 and m["eval/length"] == 2.0
+    assert m["eval/gold_se"] == pytest.approx(np.std([-1.0, 3.0], ddof=1) / np.sqrt(2))
+    rows = [{"step": s, "rollout/reward": 0.0} for s in range(1, 4)]
+    assert overoptimisation_check(rows) is None
+    rows += [{"step": s, "eval/reward": r, "eval/gold": g, "eval/gold_se": 0.01}
+             for s, r, g in ((0, 0.0, -3.0), (10, 1.0, -1.0), (20, 2.0, -2.5))]
+    assert overoptimisation_check(rows)["flagged"]
+
+
+def test_kl_frontier_interpolates_inside_the_measured_range_only():
+    pts = [(2.0, 1.0), (0.5, 0.4), (1.0, 0.6)]  # any order; read in order of KL
+    assert kl_frontier(pts, 0.75) == pytest.approx(0.5)
+    assert kl_frontier(pts, 1.5) == pytest.approx(0.8)
+    assert kl_frontier(pts, 2.0) == pytest.approx(1.0)
+    assert math.isnan(kl_frontier(pts, 2.5)) and math.isnan(kl_frontier(pts, 0.1))
+
+
+def test_plans_results_tune_and_level2_kl(tmp_path):
+    variants, ref = plan_variants("results")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1, 2], variants, "all")
+    assert [r.name for r in runs] == ["default/seed_0", "default/seed_1", "default/seed_2"] and ref is None
+    variants, _ = plan_variants("tune")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
+    assert len(runs) == 6 and all(r.stages == ["rl", "eval"] for r in runs[1:]), "one SFT and RM per seed"
+    variants, ref = plan_variants("level2_kl")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
+    names = [r.variant for r in runs]
+    assert ref in names and len(runs) == 12
+    trains = {r.variant: r.stages for r in runs}
+    assert trains["scalar@kl_coef=0.02"] == ["sft", "rm", "rl", "eval"]
+    assert trains["dist_expected@kl_coef=0.02"] == ["rm", "rl", "eval"]
+    assert sum(s[0] in ("sft", "rm") for s in trains.values()) == 2, "two reward models, one SFT policy"
+    kl = {r.variant: next(o for o in r.overrides if o.startswith("rl.kl_coef=")) for r in runs}
+    assert kl["dist_win_prob_vs_ref@kl_coef=0.005"] == "rl.kl_coef=0.005"
+
+
+def test_report_reads_ood_probe_and_matched_kl(tmp_path):
+    """Families over kl_coef (level2_kl names): gold at matched KL, ID vs OOD side by side, the probe's flag."""
+    from stages.report import write_report
+    from tests.test_report import fake_run
+
+    gold_at = {"scalar": lambda kl: kl, "dist_win_prob_vs_ref": lambda kl: 2 * kl}  # gain = slope x KL
+    for family, coefs in (("scalar", (0.02, 0.05, 0.1)), ("dist_win_prob_vs_ref", (0.01, 0.05, 0.2))):
+        for kl_coef in coefs:
+            for seed in range(2):
+                run = tmp_path / f"{family}@kl_coef={kl_coef}" / f"seed_{seed}"
+                ev = fake_run(run, seed, kl_coef, 0.5, n_prompts=8, steps=5)  # held-out KL = 10 x kl_coef
+                ev["comparisons"]["gold"]["diff_mean"] = gold_at[family](10 * kl_coef) + 0.01 * seed
+                ev["ood"] = json.loads(json.dumps(ev))
+                ev["ood"]["kinds"] = ["new_topic", "new_template"] * (ev["num_prompts"] // 2)
+                (run / "eval.json").write_text(json.dumps(ev))
+                with (run / "metrics_rl.jsonl").open("a") as f:
+                    for step, rm, gold in ((0, 0.0, -3.0), (10, 0.5, -1.0), (30, 1.0, -2.5)):
+                        f.write(json.dumps({"step": step, "eval/reward": rm, "eval/gold": gold, "eval/gold_se": 0.1,
+                                            "eval/reward_gain": rm, "eval/gold_gain": gold + 3.0}) + "\n")
+    (tmp_path / "experiment.json").write_text(json.dumps({"reference": "scalar@kl_coef=0.05"}))
+    text = write_report([tmp_path]).read_text()
+    matched = text.split("## At matched KL")[1].split("##")[0]
+    rows = [line.split(" | ") for line in matched.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+    # overlap of KL ranges [0.2, 1.0] and [0.1, 2.0] is [0.2, 1.0]; targets 0.4, 0.6, 0.8
+    assert [r[0].strip("| ") for r in rows] == ["0.400", "0.400", "0.600", "0.600", "0.800", "0.800"]
+    win = [r for r in rows if r[1] == "dist_win_prob_vs_ref"]
+    assert win[0][2].startswith("+0.805") and win[0][3].startswith("+0.400 [+0.400, +0.400]")  # 2 x 0.4 vs 0.4
+    assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
+    assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
+    assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14
