@@ -177,7 +177,8 @@ def vllm_run_config(tokenizer, run: Path, *overrides: str):
 
 def on_policy_steps(run: Path) -> list[dict]:
     """The run's logged steps, checked to be synced and sampled from the learner's current weights."""
-    steps = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
+    steps = [m for m in logged if m["step"] > 0]  # step 0 is the held-out probe of the SFT policy (rl.eval_every)
     assert [m["sync/version"] for m in steps] == [1, 2, 3]
     assert [m["sync/staleness"] for m in steps] == [0.0, 0.0, 0.0]
     assert all(m["perf/logprob_mismatch"] < 1e-3 for m in steps), "vLLM sampled from other weights than the learner's"
