@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from common.config import Config, GeneratorConfig
@@ -21,9 +22,6 @@ class Generator:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: GeneratorConfig,
                  prompt_tokens: list[list[int]], device: torch.device) -> None:
-        if cfg.backend != "hf":
-            raise ValueError(f"Generator is the hf backend; generator.backend={cfg.backend!r} goes through "
-                             "build_generator")
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.prompt_tokens, self.device = prompt_tokens, device
         self.version = 0
@@ -61,18 +59,32 @@ class Generator:
         self.version = version
 
 
+def choose_backend(cfg: Config, model_path: str, device: torch.device) -> tuple[str, str]:
+    """(backend, why): `generator.backend` when it names one; for `auto`, vllm where it is installed and supports
+    the model and device (actors/vllm_generator.unsupported_reason), hf otherwise."""
+    backend = cfg.generator.backend
+    if backend != "auto":
+        return backend, f"generator.backend={backend}"
+    from actors.vllm_generator import unsupported_reason  # imports vLLM only if it is installed
+    reason = unsupported_reason(cfg, model_path, device)
+    return ("hf", f"auto: {reason}") if reason else ("vllm", f"auto: vLLM is installed and runs this model on "
+                                                             f"{device.type}")
+
+
 def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
-                    prompt_tokens: list[list[int]], device: torch.device):
-    """A generator of backend `cfg.generator.backend` holding its own copy of the policy at `model_path`.
+                    prompt_tokens: list[list[int]], device: torch.device,
+                    shared_policy: PreTrainedModel | None = None):
+    """The generator of the backend `choose_backend` picks (one log line says which and why) for the policy at
+    `model_path`; hf samples from `shared_policy` when given (local mode: the learner's own module, so no copy
+    and no sync), else from its own fp32 copy (a Ray actor), so a weight sync from the learner is an exact copy.
 
     Both backends share one interface: `generate(prompt_indices, seed, greedy=False) -> RolloutBatch`,
-    `load_weights(state_dict, version)` and `.version`. hf keeps fp32 weights like the local runner's shared
-    policy (autocast on GPU comes from the caller), so a weight sync from the learner is an exact copy.
+    `load_weights(state_dict, version)` and `.version`.
     """
-    if cfg.generator.backend == "hf":
-        model = load_causal_lm(model_path, device, torch.float32)
+    backend, why = choose_backend(cfg, model_path, device)
+    tqdm.write(f"generator: {backend} ({why})")
+    if backend == "hf":
+        model = shared_policy if shared_policy is not None else load_causal_lm(model_path, device, torch.float32)
         return Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
-    if cfg.generator.backend == "vllm":
-        from actors.vllm_generator import VLLMGenerator  # vLLM is optional: imported only when asked for
-        return VLLMGenerator(cfg, model_path, tokenizer, prompt_tokens, device)
-    raise ValueError(f"unknown generator.backend {cfg.generator.backend!r}; use hf or vllm")
+    from actors.vllm_generator import VLLMGenerator  # vLLM is optional: imported only when used
+    return VLLMGenerator(cfg, model_path, tokenizer, prompt_tokens, device)

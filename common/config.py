@@ -145,8 +145,10 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    backend: str = opt("hf", choices=("hf", "vllm"), help="hf: transformers generate; vllm: vLLM's offline "
-                                                         "engine (actors/vllm_generator.py)")
+    backend: str = opt("auto", choices=("auto", "hf", "vllm"),
+                       help="auto = vllm where it is installed and supports the model and device, else hf (one "
+                            "log line says which and why); hf: transformers generate; vllm: vLLM's offline engine "
+                            "(actors/vllm_generator.py)")
     temperature: float = opt(1.0, gt=0.0, help="part of the policy: the learner and the reference compute "
                                                 "log-probs of softmax(logits / temperature), what was sampled")
     top_p: float = opt(1.0, gt=0.0, le=1.0, help="must be 1.0: the learner differentiates the full softmax")
@@ -158,7 +160,8 @@ class GeneratorConfig:
     vllm_sleep: bool = opt(False, help="vllm: release vLLM's GPU memory (sleep level 1) while the learner trains "
                                        "and wake it before the next sync; GPU only (vLLM's CPU backend has no "
                                        "sleep mode)")
-    enforce_eager: bool = opt(False, help="vllm: no torch.compile / CUDA graphs (faster start, slower steps)")
+    enforce_eager: bool | None = opt(None, help="vllm: no torch.compile / CUDA graphs (faster start, slower "
+                                                "steps); null = auto: eager on CPU, compiled + CUDA graphs on GPU")
     sync_timeout_s: float = opt(600.0, gt=0.0, help="vllm: a weight sync that takes longer fails the run")
 
     def __post_init__(self) -> None:

@@ -49,9 +49,7 @@ def local_generator(cfg: Config, policy: torch.nn.Module, tokenizer, prompt_toke
                     device: torch.device):
     """Local mode's generator on the learner's device: hf samples from the learner's own module (no copy, no
     sync); vllm holds its own copy and receives the learner's weights before every step."""
-    if cfg.generator.backend == "hf":
-        return Generator(policy, tokenizer, cfg.generator, prompt_tokens, device)
-    return build_generator(cfg, sft_policy_path(cfg), tokenizer, prompt_tokens, device)
+    return build_generator(cfg, sft_policy_path(cfg), tokenizer, prompt_tokens, device, shared_policy=policy)
 
 
 def sync_local_generator(generator, learner: Learner) -> dict[str, float]:
@@ -87,7 +85,7 @@ def local_step(cfg: Config, generator, scorer: Scorer, learner: Learner, sampler
     with amp(cfg, learner.device):
         batch = generator.generate(sampler.batch(step), generation_seed(cfg.seed, step))
     t1 = time.perf_counter()
-    if cfg.generator.vllm_sleep:  # vLLM frees its GPU memory while the scorer and learner run
+    if cfg.generator.vllm_sleep and not isinstance(generator, Generator):  # vLLM frees its GPU memory meanwhile
         generator.sleep()
     batch = scorer.score(batch)
     t2 = time.perf_counter()

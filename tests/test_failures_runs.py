@@ -310,7 +310,8 @@ def test_resume_skips_a_corrupt_latest_checkpoint(finished_run, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"checkpoint {latest} is unreadable" in err and "step_000002.pt (step 2)" in err
     steps = [json.loads(line)["step"] for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6], "steps 3-4 were trained again from the step-2 checkpoint"
+    # step 0 is the held-out probe of the SFT policy (rl.eval_every); every trained step is logged exactly once
+    assert steps == [0, 1, 2, 3, 4, 5, 6], "steps 3-4 were trained again from the step-2 checkpoint"
     assert json.loads((run / "rl_metrics.json").read_text())["steps"] == 6
 
 
@@ -325,10 +326,11 @@ def test_resume_after_a_torn_metrics_line(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     (run / "checkpoints" / "step_000004.pt").unlink()  # crashed after step 3's log line, mid-way through step 4's
     log = run / "metrics_rl.jsonl"
-    log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]) + '{"step": 4, "rollout/rew')
+    # the log's first line is step 0, the held-out probe of the SFT policy (rl.eval_every)
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:4]) + '{"step": 4, "rollout/rew')
     assert launch.main(["--resume", *stage(run, "rl", "rl.steps=4", "rl.save_every=2")]) == 0
     assert "dropping its torn last line" in capsys.readouterr().err
-    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2, 3, 4]
 
 
 def test_resume_of_a_run_stopped_before_its_results_only_writes_them(finished_run, tmp_path):

@@ -29,8 +29,10 @@ WAIT = 60  # seconds any single Ray wait in these tests may take
 
 
 def tiny_overrides(run_dir, steps=3, **cluster):
-    """A seconds-long RL run on the tiny models: 1 torch thread everywhere so floats match across processes."""
-    base = [f"run_dir={run_dir}", "torch_threads=1", "sandbox.num_pairs=120", "data.max_prompt_tokens=64",
+    """A seconds-long RL run on the tiny models: 1 torch thread everywhere so floats match across processes; the hf
+    backend, as auto would import vLLM in every generator actor only to find head size 16 unsupported (test_vllm
+    covers a vLLM generator actor)."""
+    base = [f"run_dir={run_dir}", "torch_threads=1", "generator.backend=hf", "sandbox.num_pairs=120", "data.max_prompt_tokens=64",
             f"rl.steps={steps}", "rl.batch_size=4", "rl.lr=1e-2", "rl.save_every=0", "generator.max_new_tokens=6",
             "eval.batch_size=8", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
             "cluster.data_timeout_s=60", "cluster.placement_timeout_s=120"]

@@ -109,6 +109,6 @@ def test_report_compares_variants_with_the_plans_reference(tmp_path):
     text = write_report([tmp_path]).read_text()
     assert "## Against the reference variant `scalar`" in text
     # both variants' fake trained gold is round(sft) + 1 on the same prompts: a difference of exactly 0
-    section = text.split("## Against the reference variant `scalar`")[1]  # the summary table has such a row too
+    section = text.split("## Against the reference variant `scalar`")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| dist_expected | 3 |"))
     assert "+0.000 [+0.000, +0.000]" in row

@@ -56,6 +56,17 @@ def engine(tokenizer, prompts, tmp_path_factory):
     return build_generator(cfg, str(path), tokenizer, prompts, CPU)
 
 
+def test_the_engine_leaves_the_process_torch_threads_alone(engine):
+    """vLLM's CPU worker replaces torch.set_num_threads with a no-op; the generator restores it (the learner in
+    the same process must still get the run's torch_threads)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2 if before != 2 else 1)
+        assert torch.get_num_threads() == (2 if before != 2 else 1)
+    finally:
+        torch.set_num_threads(before)
+
+
 def hf_generator(policy, tokenizer, prompts):
     return Generator(policy, tokenizer, GeneratorConfig(max_new_tokens=NEW_TOKENS), prompts, CPU)
 

