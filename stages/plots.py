@@ -145,7 +145,8 @@ def probe_curves(variants: dict[str, list], path: Path) -> Path | None:
                 for prefix, ls in (("eval/", "-"), ("eval_ood/", "--")):
                     x, y = _series(run, prefix + key)
                     if len(x):
-                        ax.plot(x, y, color=f"C{i}", ls=ls, marker="o", ms=2.5, lw=1.0, alpha=0.5 + 0.5 / (1 + j),
+                        color = f"C{i}" if len(variants) > 1 else f"C{j}"  # one variant: a colour per seed
+                        ax.plot(x, y, color=color, ls=ls, marker="o", ms=2.5, lw=1.0, alpha=0.5 + 0.5 / (1 + j),
                                 label=f"{v} seed {run.seed}" if prefix == "eval/" else None)
         ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
         ax.set_title(f"held-out {'reward-model reward' if key == 'reward_gain' else 'gold'} gain over SFT "
