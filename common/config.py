@@ -7,37 +7,16 @@ back to a default.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from common.errors import UserError
+# the checking machinery lives in config_schema.py; ConfigError, flatten and to_dict are imported from here too
+from common.config_schema import ConfigError, _apply_override, build, flatten, opt, section, to_dict  # noqa: F401
 
 
-class ConfigError(UserError, ValueError):
-    """A config file or override names an unknown key or a bad value."""
-
-    exit_code = 2
-
-
-def opt(default: Any, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, help: str = "") -> Any:
-    """A dataclass field with validation metadata (choices, bounds) and a help string."""
-    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
-    if isinstance(default, (list, dict)):
-        raise TypeError("use tuples for list defaults so configs stay immutable")
-    return field(default=default, metadata=meta)
-
-
-def section(cls: type) -> Any:
-    return field(default_factory=cls)
 
 
 @dataclass(frozen=True)
@@ -308,126 +287,6 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for item in overrides:
         _apply_override(raw, item)
     return build(Config, raw, prefix="")
-
-
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value (for example rl.kl_coef=0.1)")
-    key, text = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {item!r} has an empty key")
-    value = yaml.safe_load(text) if text.strip() else ""
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-    node[parts[-1]] = value
-
-
-def build(cls: type, raw: Any, prefix: str) -> Any:
-    """Construct dataclass `cls` from a mapping, checking keys, types and bounds."""
-    where = prefix.rstrip(".") or "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}; allowed in {where}: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = build(tp, raw[name], f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_value(f"{prefix}{name}", raw[name], tp, f.metadata)
-    return cls(**kwargs)
-
-
-def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping) -> Any:
-    value = _coerce(key, value, tp)
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, choices))}")
-    bounds = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
-    for name, ok, sign in bounds:
-        bound = meta.get(name)
-        if bound is not None and not ok(value, bound):
-            raise ConfigError(f"{key}: must be {sign} {bound}, got {value!r}")
-    return value
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # inf or nan would train to NaN weights, never an error
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp, _) = typing.get_args(tp)
-        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):  # Optional[...]
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(key, value, inner)
-    raise TypeError(f"{key}: unsupported config type {tp}")
-
-
-def to_dict(cfg: Any) -> dict:
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """A nested config mapping as dotted keys: {"rl": {"kl_coef": 0.1}} -> {"rl.kl_coef": 0.1}."""
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
