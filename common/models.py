@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -14,7 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
 from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
-from common.errors import PathNotFound
+from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, brief
 from common.numerics import check_finite_weights
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -27,6 +28,22 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.
 
 class ModelPathError(PathNotFound):
     """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
+
+
+@contextlib.contextmanager
+def loading(name_or_path: str):
+    """transformers' OSError for a model it cannot get (an unknown hub id, no network, a gated repo, a file
+    missing from a checkpoint) as one line naming the model. Local paths are checked before (check_model_path);
+    the machine's own errors (disk, permissions) keep their type for launch.py's disk message."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in ENVIRONMENT_ERRNOS:
+            raise
+        raise ModelPathError(f"cannot load the model or tokenizer {name_or_path}: {brief(e)}; check the hub id and "
+                             f"the network (offline, only cached models load), or point the key that names it "
+                             f"(model.policy, model.tokenizer, reward.init, reward.path) at a local "
+                             f"directory") from e
 
 
 def looks_local(name_or_path: str) -> bool:
@@ -181,11 +198,13 @@ def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTo
     source = cfg.model.tokenizer or name_or_path or cfg.model.policy
     source = str(BUNDLED_TOKENIZER) if source == TINY else resolve_model_path(source)  # a GGUF's own tokenizer
     check_model_path(source, "model.tokenizer", ("tokenizer",))
-    tok = AutoTokenizer.from_pretrained(source)
+    with loading(source):
+        tok = AutoTokenizer.from_pretrained(source)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
-        raise ValueError(f"tokenizer {source} has no chat template; set model.tokenizer to one that has")
+        raise ConfigError(f"model.tokenizer: the tokenizer {source} has no chat template; set model.tokenizer to "
+                          f"one that has (the SFT model's, e.g. HuggingFaceTB/SmolLM2-135M-Instruct)")
     return tok
 
 
@@ -206,14 +225,16 @@ def build_tiny_policy(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerBase,
 
 
 def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    with loading(name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     return model.to(device)
 
 
 def load_reward_model(name_or_path: str, num_labels: int, tokenizer: PreTrainedTokenizerBase,
                       device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A sequence-classification model; from a causal LM checkpoint the head is newly initialised."""
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, dtype=dtype)
+    with loading(name_or_path):
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
 

@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from common.config import ConfigError
+from common.models import gpu_has_bf16
 from common.numerics import SkipCounter, is_finite
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -27,6 +29,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     An explicit fp16/bf16 on CPU runs under CPU autocast (slow; it is how the fp16 path is tested)."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else None
+    if precision == "bf16" and device.type == "cuda" and not gpu_has_bf16(device):
+        raise ConfigError(f"reward.precision=bf16: {torch.cuda.get_device_name(device)} has no native bf16; use "
+                          f"reward.precision=auto (fp16 with loss scaling) or fp32")
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
 
 

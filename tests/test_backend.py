@@ -73,3 +73,28 @@ def test_auto_falls_back_to_hf_when_the_vllm_build_is_for_another_device(tokeniz
 def test_the_shipped_tiny_model_has_a_head_size_vllm_cpu_accepts():
     tiny = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").model.tiny
     assert tiny.hidden_size // tiny.num_heads == 32  # vLLM's CPU attention: 32, 64, 80, ...
+
+
+@needs_vllm
+def test_an_explicit_vllm_backend_the_machine_cannot_run_is_a_config_error(tokenizer, tmp_path):
+    """generator.backend=vllm taken as given still fails before the engine starts, naming the setting."""
+    from actors.vllm_generator import VLLMGenerator
+    path = saved_policy(tokenizer, HEAD16, tmp_path / "p")
+    with pytest.raises(ConfigError, match="generator.backend=vllm: .*head size 16"):
+        VLLMGenerator(load_config(None, ["generator.backend=vllm"]), path, tokenizer, [[1, 2, 3]], CPU)
+    path32 = saved_policy(tokenizer, HEAD32, tmp_path / "p32")
+    with pytest.raises(ConfigError, match="generator.vllm_sleep needs a GPU.*generator.vllm_sleep=false"):
+        VLLMGenerator(load_config(None, ["generator.vllm_sleep=true"]), path32, tokenizer, [[1, 2, 3]], CPU)
+
+
+@needs_vllm
+def test_an_engine_that_cannot_start_is_one_line_naming_the_settings(tokenizer, tmp_path):
+    """vLLM's own start-up refusal (here: a KV cache too small for one sequence) becomes a UserError that names
+    the settings to change; the original error is kept as its cause (--debug)."""
+    from actors.vllm_generator import VLLMGenerator
+    from common.errors import UserError
+    path = saved_policy(tokenizer, HEAD32, tmp_path / "p")
+    cfg = load_config(None, ["generator.kv_cache_gb=0.0000001"])
+    with pytest.raises(UserError, match="generator \\(vLLM\\) did not start: .*generator.kv_cache_gb") as info:
+        VLLMGenerator(cfg, path, tokenizer, [[1, 2, 3]], CPU)
+    assert info.value.__cause__ is not None

@@ -218,3 +218,25 @@ def test_sft_stage_outside_the_sandbox_is_one_line(tmp_path, capsys):
 def test_report_without_runs_is_one_line(what, tmp_path, capsys):
     target = tmp_path / "nowhere" if what == "missing" else tmp_path
     expect_error(capsys, ["--config", CONFIG, "--stage", "report", "--runs", str(target)], str(target))
+
+
+def test_unreachable_hub_model_is_one_line_naming_it(tmp_path, capsys, monkeypatch, stand_ins):
+    """A hub id that cannot be fetched (offline here, as on a cluster node without the hub) names the id and the
+    keys that name models, not transformers' traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = run_with_sft(tmp_path, stand_ins)
+    expect_error(capsys, stage(run, "rm", "reward.init=nobody-here/no-such-model-12"),
+                 "cannot load the model or tokenizer nobody-here/no-such-model-12", "reward.init", "local directory")
+
+
+def test_tokenizer_without_chat_template_names_the_key(tmp_path, capsys, stand_ins):
+    from transformers import AutoTokenizer
+
+    from common.models import BUNDLED_TOKENIZER
+    tok = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain_tokenizer")
+    (tmp_path / "plain_tokenizer" / "chat_template.jinja").unlink(missing_ok=True)
+    run = run_with_sft(tmp_path, stand_ins)
+    expect_error(capsys, stage(run, "rm", f"model.tokenizer={tmp_path / 'plain_tokenizer'}"),
+                 "model.tokenizer", "has no chat template", code=2)
