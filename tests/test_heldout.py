@@ -120,7 +120,12 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert [r.name for r in runs] == ["default/seed_0", "default/seed_1", "default/seed_2"] and ref is None
     variants, _ = plan_variants("tune")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
-    assert len(runs) == 6 and all(r.stages == ["rl", "eval"] for r in runs[1:]), "one SFT and RM per seed"
+    assert len(runs) == 4 and all(r.stages == ["rl", "eval"] for r in runs[1:]), "one SFT and RM per seed"
+    overrides = {r.variant: set(r.overrides) for r in runs}
+    assert {"rl.kl_coef=0.05", "rl.lr=3e-4"} <= overrides["kl_coef=0.05,lr=3e-4"], "the demo's point trains"
+    tiny = load_config("configs/tiny.yaml")
+    assert (tiny.rl.kl_coef, tiny.rl.lr) == (0.05, 3e-4), "the tune plan is centred on the demo's settings"
+    assert {"rl.kl_coef=0.02", "rl.kl_coef=0.1", "rl.lr=1e-4"} <= set().union(*overrides.values())
     variants, ref = plan_variants("level2_kl")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
     names = [r.variant for r in runs]
