@@ -27,6 +27,7 @@ from experiments import PLANS, plan_variants
 
 STAGES = ("sft", "rm", "rl", "eval")
 REPORT = "report"
+TEMPERATURE = "temperature"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT,))
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE),
+                        help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
+                             "all; needs the rm stage's reward model)")
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
@@ -71,6 +74,9 @@ def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
     if name == "rl":
         from stages.rl import run_rl_local
         return run_rl_local(cfg, resume=resume)
+    if name == TEMPERATURE:
+        from stages.temperature import run_temperature
+        return run_temperature(cfg)
     from stages.eval import run_eval
     return run_eval(cfg)
 

@@ -191,6 +191,13 @@ class EvalConfig:
     seed: int = opt(1234, help="sampling seed, the same for the SFT and the trained policy")
     bootstrap_samples: int = opt(2000, ge=100)
     confidence: float = opt(0.95, gt=0.0, lt=1.0)
+    temperatures: tuple[float, ...] = opt((0.0, 0.3, 0.7, 1.0), help="--stage temperature: the SFT policy's "
+                                          "held-out answers at each sampling temperature; 0 = greedy")
+
+    def __post_init__(self) -> None:
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ConfigError(f"eval.temperatures={list(self.temperatures)}: expected one or more temperatures "
+                              f">= 0 (0 = greedy decoding)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""`--stage temperature`: what the sampling temperature does to the SFT policy's answers, on held-out prompts.
+
+The temperature is part of the RL policy (README, "The algorithm, exactly": the learner and the reference use
+softmax(logits / T), the distribution that was sampled), so choosing it chooses what RL starts from and
+optimises. This stage measures the SFT policy at each of `eval.temperatures` (0 = greedy decoding) before any
+training: it answers the first `eval.num_prompts` prompts of each held-out pool (in- and out-of-distribution)
+with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (`stages/eval.py`
+HeldoutPool.describe): the data source's gold judge where it has one (the ifeval task: IFEval's verifiers, strict
+and loose), the run's reward model, EOS within generator.max_new_tokens, length, and distinct-2, the share of
+distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats). It needs the reward
+model (`--stage rm` first) and writes `<run_dir>/temperature.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actors.generator import Generator
+from common.config import Config
+from common.models import load_causal_lm, load_tokenizer, sft_policy_path
+from common.runtime import amp, prepare
+from learner import distributional as dist
+from stages.eval import HeldoutPool
+
+
+def distinct_2(text: str) -> float:
+    """Distinct word bigrams / word bigrams of one answer; 1.0 for an answer of fewer than two words."""
+    words = text.split()
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) / len(pairs) if pairs else 1.0
+
+
+def answers_at(pool: HeldoutPool, model: torch.nn.Module, temperature: float) -> dict:
+    """The pool's answers of `model` at one temperature (0 = greedy), batch k seeded eval.seed + k as in eval,
+    summarised: mean gold scores, reward-model output, EOS rate, length, distinct-2, three example answers."""
+    cfg = pool.cfg
+    gen_cfg = dataclasses.replace(cfg.generator, temperature=temperature or cfg.generator.temperature)
+    gen = Generator(model, pool.tokenizer, gen_cfg, pool.prompt_tokens, pool.device)
+    batches = []
+    for k, start in enumerate(range(0, pool.n, cfg.eval.batch_size)):
+        with amp(cfg, pool.device):
+            batches.append(gen.generate(list(range(start, min(pool.n, start + cfg.eval.batch_size))),
+                                        cfg.eval.seed + k, greedy=temperature == 0))
+    d = pool.describe(batches)
+    head = pool.scorer.head
+    # win_prob_vs_ref needs a reference answer per prompt; the distribution's expected score needs none
+    rm = (dist.expected_score(dist.score_logprobs(d["logits"])) if head.distributional
+          else pool.scorer.rewards_from_logits(d["logits"]))
+    out = {k: float(np.mean(v)) for k, v in d.items() if k.startswith("gold") and v is not None}
+    out.update({"rm": float(rm.mean()), "eos_rate": float(d["eos"]), "length": float(d["length"].mean()),
+                "distinct_2": float(np.mean([distinct_2(t) for t in d["texts"]])), "examples": d["texts"][:3]})
+    return out
+
+
+def run_temperature(cfg: Config) -> dict:
+    device = prepare(cfg)
+    sft_path = sft_policy_path(cfg)
+    tokenizer = load_tokenizer(cfg, sft_path)
+    sft = load_causal_lm(sft_path, device, torch.float32).eval()
+    result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
+    for split, stage in (("val", "temperature"), ("ood", "temperature_ood")):
+        pool = HeldoutPool(cfg, tokenizer, device, split, cfg.eval.num_prompts, stage)
+        if pool.n:
+            result["pools"][split] = {"num_prompts": pool.n, "prompts": pool.prompt_texts[:3], "by_temperature": {
+                f"{t:g}": answers_at(pool, sft, t) for t in cfg.eval.temperatures}}
+    Path(cfg.run_dir, "temperature.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = []
+    for split, pool in result["pools"].items():
+        rows = pool["by_temperature"]
+        cols = [k for k in next(iter(rows.values())) if k.startswith("gold")] + ["rm", "eos_rate", "length",
+                                                                                 "distinct_2"]
+        name = "in-distribution" if split == "val" else "out-of-distribution"
+        lines += [f"{name} held-out prompts: {pool['num_prompts']} (T = 0: greedy)",
+                  f"{'T':<6}" + "".join(f"{c:>12}" for c in cols)]
+        lines += [f"{t:<6}" + "".join(f"{r[c]:>12.3f}" for c in cols) for t, r in rows.items()]
+    return "\n".join(lines)
