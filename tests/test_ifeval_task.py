@@ -115,6 +115,18 @@ def test_config_refuses_a_heldout_type_in_training_and_unknown_types():
         load_config(None, ["ifeval.instructions=[length_constraints:number_sentences]"])
 
 
+def test_a_task_built_with_other_settings_is_refused_not_overwritten(tmp_path):
+    from common.errors import UserError
+    from stages.pairs import existing_task, fingerprint
+    cfg = load_config(CONFIG, [f"run_dir={tmp_path}"])
+    (tmp_path / ifeval_task.TASK_FILE).write_text(json.dumps({"fingerprint": fingerprint(cfg), "counts": {}}))
+    assert existing_task(tmp_path, cfg) is not None  # the same settings: kept
+    assert existing_task(tmp_path, load_config(CONFIG, [f"run_dir={tmp_path}", "seed=7"])) is not None  # seed-free
+    with pytest.raises(UserError, match="built with other settings"):
+        existing_task(tmp_path, load_config(CONFIG, [f"run_dir={tmp_path}", "ifeval.samples_per_prompt=2"]))
+    assert existing_task(tmp_path / "empty", cfg) is None
+
+
 def test_stages_need_the_pairs_stage_first(tmp_path):
     from common.errors import PathNotFound
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}"])
