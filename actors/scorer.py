@@ -3,23 +3,26 @@ from a config for every caller (local loop, eval, Ray scorer actor)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.generator import Generator
-from common import data, sandbox
+from common import data
 from common.config import Config, DataConfig
 from common.models import (load_causal_lm, load_tokenizer, reward_head_logits, reward_model_path,
                            sft_policy_path)
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
+from common.splits import gold_judge
 from learner import distributional as dist
 
 SCALAR = RewardHead("scalar", 1)
 
-GoldFn = Callable[[str, str], float]  # (last user message, response) -> gold score (offline sandbox only)
+# (last user message, response) -> the gold judge's score, or named scores among which "gold" (the headline one;
+# the ifeval task adds "gold_loose"). Which judge a run has is chosen by its data source (common/splits.gold_judge).
+GoldFn = Callable[[str, str], "float | Mapping[str, float]"]
 
 
 class Scorer:
@@ -113,15 +116,22 @@ class Scorer:
                 self.reference_logp[i], self.reference_texts[i] = logp[row], text
         return torch.stack([self.reference_logp[i] for i in prompt_indices])
 
-    def gold(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor | None:
+    def gold_scores(self, prompt_indices: list[int], responses: list[str]) -> dict[str, torch.Tensor] | None:
+        """The gold judge's [N] scores by name ("gold", and e.g. "gold_loose"); None without a judge."""
         if self.gold_fn is None:
             return None
-        return torch.tensor([self.gold_fn(self.prompts[i][-1]["content"], r)
-                             for i, r in zip(prompt_indices, responses)], dtype=torch.float32)
+        rows = [self.gold_fn(self.prompts[i][-1]["content"], r) for i, r in zip(prompt_indices, responses)]
+        rows = [r if isinstance(r, Mapping) else {"gold": float(r)} for r in rows]
+        names = list(rows[0]) if rows else ["gold"]
+        return {k: torch.tensor([r[k] for r in rows], dtype=torch.float32) for k in names}
+
+    def gold(self, prompt_indices: list[int], responses: list[str]) -> torch.Tensor | None:
+        scores = self.gold_scores(prompt_indices, responses)
+        return None if scores is None else scores["gold"]
 
     def rewards(self, prompt_indices: list[int], responses: list[str],
                 finished: list[bool] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The one path from responses to rewards: [N] rewards and [N] per-sample extras (gold in the sandbox;
+        """The one path from responses to rewards: [N] rewards and [N] per-sample extras (the gold judge's scores;
         for a distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref).
         `finished` as in head_logits."""
         logits = self.head_logits(prompt_indices, responses, finished)
@@ -131,9 +141,7 @@ class Scorer:
             if self.reduction == "win_prob_vs_ref":
                 ref = self.reference_distributions(prompt_indices)
                 extras["ref_rm_mean"] = dist.expected_score(ref)
-        gold = self.gold(prompt_indices, responses)
-        if gold is not None:
-            extras["gold"] = gold
+        extras.update(self.gold_scores(prompt_indices, responses) or {})
         return self.rewards_from_logits(logits, ref), extras
 
     def score(self, batch: RolloutBatch, eos_token_id: int | None = None) -> RolloutBatch:
@@ -164,7 +172,7 @@ def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ..
     rm_path = reward_model_path(cfg)
     rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
     rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
-    gold = sandbox.gold_score if cfg.data.source == "sandbox" and cfg.sandbox.gold_judge else None
+    gold = gold_judge(cfg)
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,

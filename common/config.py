@@ -56,8 +56,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = opt("sandbox", help="'sandbox' (generated offline task), a hub id, or a .parquet/.jsonl/"
-                                      ".json file or directory in the HelpSteer2_binarized schema")
+    source: str = opt("sandbox", help="'sandbox' (generated offline task), 'ifeval' (verifiable instructions, pairs "
+                                      "sampled from the SFT policy by --stage pairs: the ifeval section), a hub "
+                                      "id, or a .parquet/.jsonl/.json file or directory in the "
+                                      "HelpSteer2_binarized schema")
     split: str = opt("average_rating_split", help="the hub split (or file) holding the preference pairs")
     val_fraction: float = opt(0.1, gt=0.0, lt=1.0, help="share of distinct prompts held out for validation")
     split_seed: int = opt(0, ge=0, help="seed of the train/validation split; fixed across training seeds")
@@ -85,6 +87,43 @@ class SandboxConfig:
                                              "(validation only); 0 = no out-of-distribution split")
     gold_judge: bool = opt(True, help="score answers with the sandbox's programmatic judge (eval's gold row); "
                                       "false for a real chat model, whose answers the toy judge cannot read")
+
+
+@dataclass(frozen=True)
+class IFEvalConfig:
+    """The real-model task (data.source=ifeval, common/ifeval_task.py): requests with one IFEval instruction each,
+    preference pairs sampled from the SFT policy and labelled by IFEval's verifiers (stages/pairs.py)."""
+    dir: str = opt("", help="where the task's files are written once and read by every stage; '' = <run_dir>/data "
+                            "(a seeds/grid experiment shares <run_dir>/data across its runs)")
+    instructions: tuple[str, ...] = opt(
+        ("punctuation:no_comma", "startend:quotation", "startend:end_checker", "detectable_content:postscript",
+         "detectable_content:number_placeholders", "detectable_format:title", "detectable_format:json_format",
+         "detectable_format:number_bullet_lists", "keywords:existence", "keywords:forbidden_words",
+         "change_case:english_lowercase", "length_constraints:number_words"),
+        help="instruction types of training (and in-distribution held-out) prompts")
+    heldout_instructions: tuple[str, ...] = opt(
+        ("detectable_format:number_highlighted_sections", "keywords:frequency", "change_case:english_capital"),
+        help="instruction types no training prompt carries: their prompts are out-of-distribution held-out")
+    num_prompts: int = opt(400, ge=4, help="prompts with training-type instructions (split by prompt into train "
+                                           "and in-distribution held-out by data.val_fraction)")
+    num_ood_prompts: int = opt(60, ge=0, help="prompts with held-out instruction types (held-out only)")
+    samples_per_prompt: int = opt(4, ge=2, help="answers sampled from the SFT policy per prompt; the best and the "
+                                                "worst by the verifiers form its pair, all equal = a tie (dropped)")
+    batch_size: int = opt(64, ge=1, help="prompts per generate call while sampling the pairs")
+
+    def __post_init__(self) -> None:
+        from common.ifeval_task import OFFLINE_TYPES  # a plain table: imports no optional package
+        for key in ("instructions", "heldout_instructions"):
+            unknown = [i for i in getattr(self, key) if i not in OFFLINE_TYPES]
+            if unknown:
+                raise ConfigError(f"ifeval.{key}: {', '.join(unknown)} not among the offline instruction types: "
+                                  f"{', '.join(OFFLINE_TYPES)}")
+        if not self.instructions:
+            raise ConfigError("ifeval.instructions: name at least one training instruction type")
+        both = sorted(set(self.instructions) & set(self.heldout_instructions))
+        if both:
+            raise ConfigError(f"ifeval.heldout_instructions: {', '.join(both)} also in ifeval.instructions; a held-out "
+                              f"type must never occur in training")
 
 
 @dataclass(frozen=True)
@@ -189,6 +228,10 @@ class EvalConfig:
     num_prompts: int = opt(0, ge=0, help="held-out validation prompts scored; 0 = all")
     batch_size: int = opt(32, ge=1)
     seed: int = opt(1234, help="sampling seed, the same for the SFT and the trained policy")
+    backend: str = opt("hf", choices=("hf", "auto"),
+                       help="the eval stage's sampler: hf = transformers generate on each policy; auto = vLLM where "
+                            "generator.backend=auto would pick it (one engine samples both policies, the trained "
+                            "weights loaded into it: faster for a real model on CPU), else hf")
     bootstrap_samples: int = opt(2000, ge=100)
     confidence: float = opt(0.95, gt=0.0, lt=1.0)
     temperatures: tuple[float, ...] = opt((0.0, 0.3, 0.7, 1.0), help="--stage temperature: the SFT policy's "
@@ -261,6 +304,7 @@ class Config:
     model: ModelConfig = section(ModelConfig)
     data: DataConfig = section(DataConfig)
     sandbox: SandboxConfig = section(SandboxConfig)
+    ifeval: IFEvalConfig = section(IFEvalConfig)
     sft: SFTConfig = section(SFTConfig)
     reward: RewardConfig = section(RewardConfig)
     generator: GeneratorConfig = section(GeneratorConfig)

@@ -52,8 +52,7 @@ class PreferencePair:
     @property
     def prompt_key(self) -> str:
         """Canonical JSON of the prompt messages: equal prompts give equal keys (splitting, dedup)."""
-        return json.dumps([[m["role"], m["content"]] for m in self.prompt], ensure_ascii=False,
-                          separators=(",", ":"))
+        return messages_key(self.prompt)
 
 
 @dataclass
@@ -224,18 +223,30 @@ def split_by_prompt(pairs: Sequence[PreferencePair], val_fraction: float,
     depends neither on row order nor on the other rows. Only when that leaves one side empty (and there are
     >= 2 distinct prompts) is the prompt with the lowest (highest) hash moved to validation (train).
     """
+    keys = [p.prompt_key for p in pairs]
+    val_keys = validation_keys(keys, val_fraction, seed)
+    train = [p for p, k in zip(pairs, keys) if k not in val_keys]
+    val = [p for p, k in zip(pairs, keys) if k in val_keys]
+    return train, val
+
+
+def validation_keys(keys: Sequence[str], val_fraction: float, seed: int) -> set[str]:
+    """The prompt keys split_by_prompt sends to validation (its rule, on keys alone: prompts without a pair, as
+    in the ifeval task, are split by the same rule as those with one)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    keys = [p.prompt_key for p in pairs]
     h = {k: _unit_hash(seed, k) for k in dict.fromkeys(keys)}
     val_keys = {k for k, v in h.items() if v < val_fraction}
     if len(h) >= 2 and not val_keys:
         val_keys = {min(h, key=h.get)}
     elif len(h) >= 2 and len(val_keys) == len(h):
         val_keys.discard(max(h, key=h.get))
-    train = [p for p, k in zip(pairs, keys) if k not in val_keys]
-    val = [p for p, k in zip(pairs, keys) if k in val_keys]
-    return train, val
+    return val_keys
+
+
+def messages_key(messages: Sequence[dict]) -> str:
+    """Canonical JSON of prompt messages (PreferencePair.prompt_key of a pair with these messages)."""
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
 
 
 def unique_prompts(pairs: Sequence[PreferencePair]) -> list[tuple[dict, ...]]:

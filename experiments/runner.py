@@ -13,6 +13,9 @@ the others go on. `--jobs N` runs N runs at once; a run starts as soon as the ar
 What is shared, and why that is honest:
 - the data split: `data.split_seed` is not touched by `seed`, so every seed and variant is evaluated on the
   same held-out prompts (and, in the sandbox, on the same generated data);
+- the ifeval task (data.source=ifeval): its prompts and pairs depend on the SFT policy and data.split_seed, not
+  on `seed`, so the first run builds them once (`--stage pairs`) in one directory (ifeval.dir, '' = <run_dir>/data
+  of the experiment) and every other run reads them after it has;
 - a variant may take another variant's SFT policy (`policy_from`, sandbox only) or reward model (`reward_from`)
   of the same seed. A grid over downstream keys only (rl.*, generator.*, eval.*) shares both with its first
   variant: they would be retrained bit for bit anyway (they depend only on the seed and upstream sections), and
@@ -34,7 +37,8 @@ from common.config import ConfigError, load_config
 
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
-STAGE_OUTPUT = {"sft": "sft_metrics.json", "rm": "rm_metrics.json", "rl": "rl_metrics.json", "eval": "eval.json"}
+STAGE_OUTPUT = {"pairs": "pairs_metrics.json", "sft": "sft_metrics.json", "rm": "rm_metrics.json",
+                "rl": "rl_metrics.json", "eval": "eval.json"}
 ARTIFACT = {"sft": "sft_model", "rm": "reward_model"}  # what another variant can take from a run
 
 
@@ -123,15 +127,19 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
         variants = grid_variants(variants)
     base = load_config(config, overrides)
     root, sandbox = Path(base.run_dir), base.model.policy == "tiny"
+    task = base.data.source == "ifeval"  # one task directory for all runs, built by the first
+    task_dir = [f"ifeval.dir={root / 'data'}"] if task and not base.ifeval.dir else []
     by_key: dict[tuple[str, int], Run] = {}
-    runs = []
+    runs: list[Run] = []
     for v in variants:
         for seed in seeds:
             run_dir = root / v.name / f"seed_{seed}"
-            extra, stages, needs = [*v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
+            extra, stages, needs = [*task_dir, *v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
-                stages = [s for s, shared in (("sft", v.policy_from or not sandbox), ("rm", v.reward_from),
-                                              ("rl", None), ("eval", None)) if not shared]
+                stages = [s for s, skip in (("pairs", not task or bool(runs)), ("sft", v.policy_from or not sandbox),
+                                            ("rm", v.reward_from), ("rl", None), ("eval", None)) if not skip]
+                if task and runs:
+                    needs.append((runs[0], "pairs"))
                 for owner, kind in ((v.reward_from, "rm"), (v.policy_from if sandbox else None, "sft")):
                     if owner is not None:
                         run = by_key[(owner, seed)]

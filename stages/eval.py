@@ -1,13 +1,15 @@
-"""`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward model (and, in
-the sandbox, the gold judge) scores both; paired differences get bootstrap confidence intervals.
+"""`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward model (and the
+data source's gold judge: the sandbox's, or the ifeval task's verifiers) scores both; paired differences get
+bootstrap confidence intervals.
 
 Two held-out pools, reported side by side: in-distribution (new prompts on requests training also asks; the
-top level of eval.json) and, in the sandbox, out-of-distribution (templates and topics training never asks;
-eval.json["ood"], same layout). A response cut at max_new_tokens is scored as truncated and counted
+top level of eval.json) and, in the sandbox and the ifeval task, out-of-distribution (templates, topics or
+instruction types training never asks; eval.json["ood"], same layout). A response cut at max_new_tokens is scored as truncated and counted
 (truncation_rate). The RL stage's held-out probe (stages/rl.py) calls the same functions on a fixed subset."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -17,15 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from actors.generator import Generator
+from actors.generator import Generator, choose_backend
 from actors.scorer import Scorer, build_scorer
-from common import sandbox
 from common.config import Config
 from common.errors import PathNotFound
-from common.models import load_causal_lm, load_tokenizer, sft_policy_path
+from common.models import load_causal_lm, load_tokenizer, merged_state_dict, sft_policy_path
 from common.rollout import RolloutBatch
 from common.runtime import amp, prepare
-from common.splits import prompt_pool
+from common.splits import ood_kind, prompt_pool
 from common.stats import overoptimisation, paired_comparison
 from learner import distributional as dist
 from learner import losses
@@ -65,14 +66,15 @@ def sequence_kl(policy, reference: torch.nn.Module | TokenLogprobs, batches: lis
 
 
 def describe(batches: list[RolloutBatch], scorer: Scorer, eos_id: int) -> dict:
-    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated), gold
-    (sandbox), lengths, EOS rate, texts."""
+    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated), the gold
+    judge's scores (gold, and gold_* such as the ifeval task's gold_loose; None without a judge), lengths, EOS
+    rate, texts."""
     idx = [i for b in batches for i in b.prompt_index.tolist()]
     texts = [t for b in batches for t in b.response_texts]
     finished = torch.cat([b.finished(eos_id) for b in batches])  # [N] bool
-    gold = scorer.gold(idx, texts)
+    gold = scorer.gold_scores(idx, texts) or {"gold": None}
     return {"logits": scorer.head_logits(idx, texts, finished.tolist()),
-            "gold": None if gold is None else gold.numpy(),
+            **{k: None if v is None else v.numpy() for k, v in gold.items()},
             "length": torch.cat([b.response_lengths for b in batches]).float().numpy(),
             "eos": float(finished.float().mean()), "texts": texts}
 
@@ -94,6 +96,22 @@ def add_rm_scores(d: dict, scorer: Scorer) -> None:
             v.update({k: x.numpy() for k, x in dist.distribution_stats(dist.score_logprobs(v["logits"])).items()})
 
 
+def eval_engine(cfg: Config, tokenizer, prompt_tokens: list[list[int]], device: torch.device):
+    """eval.backend=auto: one vLLM engine on the SFT weights for every pool (`prompt_tokens`: all their prompts,
+    which size its context) where generator.backend=auto would pick vLLM; it samples both policies, so they are
+    still sampled the same way, with the same seeds. None = sample with hf."""
+    if cfg.eval.backend == "hf":
+        return None
+    backend, why = choose_backend(dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator,
+                                                                                        backend="auto")),
+                                  sft_policy_path(cfg), device)
+    tqdm.write(f"eval sampler: {backend} ({why})")
+    if backend != "vllm":
+        return None
+    from actors.vllm_generator import VLLMGenerator  # vLLM is optional: imported only when used
+    return VLLMGenerator(cfg, sft_policy_path(cfg), tokenizer, prompt_tokens, device)
+
+
 class HeldoutPool:
     """One held-out prompt pool ("val": in-distribution, "ood": out-of-distribution) with its scorer; the first
     `n` prompts are the ones evaluated (eval.num_prompts, or the RL probe's rl.eval_prompts)."""
@@ -104,10 +122,17 @@ class HeldoutPool:
         self.n = min(len(self.prompts), n or len(self.prompts))
         # win_prob_vs_ref is measured against the SFT answers (add_rm_scores), so no reference sampler here
         self.scorer = build_scorer(cfg, device, self.prompts, self.prompt_tokens, tokenizer) if self.n else None
+        self.engine = None  # a vLLM engine shared by the pools (eval_engine), or None: hf on each model
 
     def answers(self, model: torch.nn.Module) -> list[RolloutBatch]:
-        """The model's answers to prompts 0..n-1, sampled with eval.seed whatever the model."""
-        gen = Generator(model, self.tokenizer, self.cfg.generator, self.prompt_tokens, self.device)
+        """The model's answers to prompts 0..n-1, sampled with eval.seed whatever the model: by hf on the model
+        itself, or by the pool's vLLM engine after loading the model's weights into it (eval.backend)."""
+        if self.engine is not None:
+            self.engine.load_weights(merged_state_dict(model), self.engine.version + 1)
+            self.engine.prompt_tokens = self.prompt_tokens  # the engine serves every pool: this pool's prompts
+            gen = self.engine
+        else:
+            gen = Generator(model, self.tokenizer, self.cfg.generator, self.prompt_tokens, self.device)
         return sample_answers(gen, self.n, self.cfg.eval.batch_size, self.cfg.eval.seed, self.cfg, self.device)
 
     def describe(self, batches: list[RolloutBatch]) -> dict:
@@ -137,21 +162,25 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     trained = load_causal_lm(trained_path, device, torch.float32).eval()
     result: dict = {}
-    for split, stage in (("val", "eval"), ("ood", "eval_ood")):
-        pool = HeldoutPool(cfg, tokenizer, device, split, cfg.eval.num_prompts, stage)
-        if not pool.n:
-            continue
+    pools = [(split, HeldoutPool(cfg, tokenizer, device, split, cfg.eval.num_prompts, stage))
+             for split, stage in (("val", "eval"), ("ood", "eval_ood"))]
+    pools = [(split, pool) for split, pool in pools if pool.n]
+    engine = eval_engine(cfg, tokenizer, [t for _, p in pools for t in p.prompt_tokens[:p.n]], device)
+    for split, pool in pools:
+        pool.engine = engine
         d, kl = compare_on_pool(pool, pool.describe(pool.answers(sft)), trained, sft)
         summary = summarize(d, kl, cfg, pool.prompt_texts)
         if split == "val":
             result = summary
-        else:  # the out-of-distribution pool: same layout, with each prompt's kind (new_topic / new_template)
-            summary["kinds"] = [sandbox.ood_kind(p, cfg.sandbox) for p in pool.prompt_texts]
+        else:  # the out-of-distribution pool: same layout, with each prompt's kind (sandbox: new_topic /
+            # new_template; ifeval: its held-out instruction type)
+            summary["kinds"] = [ood_kind(cfg, p) for p in pool.prompt_texts]
             result["ood"] = summary
     Path(cfg.run_dir, "eval.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     if "ood" in result:
-        print("\nout-of-distribution (templates and topics never asked in training):\n" + format_table(result["ood"]))
+        print("\nout-of-distribution (requests or instruction types never asked in training):\n"
+              + format_table(result["ood"]))
     return result
 
 
@@ -183,7 +212,7 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     e = cfg.eval
     comparisons = {"reward": paired_comparison(d["trained"]["reward"], d["sft"]["reward"], e.bootstrap_samples,
                                                e.confidence, e.seed)}
-    extra = ["gold"] if d["sft"]["gold"] is not None else []
+    extra = ["gold", *sorted(k for k in d["sft"] if k.startswith("gold_"))] if d["sft"]["gold"] is not None else []
     extra += [k for k in ("win_prob_vs_sft", "rm_mean", "rm_std", "rm_entropy") if k in d["sft"]]
     for key in extra:
         comparisons[key] = paired_comparison(d["trained"][key], d["sft"][key], e.bootstrap_samples, e.confidence,
@@ -195,7 +224,7 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     policies["trained"]["kl_to_ref"] = float(kl.mean())
     policies["sft"]["kl_to_ref"] = 0.0
     # per-prompt arrays (prompt i = held-out prompt i for both policies) let the report and the Level 2 summary
-    # pool seeds and pair variants on the same prompts; gold is None outside the sandbox
+    # pool seeds and pair variants on the same prompts; gold is None for a source without a gold judge
     keys = ["reward", "gold", "length", *[k for k in extra if k != "gold"]]
     per_prompt = {name: {k: None if v.get(k) is None else np.asarray(v[k], dtype=float).round(6).tolist()
                          for k in keys} for name, v in d.items()}
@@ -210,7 +239,8 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
 def format_table(result: dict) -> str:
     p, c = result["policies"], result["comparisons"]
     pct = int(round(100 * result["confidence"]))
-    labels = {"reward": "reward (RM)", "gold": "gold (judge)", "win_prob_vs_sft": "RM P(>SFT)",
+    labels = {"reward": "reward (RM)", "gold": "gold (judge)", "gold_loose": "gold loose",
+              "win_prob_vs_sft": "RM P(>SFT)",
               "rm_mean": "RM E[score]", "rm_std": "RM std", "rm_entropy": "RM entropy"}
     rows = [(label, f"{key}_mean", key) for key, label in labels.items() if key in c]
     lines = [f"held-out prompts: {result['num_prompts']}",

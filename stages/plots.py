@@ -17,7 +17,7 @@ CURVES = (("rollout/reward", "reward-model reward"), ("rollout/kl", "KL to refer
           ("baseline/value", "baseline (moving average)"), ("rollout/response_len", "response length (tokens)"),
           ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"),
           ("rollout/truncation_rate", "truncated (no EOS) share"))
-STAGES = ("sft", "rm", "rl", "eval")
+STAGES = ("pairs", "sft", "rm", "rl", "eval")
 
 
 def _smooth(y: np.ndarray) -> np.ndarray:

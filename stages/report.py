@@ -100,7 +100,7 @@ def aggregate(runs: list[RunData], pool: str | None = None) -> dict:
     pol = lambda name, key: [e["policies"][name][key] for e in ev]  # noqa: E731
     out = {"seeds": len(ev), "confidence": conf, "num_prompts": ev[0]["num_prompts"],
            "same_prompts": len({e.get("prompts_sha256") for e in ev}) == 1}
-    for metric in ("reward", "gold"):
+    for metric in ("reward", "gold", "gold_loose"):  # gold_loose: the ifeval task's loose accuracy
         if all(metric in e["comparisons"] for e in ev):
             c = [e["comparisons"][metric] for e in ev]
             out[metric] = {"sft": seed_summary([x["control_mean"] for x in c], conf),
@@ -137,7 +137,8 @@ def verdict(variant: str, agg: dict) -> str:
     """One sentence per metric: did the held-out score rise, and is the rise beyond chance across seeds?"""
     pct = int(round(100 * agg["confidence"]))
     lines = []
-    for metric, label in (("reward", "reward-model reward"), ("gold", "gold reward")):
+    for metric, label in (("reward", "reward-model reward"), ("gold", "gold reward"),
+                          ("gold_loose", "gold reward (loose)")):
         if metric not in agg:
             continue
         d, n = agg[metric]["diff"], agg[metric]["diff"]["n"]
@@ -176,7 +177,16 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
     return _table(head, rows)
 
 
-def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict]) -> list[str]:
+OOD_TEXT = {  # what the two held-out pools are, per data source
+    "sandbox": "ID: {n_id} held-out prompts with new names on requests (template, topic) that training also asks. "
+               "OOD: {n_ood} prompts whose template or topic no training prompt uses (new_template: a held-out "
+               "template on a training topic; new_topic: a held-out topic).",
+    "ifeval": "ID: {n_id} held-out prompts with instruction types training also asks (new prompts). OOD: {n_ood} "
+              "prompts whose instruction type no training prompt carries (one column per held-out type). Gold: "
+              "IFEval's strict prompt-level accuracy (loose: gold_loose)."}
+
+
+def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: str = "sandbox") -> list[str]:
     """In-distribution and out-of-distribution held-out gains side by side (mean over seeds [t-CI])."""
     rows, kinds = [], sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
     for v, a in aggs.items():
@@ -193,11 +203,15 @@ def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict]) -> list[st
     head = ["variant", "seeds", "RM diff ID", "RM diff OOD", "gold diff ID", "gold diff OOD",
             *[f"gold diff OOD {k}" for k in kinds], "gold win ID", "gold win OOD", "KL ID", "KL OOD"]
     n_id, n_ood = next(iter(aggs.values()))["num_prompts"], next(iter(aggs_ood.values()))["num_prompts"]
+    text = OOD_TEXT.get(source, OOD_TEXT["sandbox"]).format(n_id=n_id, n_ood=n_ood)
+    if any("gold_loose" in a for a in aggs.values()):
+        head += ["loose diff ID", "loose diff OOD"]
+        rows = [r + [ci(aggs[r[0]]["gold_loose"]["diff"]) if "gold_loose" in aggs[r[0]] else "n/a",
+                     ci(aggs_ood[r[0]]["gold_loose"]["diff"]) if "gold_loose" in aggs_ood[r[0]] else "n/a"]
+                for r in rows]
     return ["## In-distribution vs out-of-distribution held-out", "",
-            f"ID: {n_id} held-out prompts with new names on requests (template, topic) that training also asks. "
-            f"OOD: {n_ood} prompts whose template or topic no training prompt uses (new_template: a held-out "
-            "template on a training topic; new_topic: a held-out topic). A gain that holds only in ID is "
-            "memorised phrasing, not a learned behaviour.", ""] + _table(head, rows) + [""]
+            f"{text} A gain that holds only in ID is memorised phrasing, not a learned behaviour.", ""] \
+        + _table(head, rows) + [""]
 
 
 def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
@@ -355,10 +369,10 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
         lines += ["## Held-out results per variant (mean over seeds)", ""] + summary_table(variants, aggs) + [""]
         lines += ["Each seed trains its own reward model, so reward-model rewards are on one scale within a seed "
                   "(SFT vs trained, and across variants of that seed) but not across seeds: compare the differences, "
-                  "not the levels. The gold reward (sandbox) is one fixed scale. KL is the mean of "
+                  "not the levels. The gold reward (the data source's judge) is one fixed scale. KL is the mean of "
                   "log pi(y|x) - log pi_ref(y|x) on the trained policy's own held-out samples (nats per response).",
                   ""]
-        lines += id_vs_ood_table(aggs, aggs_ood or {})
+        lines += id_vs_ood_table(aggs, aggs_ood or {}, c["data"]["source"])
         if reference in variants:
             lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
             lines += matched_kl(variants, reference, "gold" if "gold" in first else "reward")

@@ -104,3 +104,12 @@ def test_runs_start_when_their_artifacts_exist_and_a_failure_stops_only_its_depe
     # a second run of the same experiment skips every finished run and retries only what failed
     _, again = runner.run_sweep("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1], variants, jobs=3)
     assert {r.name for r in again if r.status == "skipped"} == {n for n, s in status.items() if s == "done"}
+
+
+def test_the_ifeval_task_is_built_once_and_shared_by_every_seed(tmp_path):
+    """Its prompts and pairs depend on the SFT policy and data.split_seed, not on seed: the first run builds them
+    in <run_dir>/data and every other run waits for that run's pairs stage and reads the same directory."""
+    _, runs = plan("configs/smollm2_ifeval.yaml", [f"run_dir={tmp_path}"], [0, 1, 2], [], "all")
+    assert runs[0].stages == ["pairs", "rm", "rl", "eval"] and not runs[0].depends_on
+    assert all(r.stages == ["rm", "rl", "eval"] and r.depends_on == [(runs[0], "pairs")] for r in runs[1:])
+    assert all(f"ifeval.dir={tmp_path / 'data'}" in r.overrides for r in runs)

@@ -1,0 +1,266 @@
+"""The real-model task: simple requests carrying verifiable instructions, judged by IFEval's own verifiers.
+
+Every prompt is a base request ("Describe a rainy afternoon.") followed by one instruction whose text and
+checker come from IFEval's instruction registry as packaged by `if-verifiable` (Apache-2.0): the registry class
+writes the instruction (`build_description`) and checks an answer (`check_following`); strict and loose
+accuracy are the library's `evaluate_instructions` (IFEval's definitions: strict checks the answer as written,
+loose also accepts it with the first and/or last line removed or with `*` removed). Nothing here re-implements a
+check. The instruction types used are those whose checkers run offline: none that needs NLTK's punkt data
+(number_sentences, capital_word_frequency), the language detector only for the two English-case checks
+(langdetect ships its profiles; it is seeded, as IFEval's own evaluation leaves it unseeded).
+
+The task's files live in one directory (`ifeval.dir`, '' = <run_dir>/data), written by `--stage pairs`
+(stages/pairs.py): `prompts.jsonl` (every prompt with its instruction ids and arguments: the verifier table,
+keyed by prompt text) and `average_rating_split.jsonl` (preference pairs in the HelpSteer2_binarized schema).
+Out-of-distribution = the held-out instruction types (`ifeval.heldout_instructions`): no training prompt
+carries one (common/splits.py sends their prompts to the `ood` split).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import PathNotFound, UserError
+
+PROMPTS_FILE = "prompts.jsonl"
+PAIRS_FILE = "average_rating_split.jsonl"  # data.split's default name, so the normal data path reads it
+TASK_FILE = "task.json"  # written last: its presence marks a complete task directory
+
+# The packages the verifiers import (all Apache-2.0 on PyPI, installed with --no-deps by `make real-task`):
+# if-verifiable (the registry), langdetect (english_capital / english_lowercase), nltk (imported by the
+# registry's utilities; no NLTK data is used), immutabledict (imported by them too).
+PACKAGES = {"if_verifiable": "if-verifiable==0.1.2", "langdetect": "langdetect==1.0.9", "nltk": "nltk",
+            "immutabledict": "immutabledict"}
+
+# Instruction types whose checkers need no downloaded data, with the arguments we pass where the library's
+# random defaults do not fit answers of ~100 tokens (number_words defaults to 100..500 words; a prompt that is
+# impossible or always satisfied gives no preference signal). None = the library draws its own arguments.
+OFFLINE_TYPES: dict[str, object] = {
+    "punctuation:no_comma": None,
+    "startend:quotation": None,
+    "startend:end_checker": None,
+    "detectable_content:postscript": None,
+    "detectable_content:number_placeholders": None,
+    "detectable_format:title": None,
+    "detectable_format:json_format": None,
+    "detectable_format:number_bullet_lists": None,
+    "detectable_format:number_highlighted_sections": None,
+    "keywords:existence": None,
+    "keywords:forbidden_words": None,
+    "keywords:frequency": None,
+    "keywords:letter_frequency": None,
+    "change_case:english_lowercase": None,
+    "change_case:english_capital": None,
+    "length_constraints:number_words": lambda rng: {"num_words": rng.choice((15, 20, 30, 40, 50)),
+                                                    "relation": "less than"},
+}
+
+# Simple base requests a 135M chat model answers in a few sentences (written for this task; the instruction
+# text appended to each is the library's).
+REQUESTS = (
+    "Describe a rainy afternoon.", "Write a short note inviting a friend to dinner.", "Explain what a rainbow is.",
+    "Give advice to someone starting to learn to cook.", "Describe your ideal weekend.",
+    "Write a short story about a lost cat.", "Explain why people should drink water.", "Describe the ocean.",
+    "Write a thank-you message to a teacher.", "Explain how to make a cup of tea.",
+    "Tell me about the moon.", "Write a short poem about autumn.", "Describe a busy city street.",
+    "Give three tips for better sleep.", "Explain what a computer does.", "Write a product review of a pair of shoes.",
+    "Describe a walk in the forest.", "Explain why exercise is healthy.", "Write a birthday message for a sister.",
+    "Tell me about elephants.", "Describe a good breakfast.", "Explain how plants grow.",
+    "Write a short letter to a neighbour about a noisy party.", "Describe winter in the mountains.",
+    "Give advice on saving money.", "Explain what the internet is.", "Write a short speech for a school event.",
+    "Describe a visit to a museum.", "Tell me about bees.", "Explain how to plant a tree.",
+    "Write an email asking for a day off.", "Describe a summer holiday at the beach.",
+    "Explain why reading books is useful.", "Write a short story about a brave knight.",
+    "Describe your favourite meal.", "Tell me about the sun.", "Give tips for a job interview.",
+    "Explain how a bicycle works.", "Write a welcome message for new club members.", "Describe a thunderstorm.",
+    "Explain what friendship means.", "Write a short advertisement for a bakery.", "Describe a quiet library.",
+    "Tell me about penguins.", "Give advice for a first day at a new school.", "Explain how rain forms.",
+    "Write a short review of a film you like.", "Describe a train journey.",
+)
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """One prompt of the task: the user message and the verifiable instructions it carries."""
+    prompt: str
+    instruction_id_list: tuple[str, ...]
+    kwargs: tuple[dict, ...]
+
+    def as_row(self) -> dict:
+        return {"prompt": self.prompt, "instruction_id_list": list(self.instruction_id_list),
+                "kwargs": [dict(k) for k in self.kwargs]}
+
+
+def missing_packages() -> list[str]:
+    """The pip requirements of the verifiers that are not installed (empty when the task can run)."""
+    return [req for module, req in PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def require_packages() -> None:
+    missing = missing_packages()
+    if missing:
+        raise UserError(f"data.source=ifeval needs the IFEval verifiers: `make real-task` (or pip install --no-deps "
+                        f"{' '.join(missing)})")
+
+
+def _registry() -> dict:
+    require_packages()
+    import langdetect
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+    # langdetect samples internally; seeded, an answer gets the same verdict every time it is checked
+    langdetect.DetectorFactory.seed = 0
+    return INSTRUCTION_DICT
+
+
+@contextlib.contextmanager
+def _seeded_global_random(seed: int):
+    """The registry draws default arguments from the global `random` module: seed it for one call and put the
+    caller's state back, so composing the task is reproducible and changes no one else's random stream."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def instruction(instruction_id: str, seed: int, kwargs: dict | None = None) -> tuple[str, dict]:
+    """(text, arguments) of one instruction, written by its registry class; `kwargs` None = drawn (seeded)."""
+    checker = _registry()[instruction_id](instruction_id)
+    with _seeded_global_random(seed):
+        text = checker.build_description(**(kwargs or {}))
+    return text, dict(checker.get_instruction_args() or {})
+
+
+def compose_prompts(instruction_ids: tuple[str, ...], num_prompts: int, seed: int) -> list[TaskPrompt]:
+    """`num_prompts` distinct prompts: a base request and one instruction of `instruction_ids`, chosen round-robin
+    over a seeded shuffle so that every type is asked about equally often. Deterministic for a seed."""
+    rng = random.Random(seed)
+    out, seen, attempts = [], set(), 0
+    while len(out) < num_prompts:
+        attempts += 1
+        if attempts > 20 * num_prompts:
+            raise UserError(f"ifeval: cannot compose {num_prompts} distinct prompts from {len(REQUESTS)} requests "
+                            f"and {len(instruction_ids)} instruction types; lower the number of prompts")
+        iid = instruction_ids[len(out) % len(instruction_ids)]
+        sampler = OFFLINE_TYPES[iid]
+        text, args = instruction(iid, rng.randrange(2**31), sampler(rng) if callable(sampler) else None)
+        prompt = f"{rng.choice(REQUESTS)} {text}".strip()  # stripped, as the data path reads a prompt
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append(TaskPrompt(prompt, (iid,), (args,)))
+    return out
+
+
+def task_prompts(cfg_ifeval, seed: int) -> list[TaskPrompt]:
+    """The training-type prompts, then the held-out-type prompts (ifeval.num_prompts / num_ood_prompts)."""
+    train = compose_prompts(tuple(cfg_ifeval.instructions), cfg_ifeval.num_prompts, seed)
+    ood = compose_prompts(tuple(cfg_ifeval.heldout_instructions), cfg_ifeval.num_ood_prompts, seed + 1) \
+        if cfg_ifeval.heldout_instructions and cfg_ifeval.num_ood_prompts else []
+    return train + ood
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """IFEval's four accuracies of one answer (if_verifiable's EvaluationScores): prompt-level = every
+    instruction followed, instruction-level = the share followed; strict as written, loose after its variants."""
+    prompt_strict: float
+    prompt_loose: float
+    instruction_strict: float
+    instruction_loose: float
+
+    @property
+    def preference_score(self) -> float:
+        """What pairs are ranked by (0..2): instruction-level strict + loose, so an answer that only passes once
+        its first/last line or its `*` are removed ranks between a failure and a strict pass."""
+        return self.instruction_strict + self.instruction_loose
+
+
+def verify(task: TaskPrompt, response: str) -> Verdict:
+    """The library's verdict on `response` to `task` (if_verifiable.common.evaluate_instructions)."""
+    from if_verifiable.common import evaluate_instructions
+    _, s = evaluate_instructions(response=response, instruction_id_list=list(task.instruction_id_list),
+                                 kwargs_list=[dict(k) for k in task.kwargs], prompt=task.prompt,
+                                 instruction_registry=_registry())
+    return Verdict(s.binary_strict, s.binary_loose, s.partial_strict, s.partial_loose)
+
+
+def preference_rows(tasks: list[TaskPrompt], answers: list[list[str]]) -> tuple[list[dict], dict]:
+    """One HelpSteer2_binarized row per prompt from its sampled answers: the best by the verifiers (preference
+    score, first of equals) as chosen, the worst as rejected, ratings on HelpSteer2's 0..4 scale (2 x score). A
+    prompt whose non-empty answers all score the same is a tie: no row, counted. Returns (rows, counts)."""
+    rows, counts = [], {"prompts": len(tasks), "pairs": 0, "ties": 0, "no_answers": 0, "answers": 0,
+                        "empty_answers": 0}
+    for task, texts in zip(tasks, answers):
+        texts = [t.strip() for t in texts]
+        counts["answers"] += len(texts)
+        counts["empty_answers"] += sum(not t for t in texts)
+        scored = [(verify(task, t).preference_score, t) for t in texts if t]
+        if len(scored) < 2:
+            counts["no_answers"] += 1
+            continue
+        best, worst = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
+        if best[0] == worst[0]:
+            counts["ties"] += 1
+            continue
+        user = {"role": "user", "content": task.prompt}
+        rows.append({"prompt": task.prompt, "chosen": [user, {"role": "assistant", "content": best[1]}],
+                     "rejected": [user, {"role": "assistant", "content": worst[1]}],
+                     "chosen_rating": 2.0 * best[0], "rejected_rating": 2.0 * worst[0]})
+    counts["pairs"] = len(rows)
+    counts["tie_rate"] = counts["ties"] / max(1, counts["prompts"] - counts["no_answers"])
+    return rows, counts
+
+
+def write_prompts(path: Path, prompts: list[TaskPrompt]) -> None:
+    path.write_text("".join(json.dumps(p.as_row()) + "\n" for p in prompts))
+
+
+def read_prompts(path: str | Path) -> list[TaskPrompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise PathNotFound(f"no task prompts at {path}: run `launch.py --stage pairs` (data.source=ifeval) first")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [TaskPrompt(r["prompt"], tuple(r["instruction_id_list"]), tuple(r["kwargs"])) for r in rows]
+
+
+@functools.lru_cache(maxsize=8)
+def _table(path: str, mtime_ns: int) -> dict[str, TaskPrompt]:  # noqa: ARG001 - mtime keys the cache
+    return {p.prompt: p for p in read_prompts(path)}
+
+
+def verifier_table(task_dir: str | Path) -> dict[str, TaskPrompt]:
+    """prompt text -> its TaskPrompt, read from <task_dir>/prompts.jsonl (cached while the file is unchanged)."""
+    path = Path(task_dir) / PROMPTS_FILE
+    if not path.is_file():
+        read_prompts(path)  # raises PathNotFound naming the stage to run
+    return _table(str(path), path.stat().st_mtime_ns)
+
+
+class IFEvalJudge:
+    """The gold judge of the task, keyed by prompt text (the last user message): per answer, prompt-level
+    strict accuracy as `gold` (IFEval's headline figure) and loose as `gold_loose`."""
+
+    def __init__(self, task_dir: str | Path) -> None:
+        self.table = verifier_table(task_dir)
+
+    def __call__(self, prompt_text: str, response: str) -> dict[str, float]:
+        task = self.table.get(prompt_text)
+        if task is None:
+            raise KeyError(f"prompt not in the task's verifier table ({PROMPTS_FILE}): {prompt_text[:80]!r}")
+        v = verify(task, response)
+        return {"gold": v.prompt_strict, "gold_loose": v.prompt_loose}
+
+
+def ood_kind(prompt_text: str, task_dir: str | Path, heldout: tuple[str, ...]) -> str:
+    """'' for a prompt whose instructions are all training types, else its held-out instruction type(s)."""
+    task = verifier_table(task_dir).get(prompt_text)
+    if task is None:
+        return ""
+    return ",".join(i for i in task.instruction_id_list if i in heldout)
