@@ -125,6 +125,7 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert {"rl.kl_coef=0.05", "rl.lr=3e-4"} <= overrides["kl_coef=0.05,lr=3e-4"], "the demo's point trains"
     tiny = load_config("configs/tiny.yaml")
     assert (tiny.rl.kl_coef, tiny.rl.lr) == (0.05, 3e-4), "the tune plan is centred on the demo's settings"
+    assert all("rl.steps=150" in r.overrides for r in runs) and tiny.rl.steps < 150, "steps: read off the probe"
     assert {"rl.kl_coef=0.02", "rl.kl_coef=0.1", "rl.lr=1e-4"} <= set().union(*overrides.values())
     variants, ref = plan_variants("level2_kl")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
