@@ -149,7 +149,7 @@ def test_real_task_end_to_end_cut_to_a_few_steps(tmp_path):
             "ifeval.heldout_instructions=[keywords:frequency]", "data.val_fraction=0.4", "ifeval.num_prompts=24",
             "ifeval.num_ood_prompts=6", "ifeval.samples_per_prompt=3", "generator.max_new_tokens=32",
             "reward.batch_size=4", "rl.steps=2", "rl.batch_size=2", "eval.num_prompts=4", "eval.batch_size=4",
-            "eval.bootstrap_samples=100", "eval.backend=auto"]
+            "eval.bootstrap_samples=100", "generator.backend=hf", "eval.backend=auto"]  # one vLLM engine (eval)
     assert launch.main(args) == 0
     pairs = json.loads((run / "pairs_metrics.json").read_text())
     assert pairs["pairs"] + pairs["ties"] + pairs["no_answers"] == pairs["prompts"] == 30
