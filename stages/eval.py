@@ -35,12 +35,12 @@ from learner.learner import response_token_logprobs
 
 @torch.no_grad()
 def sample_answers(generator: Generator, n: int, batch_size: int, seed: int, cfg: Config,
-                   device: torch.device) -> list[RolloutBatch]:
+                   device: torch.device, greedy: bool = False) -> list[RolloutBatch]:
     """Batches of answers to prompts 0..n-1; batch k is sampled with seed + k whatever the policy."""
     batches = []
     for k, start in enumerate(tqdm(range(0, n, batch_size), desc="eval generate", leave=False)):
         with amp(cfg, device):
-            batches.append(generator.generate(list(range(start, min(n, start + batch_size))), seed + k))
+            batches.append(generator.generate(list(range(start, min(n, start + batch_size))), seed + k, greedy))
     return batches
 
 

@@ -23,9 +23,9 @@ import torch
 from actors.generator import Generator
 from common.config import Config
 from common.models import load_causal_lm, load_tokenizer, sft_policy_path
-from common.runtime import amp, prepare
+from common.runtime import prepare
 from learner import distributional as dist
-from stages.eval import HeldoutPool
+from stages.eval import HeldoutPool, sample_answers
 
 
 def distinct_2(text: str) -> float:
@@ -41,11 +41,7 @@ def answers_at(pool: HeldoutPool, model: torch.nn.Module, temperature: float) ->
     cfg = pool.cfg
     gen_cfg = dataclasses.replace(cfg.generator, temperature=temperature or cfg.generator.temperature)
     gen = Generator(model, pool.tokenizer, gen_cfg, pool.prompt_tokens, pool.device)
-    batches = []
-    for k, start in enumerate(range(0, pool.n, cfg.eval.batch_size)):
-        with amp(cfg, pool.device):
-            batches.append(gen.generate(list(range(start, min(pool.n, start + cfg.eval.batch_size))),
-                                        cfg.eval.seed + k, greedy=temperature == 0))
+    batches = sample_answers(gen, pool.n, cfg.eval.batch_size, cfg.eval.seed, cfg, pool.device, temperature == 0)
     d = pool.describe(batches)
     head = pool.scorer.head
     # win_prob_vs_ref needs a reference answer per prompt; the distribution's expected score needs none
