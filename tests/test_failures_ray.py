@@ -183,17 +183,22 @@ def test_signal_to_the_ray_driver_stops_cleanly(sig, code, ray_run, tmp_path):
     for name in ("sft_model", "reward_model", "data"):
         (run / name).symlink_to(ray_run / name)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--mode", "ray",
-           *stage(run, "rl", *RAY_FAST, "rl.steps=200", "rl.save_every=1")]
+           *stage(run, "rl", *RAY_FAST, "rl.steps=200", "rl.save_every=1", "rl.eval_every=0")]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run / "metrics_rl.jsonl"
+
+    def trained() -> int:  # logged learner steps; the log's first row is step 0, the SFT policy's probe
+        return sum(json.loads(line)["step"] > 0 for line in log.read_text().splitlines()) if log.is_file() else 0
     deadline = time.monotonic() + 300
-    while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+    while trained() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    logged = log.read_text().count("\n")
+    logged = trained()
+    assert logged >= 2, "two steps were logged before the signal"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     check_one_line(proc.returncode, out, err, f"interrupted by {sig.name}", code=code)
-    path, state = checkpoint.load_latest(run / "checkpoints")  # raises if the latest is not readable
+    found = checkpoint.load_latest(run / "checkpoints")  # raises if the latest is not readable
+    assert found is not None, "the checkpoint of the first logged step is on disk"
     # a step logs, then checkpoints: the signal may have stopped the checkpoint of the step it logged last
-    assert state["step"] >= logged - 1, "the last checkpoint written is intact"
+    assert found[1]["step"] >= logged - 1, "the last checkpoint written is intact"
     assert not list((run / "checkpoints").glob("*.tmp"))
