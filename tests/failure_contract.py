@@ -17,7 +17,7 @@ CONFIG = str(ROOT / "configs" / "tiny.yaml")
 # the tiny demo, shrunk to seconds (as in test_launch.py)
 FAST = ["sandbox.num_pairs=240", "sandbox.num_sft_examples=256", "sft.epochs=1", "reward.epochs=1",
         "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "rl.batch_size=4",
-        "generator.max_new_tokens=4", "eval.num_prompts=8", "eval.bootstrap_samples=200", "torch_threads=1"]
+        "generator.max_new_tokens=4", "eval.num_prompts=8", "eval.bootstrap_samples=200", "rl.eval_prompts=8", "torch_threads=1"]
 
 
 def check_one_line(rc: int, out: str, err: str, *needles: str, code: int | None = None) -> str:

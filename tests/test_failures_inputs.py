@@ -223,7 +223,9 @@ def test_report_without_runs_is_one_line(what, tmp_path, capsys):
 def test_unreachable_hub_model_is_one_line_naming_it(tmp_path, capsys, monkeypatch, stand_ins):
     """A hub id that cannot be fetched (offline here, as on a cluster node without the hub) names the id and the
     keys that name models, not transformers' traceback."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for child processes; this one read it at import:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # else ~45 s of connection retries
     run = run_with_sft(tmp_path, stand_ins)
     expect_error(capsys, stage(run, "rm", "reward.init=nobody-here/no-such-model-12"),
                  "cannot load the model or tokenizer nobody-here/no-such-model-12", "reward.init", "local directory")

@@ -15,7 +15,7 @@ from common import checkpoint
 FAST = ["sandbox.num_pairs=240", "sandbox.num_ood_pairs=40", "sandbox.num_sft_examples=256", "sft.epochs=1",
         "reward.epochs=1", "model.tiny.hidden_size=32", "model.tiny.num_heads=1", "model.tiny.intermediate_size=64",
         "rl.batch_size=8",
-        "generator.max_new_tokens=8", "eval.num_prompts=16", "eval.bootstrap_samples=200", "torch_threads=1"]
+        "generator.max_new_tokens=8", "eval.num_prompts=16", "eval.bootstrap_samples=200", "rl.eval_prompts=8", "torch_threads=1"]
 
 
 def run(run_dir: Path, *args: str) -> int:

@@ -42,7 +42,7 @@ def test_notebook_runs_level1_then_level2_and_shows_the_report(tmp_path, monkeyp
     level2.write_text(yaml.safe_dump(cfg | {"reward": cfg["reward"] | {"head": "distributional"}}))
     runs = tmp_path / "runs"
     parameters = (f"LEVEL1_CONFIG = 'configs/tiny.yaml'\nLEVEL2_CONFIG = {str(level2)!r}\n"
-                  f"OVERRIDES = {FAST + ['rl.steps=3', 'eval.bootstrap_samples=100']!r}\nRUN_ROOT = {str(runs)!r}\n")
+                  f"OVERRIDES = {FAST + ['rl.steps=3', 'eval.bootstrap_samples=100', 'generator.backend=hf']!r}\nRUN_ROOT = {str(runs)!r}\n")
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(objs))  # the notebook front end
     monkeypatch.chdir(ROOT)
