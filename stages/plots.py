@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend, PNG). Each function takes loaded runs and writes one file.
 
-A run here is a `stages.report.RunData`: its variant, seed, RL metrics (one dict per logged step) and eval.json.
+A run here is a `stages.report_runs.RunData`: its variant, seed, RL metrics (one dict per logged step) and eval.json.
 """
 
 from __future__ import annotations

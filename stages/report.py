@@ -9,81 +9,15 @@ it is the one that answers "is the gain beyond chance?" for the method.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from stages import plots
 from stages.eval import overoptimisation_check
 from stages.report_compare import matched_kl, reward_models, versus_reference
-from common.config import flatten
-from common.errors import PathNotFound
-from common.metrics import read_log
+from stages.report_runs import RunData, discover, group, read_json, varying_keys
 from common.stats import seed_summary
-
-NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path"}
-
-
-@dataclass
-class RunData:
-    path: Path
-    variant: str
-    seed: int
-    config: dict
-    eval: dict | None = None
-    rl: list[dict] = field(default_factory=list)
-    stage_times: dict = field(default_factory=dict)
-    rm: dict | None = None
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_run(path: Path) -> RunData:
-    """A run directory: its resolved config and whatever its stages wrote (missing stages stay empty)."""
-    config = yaml.safe_load((path / "config.yaml").read_text())
-    variant = path.parent.name if re.fullmatch(r"seed_\d+", path.name) else path.name
-    rl_file = path / "metrics_rl.jsonl"
-    rl = [json.loads(line) for line in read_log(rl_file)]
-    rm = _json(path / "rm_metrics.json")
-    if rm is None and config["reward"]["path"]:  # a sweep variant reusing another run's reward model
-        rm = _json(Path(config["reward"]["path"]).parent / "rm_metrics.json")
-    return RunData(path, variant, int(config["seed"]), config, _json(path / "eval.json"), rl,
-                   _json(path / "stage_times.json") or {}, rm)
-
-
-def discover(paths: list[str | Path]) -> list[RunData]:
-    """Every run under the given directories (a run directory holds config.yaml), sorted by variant and seed."""
-    found = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            raise PathNotFound(f"report: {p} is not a directory")
-        dirs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
-        found += [load_run(d) for d in dirs]
-    runs = [r for r in found if r.eval or r.rl]
-    if not runs:
-        raise PathNotFound(f"report: no run with metrics_rl.jsonl or eval.json under {', '.join(map(str, paths))}")
-    return sorted(runs, key=lambda r: (r.variant, r.seed))
-
-
-def group(runs: list[RunData]) -> dict[str, list[RunData]]:
-    out: dict[str, list[RunData]] = {}
-    for r in runs:
-        out.setdefault(r.variant, []).append(r)
-    return out
-
-
-def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, object]]:
-    """Per variant, the config values that differ between variants (seeds and paths excluded)."""
-    flat = {v: flatten(runs[0].config) for v, runs in variants.items()}
-    keys = sorted({k for f in flat.values() for k in f} - NOT_A_VARIANT_KEY)
-    diff = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
-    return {v: {k: f.get(k) for k in diff} for v, f in flat.items()}
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -242,7 +176,7 @@ def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
 
 def provenance(paths) -> list[str]:
     """The command and machine that produced the runs (invocation.json of the experiment or run directory)."""
-    inv = _json(Path(paths[0]) / "invocation.json")
+    inv = read_json(Path(paths[0]) / "invocation.json")
     if not inv:
         return []
     m = inv["machine"]
@@ -320,7 +254,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> 
     aggs = {v: aggregate(rs) for v, rs in variants.items()}
     aggs_ood = {v: aggregate(rs, "ood") for v, rs in variants.items()}
     figures = figures_for(variants, out)
-    reference = (_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
+    reference = (read_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
     text = render(paths, runs, variants, aggs, figures, reference, aggs_ood)
     (out / "report.md").write_text(text)
     return out / "report.md"
@@ -401,7 +335,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
 
 def failed_runs(paths) -> list[str]:
     """Failed runs recorded by a sweep (sweep.json), so a missing seed is visible, not silently dropped."""
-    failed = [row for p in paths for row in (_json(Path(p) / "sweep.json") or []) if row["status"] == "failed"]
+    failed = [row for p in paths for row in (read_json(Path(p) / "sweep.json") or []) if row["status"] == "failed"]
     if not failed:
         return []
     return ["**Failed runs (not in the tables):** " + "; ".join(f"{r['variant']}/seed_{r['seed']}: {r['error']}"

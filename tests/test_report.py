@@ -9,7 +9,8 @@ import pytest
 import launch
 
 from stages.eval import summarize
-from stages.report import discover, write_report
+from stages.report import write_report
+from stages.report_runs import discover
 from common.config import load_config, save_config
 from common.metrics import record_stage_time
 
