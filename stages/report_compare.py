@@ -91,13 +91,16 @@ def reliability(variants: dict[str, list]) -> list[str]:
 
 
 def kl_frontier(points: list[tuple[float, float]], kl: float) -> float:
-    """Gold (or reward) at held-out KL `kl` on one family's frontier: linear interpolation between the two runs
-    whose KLs bracket it, the points taken in order of KL; nan outside the measured KL range (no extrapolation)."""
-    pts = sorted(points)
+    """Gold (or reward) gain at held-out KL `kl` on one family's frontier. The SFT policy itself is the point
+    (0, 0): no KL, no gain, so every frontier starts there. Between measured points the gain is interpolated
+    linearly in sqrt(KL), in which it rises about linearly before over-optimisation bends it (Gao et al. 2022,
+    arXiv 2210.10760: gold R(d) = d (alpha - beta log d) for RL, d = sqrt(KL)); nan past the largest measured KL
+    (no extrapolation)."""
+    pts = sorted([(0.0, 0.0), *points])
     xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    if len(xs) < 2 or not xs[0] <= kl <= xs[-1]:
+    if len(xs) < 2 or not 0.0 <= kl <= xs[-1]:
         return float("nan")
-    return float(np.interp(kl, xs, ys))
+    return float(np.interp(np.sqrt(kl), np.sqrt(xs), ys))
 
 
 def families(variants: dict[str, list]) -> dict[str, dict[float, list]]:
@@ -112,7 +115,7 @@ def families(variants: dict[str, list]) -> dict[str, dict[float, list]]:
 
 def matched_kl(variants: dict[str, list], reference: str, metric: str, n_targets: int = 3) -> list[str]:
     """Each family's held-out `metric` gain over SFT at matched KL: per seed, the family's (KL, gain) points over
-    its kl_coef values are interpolated (kl_frontier) at target KLs inside every family's and seed's range;
+    its kl_coef values are interpolated (kl_frontier) at target KLs below every family's and seed's largest KL;
     then mean [t-CI] over seeds, and the difference to the reference family per seed."""
     fams = families(variants)
     ref_family = reference.split("@")[0]
@@ -122,14 +125,11 @@ def matched_kl(variants: dict[str, list], reference: str, metric: str, n_targets
     pts = {f: {s: [(r.eval["policies"]["trained"]["kl_to_ref"], r.eval["comparisons"][metric]["diff_mean"])
                    for runs in k.values() for r in runs if r.seed == s and r.eval] for s in seeds}
            for f, k in fams.items()}
-    ranges = [(min(p[0] for p in ps), max(p[0] for p in ps)) for f in pts.values() for ps in f.values() if ps]
-    if not seeds or not ranges:
+    tops = [max(p[0] for p in ps) for f in pts.values() for ps in f.values() if ps]
+    if not seeds or not tops:
         return []
-    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
-    if lo >= hi:
-        return ["## At matched KL", "", f"No KL range is covered by every family and seed (overlap [{lo:.3f}, "
-                f"{hi:.3f}] is empty): widen the kl_coef sweep.", ""]
-    targets = np.linspace(lo, hi, n_targets + 2)[1:-1]
+    hi = min(tops)  # every family's frontier in every seed reaches this KL (each starts at the SFT policy, KL 0)
+    targets = np.linspace(0.0, hi, n_targets + 2)[1:-1]
     rows = []
     for kl in targets:
         ref = {s: kl_frontier(pts[ref_family][s], kl) for s in seeds}
@@ -139,7 +139,8 @@ def matched_kl(variants: dict[str, list], reference: str, metric: str, n_targets
             rows.append([f"{kl:.3f}", f, _f(seed_summary(gains)), diff])
     return ["## At matched KL", "",
             f"Held-out {metric} gain over SFT of each family read off its KL-{metric} frontier at the same held-out "
-            f"KL: per seed, the family's runs (one per kl_coef) are linearly interpolated between the two whose KL "
-            f"brackets the target; targets lie inside the KL range every family and seed covers ([{lo:.3f}, "
-            f"{hi:.3f}] nats), so nothing is extrapolated. Mean over {len(seeds)} seeds [95% t-interval].", ""] + \
+            f"KL: per seed, the family's frontier (the SFT policy at KL 0, then its runs, one per kl_coef) is "
+            f"interpolated linearly in sqrt(KL) between the two points that bracket the target; targets lie below the "
+            f"largest KL that every family reaches in every seed ({hi:.3f} nats), so nothing is extrapolated. Mean "
+            f"over {len(seeds)} seeds [95% t-interval].", ""] + \
         _table(["KL target", "family", f"{metric} gain at that KL", f"minus `{ref_family}` (per seed, t-CI)"], rows) + [""]

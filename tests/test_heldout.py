@@ -106,12 +106,15 @@ def test_probe_metrics_and_the_check_on_logged_rows():
     assert overoptimisation_check(rows)["flagged"]
 
 
-def test_kl_frontier_interpolates_inside_the_measured_range_only():
-    pts = [(2.0, 1.0), (0.5, 0.4), (1.0, 0.6)]  # any order; read in order of KL
-    assert kl_frontier(pts, 0.75) == pytest.approx(0.5)
-    assert kl_frontier(pts, 1.5) == pytest.approx(0.8)
-    assert kl_frontier(pts, 2.0) == pytest.approx(1.0)
-    assert math.isnan(kl_frontier(pts, 2.5)) and math.isnan(kl_frontier(pts, 0.1))
+def test_kl_frontier_starts_at_sft_and_interpolates_in_sqrt_kl_inside_the_measured_range():
+    pts = [(4.0, 2.0), (1.0, 0.5)]  # any order; read in order of KL, after the SFT policy's (0, 0)
+    assert kl_frontier(pts, 2.25) == pytest.approx(1.25)  # sqrt 1.5: half way from sqrt 1 (0.5) to sqrt 4 (2.0)
+    assert kl_frontier(pts, 0.25) == pytest.approx(0.25)  # sqrt 0.5: half way from SFT (0, 0) to (1, 0.5)
+    assert kl_frontier(pts, 0.0) == 0.0 and kl_frontier(pts, 4.0) == pytest.approx(2.0)
+    assert math.isnan(kl_frontier(pts, 4.5)) and math.isnan(kl_frontier([], 0.5))
+    on_curve = [(kl, 0.8 * math.sqrt(kl)) for kl in (2.0, 0.5, 1.0)]  # gain linear in sqrt(KL): read exactly
+    assert [kl_frontier(on_curve, kl) for kl in (0.1, 0.7, 1.5)] == pytest.approx([0.8 * math.sqrt(k)
+                                                                                 for k in (0.1, 0.7, 1.5)])
 
 
 def test_plans_results_tune_and_level2_kl(tmp_path):
@@ -144,7 +147,7 @@ def test_report_reads_ood_probe_and_matched_kl(tmp_path):
     from stages.report import write_report
     from tests.test_report import fake_run
 
-    gold_at = {"scalar": lambda kl: kl, "dist_win_prob_vs_ref": lambda kl: 2 * kl}  # gain = slope x KL
+    gold_at = {"scalar": math.sqrt, "dist_win_prob_vs_ref": lambda kl: 2 * math.sqrt(kl)}  # slope x sqrt(KL)
     for family, coefs in (("scalar", (0.02, 0.05, 0.1)), ("dist_win_prob_vs_ref", (0.01, 0.05, 0.2))):
         for kl_coef in coefs:
             for seed in range(2):
@@ -162,10 +165,11 @@ def test_report_reads_ood_probe_and_matched_kl(tmp_path):
     text = write_report([tmp_path]).read_text()
     matched = text.split("## At matched KL")[1].split("##")[0]
     rows = [line.split(" | ") for line in matched.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
-    # overlap of KL ranges [0.2, 1.0] and [0.1, 2.0] is [0.2, 1.0]; targets 0.4, 0.6, 0.8
-    assert [r[0].strip("| ") for r in rows] == ["0.400", "0.400", "0.600", "0.600", "0.800", "0.800"]
+    # largest KLs 1.0 (scalar) and 2.0: every frontier (from SFT at 0) reaches 1.0; targets 0.25, 0.5, 0.75
+    assert [r[0].strip("| ") for r in rows] == ["0.250", "0.250", "0.500", "0.500", "0.750", "0.750"]
     win = [r for r in rows if r[1] == "dist_win_prob_vs_ref"]
-    assert win[0][2].startswith("+0.805") and win[0][3].startswith("+0.400 [+0.400, +0.400]")  # 2 x 0.4 vs 0.4
+    # at 0.25 both seeds' runs bracket it (0.2-0.5 and 0.1-0.5): 2 x sqrt(0.25) = 1.0 (+0.01 on seed 1) vs 0.5
+    assert win[0][2].startswith("+1.005") and win[0][3].startswith("+0.500 [+0.500, +0.500]")
     assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
     assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
     assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14
