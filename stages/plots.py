@@ -110,6 +110,36 @@ def kl_reward_frontier(variants: dict[str, list], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def family_frontiers(families: dict[str, dict[float, list]], path: Path) -> Path | None:
+    """Matched KL (stages/report_compare.matched_kl) drawn: one panel per seed, one line per family from the SFT
+    policy (0, 0) through its runs in order of KL, on a sqrt(KL) axis, where the straight segments are exactly
+    the interpolation the report reads its table off."""
+    runs = [r for k in families.values() for rs in k.values() for r in rs if r.eval]
+    if not runs:
+        return None
+    metric = "gold" if all("gold" in r.eval["comparisons"] for r in runs) else "reward"
+    seeds = sorted({r.seed for r in runs})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.2 * len(seeds), 3.6), squeeze=False, sharey=True)
+    for ax, seed in zip(axes.flat, seeds):
+        for i, (family, by_coef) in enumerate(families.items()):
+            pts = sorted((r.eval["policies"]["trained"]["kl_to_ref"], r.eval["comparisons"][metric]["diff_mean"], c)
+                         for c, rs in by_coef.items() for r in rs if r.seed == seed and r.eval)
+            if not pts:
+                continue
+            ax.plot([0.0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], "-o", color=f"C{i}", ms=4, label=family)
+            for kl, gain, coef in pts:
+                ax.annotate(f"{coef:g}", (kl, gain), fontsize=6, color=f"C{i}", xytext=(2, 2),
+                            textcoords="offset points")
+        ax.set_xscale("function", functions=(np.sqrt, np.square))
+        ax.set_xlim(left=0.0)
+        ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("held-out KL to SFT (sqrt scale), nats")
+        ax.set_title(f"seed {seed}: {metric} gain over SFT (labels: kl_coef)", fontsize=9)
+    axes.flat[0].set_ylabel(f"held-out {metric} gain over SFT")
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
 def gold_vs_rm(variants: dict[str, list], path: Path) -> Path | None:
     """Reward-model reward and gold reward over RL steps (sandbox): over-optimisation shows as RM up, gold down."""
     if not any("rollout/gold" in r for runs in variants.values() for run in runs for r in run.rl):

@@ -15,7 +15,7 @@ import numpy as np
 
 from stages import plots
 from stages.eval import overoptimisation_check
-from stages.report_compare import matched_kl, reward_models, versus_reference
+from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_runs import RunData, discover, group, read_json, varying_keys
 from common.stats import seed_summary
 
@@ -266,6 +266,7 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
         figs[f"training:{v}"] = plots.training_curves(runs, v, out / f"training_{i}.png")
         figs[f"heldout:{v}"] = plots.heldout_distribution(runs, v, out / f"heldout_{i}.png")
     figs["frontier"] = plots.kl_reward_frontier(variants, out / "kl_reward_frontier.png")
+    figs["families"] = plots.family_frontiers(families(variants), out / "matched_kl.png") if families(variants) else None
     figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
     figs["probe"] = plots.probe_curves(variants, out / "heldout_probe.png")
     figs["throughput"] = plots.throughput(variants, out / "throughput.png")
@@ -310,6 +311,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
         if reference in variants:
             lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
             lines += matched_kl(variants, reference, "gold" if "gold" in first else "reward")
+            lines += img("families", "frontiers per seed, read at matched KL")
         lines += ["## Per seed", ""] + per_seed_table(variants) + [""]
         lines += reward_models(variants)
         lines += ["## Held-out reward distributions", ""]

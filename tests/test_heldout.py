@@ -170,6 +170,7 @@ def test_report_reads_ood_probe_and_matched_kl(tmp_path):
     win = [r for r in rows if r[1] == "dist_win_prob_vs_ref"]
     # at 0.25 both seeds' runs bracket it (0.2-0.5 and 0.1-0.5): 2 x sqrt(0.25) = 1.0 (+0.01 on seed 1) vs 0.5
     assert win[0][2].startswith("+1.005") and win[0][3].startswith("+0.500 [+0.500, +0.500]")
+    assert "matched_kl.png" in matched and (tmp_path / "report" / "matched_kl.png").read_bytes()[:4] == b"\x89PNG"
     assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
     assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
     assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14
