@@ -122,7 +122,8 @@ def family_frontiers(families: dict[str, dict[float, list]], path: Path) -> Path
     fig, axes = plt.subplots(1, len(seeds), figsize=(4.2 * len(seeds), 3.6), squeeze=False, sharey=True)
     for ax, seed in zip(axes.flat, seeds):
         for i, (family, by_coef) in enumerate(families.items()):
-            pts = sorted((r.eval["policies"]["trained"]["kl_to_ref"], r.eval["comparisons"][metric]["diff_mean"], c)
+            pts = sorted((max(r.eval["policies"]["trained"]["kl_to_ref"], 0.0),  # as kl_frontier reads it
+                          r.eval["comparisons"][metric]["diff_mean"], c)
                          for c, rs in by_coef.items() for r in rs if r.seed == seed and r.eval)
             if not pts:
                 continue

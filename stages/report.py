@@ -266,7 +266,7 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
         figs[f"training:{v}"] = plots.training_curves(runs, v, out / f"training_{i}.png")
         figs[f"heldout:{v}"] = plots.heldout_distribution(runs, v, out / f"heldout_{i}.png")
     figs["frontier"] = plots.kl_reward_frontier(variants, out / "kl_reward_frontier.png")
-    figs["families"] = plots.family_frontiers(families(variants), out / "matched_kl.png") if families(variants) else None
+    figs["families"] = plots.family_frontiers(families(variants), out / "matched_kl.png")
     figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
     figs["probe"] = plots.probe_curves(variants, out / "heldout_probe.png")
     figs["throughput"] = plots.throughput(variants, out / "throughput.png")

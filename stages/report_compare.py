@@ -95,8 +95,10 @@ def kl_frontier(points: list[tuple[float, float]], kl: float) -> float:
     (0, 0): no KL, no gain, so every frontier starts there. Between measured points the gain is interpolated
     linearly in sqrt(KL), in which it rises about linearly before over-optimisation bends it (Gao et al. 2022,
     arXiv 2210.10760: gold R(d) = d (alpha - beta log d) for RL, d = sqrt(KL)); nan past the largest measured KL
-    (no extrapolation)."""
-    pts = sorted([(0.0, 0.0), *points])
+    (no extrapolation). A sampled KL estimate below 0 (noise close to the SFT policy) counts as 0, and a run at
+    KL 0 takes the SFT point's place."""
+    measured = sorted((max(k, 0.0), y) for k, y in points)
+    pts = measured if measured and measured[0][0] == 0.0 else [(0.0, 0.0), *measured]
     xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
     if len(xs) < 2 or not 0.0 <= kl <= xs[-1]:
         return float("nan")

@@ -112,6 +112,7 @@ def test_kl_frontier_starts_at_sft_and_interpolates_in_sqrt_kl_inside_the_measur
     assert kl_frontier(pts, 0.25) == pytest.approx(0.25)  # sqrt 0.5: half way from SFT (0, 0) to (1, 0.5)
     assert kl_frontier(pts, 0.0) == 0.0 and kl_frontier(pts, 4.0) == pytest.approx(2.0)
     assert math.isnan(kl_frontier(pts, 4.5)) and math.isnan(kl_frontier([], 0.5))
+    assert kl_frontier([(-0.01, 0.2), (1.0, 0.5)], 0.25) == pytest.approx(0.35)  # a KL estimate < 0 counts as 0
     on_curve = [(kl, 0.8 * math.sqrt(kl)) for kl in (2.0, 0.5, 1.0)]  # gain linear in sqrt(KL): read exactly
     assert [kl_frontier(on_curve, kl) for kl in (0.1, 0.7, 1.5)] == pytest.approx([0.8 * math.sqrt(k)
                                                                                  for k in (0.1, 0.7, 1.5)])
