@@ -56,10 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stages_for(stage: str, policy: str, source: str = "sandbox") -> list[str]:
+def stages_for(stage: str, cfg) -> list[str]:
+    """`--stage`'s stages: one, or for `all` the ones the task needs (tasks/: pairs for the ifeval task, sft for
+    the sandbox's tiny policy, then rm, rl, eval)."""
     if stage != "all":
         return [stage]
-    return [s for s in STAGES if (s != "sft" or policy == "tiny") and (s != "pairs" or source == "ifeval")]
+    from tasks import load_task
+    return list(load_task(cfg).stages())
 
 
 def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
@@ -72,12 +75,9 @@ def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
     if name == "rm":
         from stages.rm import run_rm
         return run_rm(cfg)
-    if name == "rl" and mode == "ray":
-        from cluster.ray_runner import run_rl_ray
-        return run_rl_ray(cfg, resume=resume)
     if name == "rl":
-        from stages.rl import run_rl_local
-        return run_rl_local(cfg, resume=resume)
+        from stages.rl import run_rl
+        return run_rl(cfg, resume=resume, mode=mode)
     if name == TEMPERATURE:
         from stages.temperature import run_temperature
         return run_temperature(cfg)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             write_report([str(root)], args.report_dir)
         return 1 if any(r.status == "failed" for r in runs) else 0
     t_start = time.perf_counter()
-    for name in stages_for(args.stage, cfg.model.policy, cfg.data.source):
+    for name in stages_for(args.stage, cfg):
         t0 = time.perf_counter()
         result = run_stage(name, cfg, args.resume, args.mode)
         record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)

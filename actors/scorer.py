@@ -3,7 +3,7 @@ from a config for every caller (local loop, eval, Ray scorer actor)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -11,18 +11,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from actors.generator import Generator
 from common import data
 from common.config import Config, DataConfig
-from common.models import (load_causal_lm, load_tokenizer, reward_head_logits, reward_model_path,
-                           sft_policy_path)
+from common.models import load_causal_lm, load_tokenizer, reward_head_logits
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
-from common.splits import gold_judge
 from learner import distributional as dist
+from tasks.base import GoldFn  # the task's gold judge (tasks/base.py): (last user message, response) -> score(s)
 
 SCALAR = RewardHead("scalar", 1)
-
-# (last user message, response) -> the gold judge's score, or named scores among which "gold" (the headline one;
-# the ifeval task adds "gold_loose"). Which judge a run has is chosen by its data source (common/splits.gold_judge).
-GoldFn = Callable[[str, str], "float | Mapping[str, float]"]
 
 
 class Scorer:
@@ -155,24 +150,24 @@ class Scorer:
         return batch.with_rewards(rewards, **extras)
 
 
-def reference_sampler(cfg: Config, device: torch.device,
+def reference_sampler(cfg: Config, sft_path: str, device: torch.device,
                       reference: torch.nn.Module | None = None) -> torch.nn.Module | None:
-    """The frozen SFT policy that answers each prompt once for `win_prob_vs_ref` (None for other reductions);
-    `reference` is reused when the caller already holds one (no copy with LoRA, or in a scorer actor: load it)."""
+    """The frozen SFT policy (at `sft_path`) that answers each prompt once for `win_prob_vs_ref` (None for other
+    reductions); `reference` is reused when the caller already holds one (no copy with LoRA, or in a scorer
+    actor: load it)."""
     if cfg.rl.reward_reduction != "win_prob_vs_ref":
         return None
-    return reference if reference is not None else load_causal_lm(sft_policy_path(cfg), device, torch.float32).eval()
+    return reference if reference is not None else load_causal_lm(sft_path, device, torch.float32).eval()
 
 
-def build_scorer(cfg: Config, device: torch.device, prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]],
-                 tokenizer, reference: torch.nn.Module | None = None) -> Scorer:
-    """The trained reward model (head read from its directory) behind a Scorer with the configured reduction;
-    win_prob_vs_ref samples its reference responses from `reference` (the frozen SFT policy). Local mode, eval
-    and the Ray scorer actor all build their scorer here."""
-    rm_path = reward_model_path(cfg)
-    rm_tokenizer = load_tokenizer(cfg, rm_path) if not cfg.model.tokenizer else tokenizer
-    rm, head = load_trained_reward_model(cfg, rm_tokenizer, device, torch.float32)  # as validated (README: Precision)
-    gold = gold_judge(cfg)
+def build_scorer(cfg: Config, reward_path: str, gold: GoldFn | None, device: torch.device,
+                 prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]], tokenizer,
+                 reference: torch.nn.Module | None = None) -> Scorer:
+    """The trained reward model at `reward_path` (head read from its directory) behind a Scorer with the
+    configured reduction and the task's gold judge `gold`; win_prob_vs_ref samples its reference responses from
+    `reference` (the frozen SFT policy). Local mode, eval and the Ray scorer actor all build their scorer here."""
+    rm_tokenizer = load_tokenizer(reward_path) if not cfg.model.tokenizer else tokenizer
+    rm, head = load_trained_reward_model(reward_path, cfg.reward, rm_tokenizer, device, torch.float32)  # as validated
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,

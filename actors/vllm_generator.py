@@ -27,8 +27,8 @@ from transformers import PreTrainedTokenizerBase
 
 from common.config import Config, ConfigError
 from common.errors import UserError, brief
-from common.models import resolve_dtype
 from common.rollout import pad_left, pad_right, rollout_batch
+from learner.precision import resolve_dtype
 
 CPU_KV_CACHE_GB = 1.0  # default KV cache on CPU, where gpu_memory_utilization would be a share of host RAM
 

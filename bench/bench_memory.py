@@ -34,13 +34,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import Config, load_config  # noqa: E402
-from common.models import ASSETS, frozen_copy, resolve_device, resolve_dtype, reward_head_logits  # noqa: E402
+from common.models import ASSETS, frozen_copy, resolve_device, reward_head_logits  # noqa: E402
 from common.reward_head import head_from_config  # noqa: E402
 from common.rollout import RolloutBatch  # noqa: E402
 from learner import losses  # noqa: E402
 from learner.learner import Learner, checkpointed_layers, response_token_logprobs  # noqa: E402
 from learner.reward_losses import bradley_terry_loss  # noqa: E402
-from learner.train_loop import autocast_dtype  # noqa: E402
+from learner.precision import resolve_dtype  # noqa: E402
 
 GIB = 2 ** 30
 GPU_GIB = 16
@@ -184,7 +184,7 @@ def rm_step_cuda(cfg: Config, rm, dtype: torch.dtype | None, device: torch.devic
     def step():
         for _ in range(cfg.reward.grad_accum):
             ids = torch.randint(3, rm.config.vocab_size, (2 * b, cfg.data.max_length), device=device)
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
                 logits = reward_head_logits(rm, ids, torch.ones_like(ids)).float()
                 loss = bradley_terry_loss(logits[:b, 0], logits[b:, 0])
             scaler.scale(loss / cfg.reward.grad_accum).backward()
@@ -196,13 +196,11 @@ def rm_step_cuda(cfg: Config, rm, dtype: torch.dtype | None, device: torch.devic
 
 def rl_step_cuda(cfg: Config, policy, reward_model, dtype: torch.dtype, device: torch.device) -> int:
     """One Learner.step (all micro-batches) with the reward model resident, plus the vLLM reservation."""
-    learner = Learner(policy, None if cfg.model.lora.enabled else frozen_copy(policy), cfg.rl, device)
+    learner = Learner(policy, None if cfg.model.lora.enabled else frozen_copy(policy), cfg.rl, device, dtype)
     batch = rollout(cfg, cfg.rl.batch_size, policy.config.vocab_size, device)
-    ctx = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32)
 
     def step():
-        with ctx:
-            learner.step(batch)
+        learner.step(batch)
     return cuda_peak(step) + vllm_share(cfg, policy, 2 if dtype != torch.float32 else 4)
 
 
@@ -211,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--model-config", default=str(REAL_SHAPE), help="shape of the random model (config.json)")
     parser.add_argument("--gpu-dtype", default="float16", choices=("float16", "bfloat16"),
-                        help="CPU count: the 16-bit dtype model.dtype=auto resolves to on the target GPU")
+                        help="CPU count: the 16-bit dtype model.dtype=auto and reward.precision=auto resolve to on "
+                             "the target GPU")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -223,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     policy, rm = build(cfg, shape, device)
     if device.type == "cuda":
         dtype = resolve_dtype(cfg.model.dtype, device)
-        rm_peak = rm_step_cuda(cfg, rm, autocast_dtype(cfg.reward.precision, device), device)
+        rm_peak = rm_step_cuda(cfg, rm, resolve_dtype(cfg.reward.precision, device, "reward.precision"), device)
         del rm
         rl_peak = rl_step_cuda(cfg, policy, build(cfg, shape, device)[1], dtype, device)
         print(f"measured on {torch.cuda.get_device_name(device)} (max_memory_allocated)")
     else:
         gpu = getattr(torch, args.gpu_dtype)
         dtype = gpu if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype, torch.device("cpu"))
-        rm_dtype = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[
+        rm_dtype = {"auto": gpu, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[
             cfg.reward.precision]
         rm_parts = rm_step_cpu(cfg, rm, rm_dtype)
         rl_parts = rl_step_cpu(cfg, policy, rm, dtype)

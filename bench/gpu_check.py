@@ -50,7 +50,7 @@ REAL_SHAPE = ROOT / "common" / "assets" / "smollm2-135m-config.json"
 WORDS = ("the river model answer question careful summary explain because water light energy history market "
          "city garden system example result number simple reason people language school music travel").split()
 # CPU smoke: the same stages at toy sizes (fp32; the CPU has no fp16 autocast here)
-SMOKE = ["device=cpu", "model.dtype=float32", "reward.precision=fp32", "data.max_prompt_tokens=48",
+SMOKE = ["device=cpu", "model.dtype=float32", "reward.precision=float32", "data.max_prompt_tokens=48",
          "data.max_length=96", "reward.batch_size=4", "reward.grad_accum=1", "rl.batch_size=4",
          "generator.max_new_tokens=8", "torch_threads=1"]
 
@@ -144,12 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     # ~1.3 tokens a word: prompts longer than max_prompt_tokens, responses filling max_length with the prompt
     write_pairs(work / "pairs.jsonl", n=pairs_per_step * args.rm_steps + 64,
                 prompt_words=cfg.data.max_prompt_tokens, response_words=int(0.5 * cfg.data.max_length))
-    precision = {"float16": "fp16", "bfloat16": "bf16"}[args.dtype]
     run = ["--config", str(ROOT / args.config), *args.overrides, f"run_dir={work / 'run'}",
            f"model.policy={work / 'policy'}", f"data.source={work / 'pairs.jsonl'}",
            f"data.max_train_pairs={pairs_per_step * args.rm_steps}", f"data.max_val_pairs={pairs_per_step}",
            f"rl.steps={args.rl_steps}", "rl.save_every=0", "generator.backend=hf"]
-    run += SMOKE if args.cpu_smoke else [f"model.dtype={args.dtype}", f"reward.precision={precision}"]
+    run += SMOKE if args.cpu_smoke else [f"model.dtype={args.dtype}", f"reward.precision={args.dtype}"]
     if cuda:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB * 2**30 / total))

@@ -1,6 +1,7 @@
 """What the benches share: fixed-length generators, the prompt pool, and the timed RL loop.
 
-The timed loop is `stages.rl.local_step`, the step training runs, so a bench measures the code users run.
+The timed loop is `stages.rl.rl_step` with local mode's rollout source (actors/rollouts.InProcessRollouts), the
+step training runs, so a bench measures the code users run.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from pathlib import Path
 import os
 
 from actors.generator import Generator, choose_backend
+from actors.rollouts import InProcessRollouts
 from actors.vllm_generator import VLLMGenerator
 from common.config import Config
 from common.sampling import PromptSampler
-from common.splits import prompt_pool
-from stages.rl import local_step
+from learner.learner import Learner
+from learner.precision import resolve_dtype
+from stages.rl import rl_step
+from tasks import load_task
 
 
 class FixedLengthHF(Generator):
@@ -57,18 +61,17 @@ def load_average() -> float:
 
 def bench_prompts(cfg: Config, tokenizer) -> tuple[list[tuple[dict, ...]], list[list[int]]]:
     """The run's training prompt pool (the sandbox's, under the bench's run_dir)."""
-    return prompt_pool(cfg, tokenizer, "train", "bench")
+    return load_task(cfg).prompt_pool(tokenizer, "train", "bench")
 
 
 class PhaseTimer:
-    """Seconds inside the learner's reference forward and optimizer step (gradient clipping included), by wrapping
-    those two methods of one Learner; the rest of `perf/learner_s` is the policy's forward + backward."""
+    """Seconds inside the learner's reference forward and its update (gradient clipping and the optimizer step), by
+    wrapping those two methods of one Learner; the rest of `perf/learner_s` is the policy's forward + backward."""
 
     def __init__(self, learner) -> None:
         self.seconds = {"ref_forward_s": 0.0, "optimizer_s": 0.0}
         learner.reference_logprobs = self._timed(learner.reference_logprobs, "ref_forward_s")
-        learner._clip_gradients = self._timed(learner._clip_gradients, "optimizer_s")
-        learner.optimizer.step = self._timed(learner.optimizer.step, "optimizer_s")
+        learner.update.step = self._timed(learner.update.step, "optimizer_s")
 
     def _timed(self, fn, key: str):
         def wrapper(*args, **kwargs):
@@ -84,17 +87,23 @@ class PhaseTimer:
         return out
 
 
+def bench_learner(cfg: Config, policy, reference, device) -> Learner:
+    """The rl stage's learner: model.dtype's autocast (learner/precision.py)."""
+    return Learner(policy, reference, cfg.rl, device, resolve_dtype(cfg.model.dtype, device))
+
+
 def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_prompts: int, warmup: int,
                    steps: int) -> dict:
-    """`warmup` untimed then `steps` timed `local_step`s; totals of the timed ones (wall, samples, tokens,
-    phase seconds with the learner's reference forward and optimizer apart, weight-sync seconds per step)."""
-    sampler = PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed)
+    """`warmup` untimed then `steps` timed `rl_step`s of local mode; totals of the timed ones (wall, samples,
+    tokens, phase seconds with the learner's reference forward and optimizer apart, weight-sync seconds per step)."""
+    source = InProcessRollouts(generator, scorer, PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed), cfg.seed,
+                               learner.dtype, learner.device)
     timer = PhaseTimer(learner)
     out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
            "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0}
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        m = local_step(cfg, generator, scorer, learner, sampler, tokenizer, step)
+        m = rl_step(learner, source, step, tokenizer.eos_token_id)
         inner = timer.take()
         if step < warmup:
             continue

@@ -18,7 +18,8 @@ from actors.scorer import build_scorer, reference_sampler
 from common.config import Config
 from common.models import load_tokenizer, resolve_device
 from common.rollout import RolloutBatch
-from common.runtime import amp
+from learner.precision import autocast, resolve_dtype
+from tasks import load_task
 
 
 @dataclass
@@ -56,8 +57,9 @@ class GeneratorActor:
 
     def __init__(self, cfg: Config, model_path: str, prompt_tokens: list[list[int]], threads: int) -> None:
         _setup_process(threads)
-        self.cfg, self.device = cfg, resolve_device(cfg.device)
-        tokenizer = load_tokenizer(cfg, model_path)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.model.dtype, self.device)
+        tokenizer = load_tokenizer(model_path, cfg.model.tokenizer)
         self.generator = build_generator(cfg, model_path, tokenizer, prompt_tokens, self.device)
 
     def info(self) -> dict:
@@ -75,7 +77,7 @@ class GeneratorActor:
                  weights: list[ray.ObjectRef], version: int) -> RolloutItem:
         t_load = self.load_weights(weights, version)
         t0 = time.perf_counter()
-        with amp(self.cfg, self.device):
+        with autocast(self.dtype, self.device):
             batch = self.generator.generate(prompt_indices, seed)
         return RolloutItem(step, shard, batch, generate_s=time.perf_counter() - t0, weight_load_s=t_load,
                            generator_pid=os.getpid())
@@ -92,15 +94,15 @@ class ScorerActor:
     `put_timeout_s` it raises instead of dropping the shard, and the learner reports the error.
     """
 
-    def __init__(self, cfg: Config, model_path: str, prompts: list[tuple[dict, ...]], threads: int,
+    def __init__(self, cfg: Config, model_path: str, reward_path: str, prompts: list[tuple[dict, ...]], threads: int,
                  prompt_tokens: list[list[int]] | None = None) -> None:
         _setup_process(threads)
         device = resolve_device(cfg.device)
-        reference = reference_sampler(cfg, device)  # win_prob_vs_ref: the actor's own frozen SFT copy
+        reference = reference_sampler(cfg, model_path, device)  # win_prob_vs_ref: the actor's own frozen SFT copy
         if reference is not None and prompt_tokens is None:
             raise ValueError("rl.reward_reduction=win_prob_vs_ref needs the prompt token ids in the scorer actor")
-        self.scorer = build_scorer(cfg, device, prompts, prompt_tokens or [], load_tokenizer(cfg, model_path),
-                                   reference)
+        self.scorer = build_scorer(cfg, reward_path, load_task(cfg).gold_judge(), device, prompts, prompt_tokens or [],
+                                   load_tokenizer(model_path, cfg.model.tokenizer), reference)
 
     def info(self) -> dict:
         return actor_info()

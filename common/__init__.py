@@ -1,3 +1,4 @@
-"""common/: pure helpers every room may use: config, data and splits, the offline sandbox, model loading,
-reward-head metadata, the wire type (RolloutBatch and its builder), sampling (the reproducibility contract),
-runtime (device, seeds, autocast), metrics logging, checkpoints, statistics. Imports no other room."""
+"""common/: small helpers every room may use: config (+ its schema machinery), preference data types and their
+encoding, the RolloutBatch wire type, run paths, model loading, reward-head metadata, sampling (the
+reproducibility contract), per-stage setup, metrics logging, checkpoints, statistics, numerics and errors. No task
+logic (tasks/) and no training loop. Imports no other room."""

@@ -48,8 +48,8 @@ class ModelConfig:
     tokenizer: str = opt("", help="'' = the policy's own; the tiny model uses the bundled SmolLM2 tokenizer")
     dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="autocast dtype of generation and policy/reference forwards (fp32 master weights; vLLM "
-                          "runs in it); auto = bfloat16 on a GPU that has it (compute capability >= 8.0), else "
-                          "float16 with loss scaling; float32 on CPU")
+                          "runs in it; learner/precision.py): auto = bfloat16 on a GPU that has it (compute "
+                          "capability >= 8.0), else float16 with loss scaling; float32 on CPU")
     tiny: TinyModelConfig = section(TinyModelConfig)
     lora: LoraConfig = section(LoraConfig)
 
@@ -89,9 +89,19 @@ class SandboxConfig:
                                       "false for a real chat model, whose answers the toy judge cannot read")
 
 
+# The IFEval instruction types whose checkers run offline (no NLTK data), which ifeval.instructions may name; the
+# task (tasks/ifeval.py) composes and checks them.
+IFEVAL_OFFLINE_TYPES = (
+    "punctuation:no_comma", "startend:quotation", "startend:end_checker", "detectable_content:postscript",
+    "detectable_content:number_placeholders", "detectable_format:title", "detectable_format:json_format",
+    "detectable_format:number_bullet_lists", "detectable_format:number_highlighted_sections", "keywords:existence",
+    "keywords:forbidden_words", "keywords:frequency", "keywords:letter_frequency", "change_case:english_lowercase",
+    "change_case:english_capital", "length_constraints:number_words")
+
+
 @dataclass(frozen=True)
 class IFEvalConfig:
-    """The real-model task (data.source=ifeval, common/ifeval_task.py): requests with one IFEval instruction each,
+    """The real-model task (data.source=ifeval, tasks/ifeval.py): requests with one IFEval instruction each,
     preference pairs sampled from the SFT policy and labelled by IFEval's verifiers (stages/pairs.py)."""
     dir: str = opt("", help="where the task's files are written once and read by every stage; '' = <run_dir>/data "
                             "(a seeds/grid experiment shares <run_dir>/data across its runs)")
@@ -112,12 +122,11 @@ class IFEvalConfig:
     batch_size: int = opt(64, ge=1, help="prompts per generate call while sampling the pairs")
 
     def __post_init__(self) -> None:
-        from common.ifeval_task import OFFLINE_TYPES  # a plain table: imports no optional package
         for key in ("instructions", "heldout_instructions"):
-            unknown = [i for i in getattr(self, key) if i not in OFFLINE_TYPES]
+            unknown = [i for i in getattr(self, key) if i not in IFEVAL_OFFLINE_TYPES]
             if unknown:
                 raise ConfigError(f"ifeval.{key}: {', '.join(unknown)} not among the offline instruction types: "
-                                  f"{', '.join(OFFLINE_TYPES)}")
+                                  f"{', '.join(IFEVAL_OFFLINE_TYPES)}")
         if not self.instructions:
             raise ConfigError("ifeval.instructions: name at least one training instruction type")
         both = sorted(set(self.instructions) & set(self.heldout_instructions))
@@ -155,9 +164,10 @@ class RewardConfig:
     gradient_checkpointing: bool = opt(False, help="recompute activations in backward: less memory, one more forward")
     weight_decay: float = opt(0.0, ge=0.0)
     warmup_ratio: float = opt(0.03, ge=0.0, lt=1.0)
-    precision: str = opt("auto", choices=("auto", "fp32", "fp16", "bf16"),
-                         help="training autocast: auto = fp16 with loss scaling on GPU, fp32 on CPU; validation "
-                              "and scoring run the fp32 weights without autocast")
+    precision: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                         help="training autocast, resolved as model.dtype is (learner/precision.py): auto = bf16 on "
+                              "a GPU that has it, else float16 with loss scaling; float32 on CPU. Validation and "
+                              "scoring run the fp32 weights without autocast")
     lora: LoraConfig = section(LoraConfig)
 
 
@@ -245,7 +255,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Ray mode (`launch.py --mode ray`, cluster/ray_runner.py); local mode ignores this section."""
+    """Ray mode (`launch.py --mode ray`, cluster/ray_rollouts.py); local mode ignores this section."""
     address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
                                 "the run; 'auto' or host:port = an existing cluster")
     connect_timeout_s: float = opt(30.0, gt=0.0, help="fail (naming the address) if the cluster at "

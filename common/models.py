@@ -14,7 +14,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
 
-from common.config import Config, ConfigError, LoraConfig, TinyModelConfig
+from common.config import ConfigError, LoraConfig, TinyModelConfig
 from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, brief
 from common.numerics import check_finite_weights
 
@@ -91,39 +91,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def gpu_has_bf16(device: torch.device) -> bool:
-    """Native bf16 (compute capability >= 8.0: A100, L4, H100); a T4 (7.5) only emulates it, slowly, and vLLM
-    refuses it there."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """model.dtype -> the 16-bit (or fp32) compute dtype. auto = bf16 on a GPU that has it, else fp16 (with loss
-    scaling in training); fp32 on CPU. An explicit 16-bit dtype on CPU runs under CPU autocast (slow; tests)."""
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
-    if name == "bfloat16" and device.type == "cuda" and not gpu_has_bf16(device):
-        major, minor = torch.cuda.get_device_capability(device)
-        raise ConfigError(f"model.dtype=bfloat16: {torch.cuda.get_device_name(device)} (compute capability "
-                          f"{major}.{minor}) has no native bf16; use model.dtype=auto or float16")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def sft_policy_path(cfg: Config) -> str:
-    """Where the SFT policy (and the frozen reference) comes from (a GGUF file: its de-quantised directory)."""
-    if cfg.model.policy != TINY:
-        path = resolve_model_path(cfg.model.policy)
-        check_model_path(path, "model.policy")
-        return path
-    path = Path(cfg.run_dir) / "sft_model"
-    if not (path / "config.json").is_file():
-        raise ModelPathError(f"model.policy=tiny needs the sandbox SFT model at {path}: run --stage sft first")
-    check_model_path(str(path), "model.policy=tiny")
-    return str(path)
-
-
 def gguf_file(name: str) -> Path | None:
     """The GGUF file `name` names (a path, or PACKAGE:FILE inside an installed Python package), else None."""
     if not name.endswith(".gguf"):
@@ -176,27 +143,11 @@ def dequantized_dir(path: Path) -> Path:
     return target
 
 
-def reward_model_path(cfg: Config) -> str:
-    path = cfg.reward.path or str(Path(cfg.run_dir) / "reward_model")
-    if not Path(path).exists() and cfg.reward.path == "":
-        raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path")
-    check_model_path(path, "reward.path" if cfg.reward.path else "the rm stage's reward_model")
-    return path
-
-
-def reward_init_path(cfg: Config) -> str:
-    """Where reward-model training starts from: reward.init, else the SFT policy."""
-    if cfg.reward.init:
-        path = resolve_model_path(cfg.reward.init)
-        check_model_path(path, "reward.init")
-        return path
-    return sft_policy_path(cfg)
-
-
-def load_tokenizer(cfg: Config, name_or_path: str | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer for `name_or_path` (default: the SFT policy). The tiny model uses the bundled one."""
-    source = cfg.model.tokenizer or name_or_path or cfg.model.policy
-    source = str(BUNDLED_TOKENIZER) if source == TINY else resolve_model_path(source)  # a GGUF's own tokenizer
+def load_tokenizer(name_or_path: str, override: str = "") -> PreTrainedTokenizerBase:
+    """The tokenizer of the model at `name_or_path`, or `override` (model.tokenizer) when set; the tiny model
+    uses the bundled SmolLM2 tokenizer, a GGUF file its own."""
+    source = override or name_or_path
+    source = str(BUNDLED_TOKENIZER) if source == TINY else resolve_model_path(source)
     check_model_path(source, "model.tokenizer", ("tokenizer",))
     with loading(source):
         tok = AutoTokenizer.from_pretrained(source)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from common.config import Config, ConfigError, RewardConfig
-from common.models import load_reward_model, reward_model_path
+from common.config import ConfigError, RewardConfig
+from common.models import load_reward_model
 
 HEAD_FILE = "reward_head.json"
 
@@ -59,12 +59,12 @@ def read_head(path: str | Path) -> RewardHead | None:
     return RewardHead("scalar", 1) if config.num_labels == 1 else RewardHead("distributional", config.num_labels)
 
 
-def load_trained_reward_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-                              dtype: torch.dtype) -> tuple[PreTrainedModel, RewardHead]:
-    """The trained reward model for rl/eval, with its head; a head other than reward.head's is an error."""
-    path = reward_model_path(cfg)
-    head = read_head(path) or head_from_config(cfg.reward)  # no trained head: a new one, as reward.* says
-    if head.kind != cfg.reward.head:
-        raise ConfigError(f"reward.head={cfg.reward.head} but the reward model at {path} has a {head.kind} head "
+def load_trained_reward_model(path: str, reward: RewardConfig, tokenizer: PreTrainedTokenizerBase,
+                              device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, RewardHead]:
+    """The trained reward model at `path` for rl/eval, with its head; a head other than reward.head's is an
+    error."""
+    head = read_head(path) or head_from_config(reward)  # no trained head: a new one, as reward.* says
+    if head.kind != reward.head:
+        raise ConfigError(f"reward.head={reward.head} but the reward model at {path} has a {head.kind} head "
                           f"({HEAD_FILE}); set reward.head={head.kind} or point reward.path at another model")
     return load_reward_model(path, head.num_labels, tokenizer, device, dtype), head

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from common import runlock
 from common.config import Config, save_config
 from common.errors import UserError
-from common.models import resolve_device, resolve_dtype
+from common.models import resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -43,16 +42,3 @@ def make_run_dir(run_dir: str | Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"run_dir {run_dir}: cannot create it: {e.strerror or e}; choose a writable run_dir") from e
-
-
-def amp(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for generation and policy/reference forwards: model.dtype resolved for the device (bf16 where
-    the GPU has it, else fp16; fp32 on CPU unless a 16-bit dtype is asked for). Weights stay fp32 (the
-    optimizer's master copy); the learner adds loss scaling when it finds itself under fp16 autocast.
-
-    Policy and reference always run under the same context, so the KL is zero before the first update.
-    """
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)

@@ -102,3 +102,13 @@ def overoptimisation(steps, proxy, gold, gold_se, z: float = 2.0) -> dict:
     return {"flagged": bool(peak < last and drop > threshold and rise > 0), "peak_step": int(steps[peak]),
             "peak_gold": float(gold[peak]), "last_step": int(steps[last]), "last_gold": float(gold[last]),
             "gold_drop": drop, "drop_threshold": threshold, "proxy_rise_after_peak": rise}
+
+
+def overoptimisation_check(rows: list[dict], prefix: str = "eval/") -> dict | None:
+    """The over-optimisation flag on a run's logged held-out probe rows (metrics_rl.jsonl, tags `prefix`reward,
+    gold, gold_se); None without at least two probes with gold."""
+    rows = [r for r in rows if f"{prefix}gold" in r]
+    if len(rows) < 2:
+        return None
+    col = lambda k: [r[prefix + k] for r in rows]  # noqa: E731
+    return overoptimisation([r["step"] for r in rows], col("reward"), col("gold"), col("gold_se"))

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError, load_config
+from tasks import load_task
 
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
@@ -126,21 +127,21 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
     if not variants or not isinstance(variants[0], Variant):
         variants = grid_variants(variants)
     base = load_config(config, overrides)
-    root, sandbox = Path(base.run_dir), base.model.policy == "tiny"
-    task = base.data.source == "ifeval"  # one task directory for all runs, built by the first
-    task_dir = [f"ifeval.dir={root / 'data'}"] if task and not base.ifeval.dir else []
+    root, task = Path(base.run_dir), load_task(base)
+    task_stages = task.stages()
+    shared = task.experiment_overrides(root)  # the ifeval task: built once, in <root>/data, for every run
     by_key: dict[tuple[str, int], Run] = {}
     runs: list[Run] = []
     for v in variants:
         for seed in seeds:
             run_dir = root / v.name / f"seed_{seed}"
-            extra, stages, needs = [*task_dir, *v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
+            extra, stages, needs = [*shared, *v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
-                stages = [s for s, skip in (("pairs", not task or bool(runs)), ("sft", v.policy_from or not sandbox),
-                                            ("rm", v.reward_from), ("rl", None), ("eval", None)) if not skip]
-                if task and runs:
+                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from}
+                stages = [s for s in task_stages if not skip.get(s)]
+                if "pairs" in task_stages and runs:
                     needs.append((runs[0], "pairs"))
-                for owner, kind in ((v.reward_from, "rm"), (v.policy_from if sandbox else None, "sft")):
+                for owner, kind in ((v.reward_from, "rm"), (v.policy_from if "sft" in task_stages else None, "sft")):
                     if owner is not None:
                         run = by_key[(owner, seed)]
                         extra.append(("reward.path=" if kind == "rm" else "model.policy=")

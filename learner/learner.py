@@ -10,10 +10,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.config import RLConfig
 from common.models import merged_state_dict, unwrap
-from common.numerics import SkipCounter, is_finite
+from common.numerics import is_finite
 from common.rollout import RolloutBatch
 from learner import losses
 from learner.baseline import make_baseline
+from learner.precision import GuardedUpdate, autocast
 
 
 def response_token_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
@@ -51,16 +52,16 @@ class Learner:
     """REINFORCE with a moving-average baseline (Ahmadian et al. 2024), fully on-policy by default.
 
     With LoRA the reference is the same network with its adapters disabled, so no second copy is held.
-    Precision is the caller's autocast (common.runtime.amp); under fp16 autocast the loss is scaled
-    (torch.amp.GradScaler). An update whose loss or gradient is not finite is skipped and counted
+    Precision (learner/precision.py): policy and reference forwards run under autocast to `dtype` (fp32 master
+    weights); under fp16 the loss is scaled; an update whose loss or gradient is not finite is skipped and counted
     (`losses/skipped_steps`); MAX_CONSECUTIVE_SKIPS in a row raise NonFiniteError.
     """
 
     def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None, cfg: RLConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         if reference is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
-        self.policy, self.reference, self.cfg, self.device = policy, reference, cfg, device
+        self.policy, self.reference, self.cfg, self.device, self.dtype = policy, reference, cfg, device, dtype
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -69,9 +70,9 @@ class Learner:
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.baseline = make_baseline(cfg.baseline, cfg.ema_decay, cfg.baseline_start)
-        self.scaler: torch.amp.GradScaler | None = None  # created on the first step under fp16 autocast
-        self.skips = SkipCounter("rl learner", "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, "
-                                 "or run in float32/bfloat16 (model.dtype)")
+        self.update = GuardedUpdate(self.optimizer, params, dtype, device, cfg.max_grad_norm, "rl learner",
+                                    "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, or run in "
+                                    "float32/bfloat16 (model.dtype)")
         self.version = 0  # learner steps taken (skipped ones too); generators tag batches with the version
 
     @torch.no_grad()
@@ -80,14 +81,6 @@ class Learner:
             return response_token_logprobs(self.reference, batch)
         with self.policy.disable_adapter():
             return response_token_logprobs(self.policy, batch)
-
-    def _loss_scaler(self) -> torch.amp.GradScaler | None:
-        """fp16 gradients underflow without loss scaling (bf16 and fp32 have fp32's exponent range: no scaling)."""
-        fp16 = (torch.is_autocast_enabled(self.device.type)
-                and torch.get_autocast_dtype(self.device.type) == torch.float16)
-        if fp16 and self.scaler is None:
-            self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 12, growth_interval=100)
-        return self.scaler if fp16 else None
 
     def step(self, batch: RolloutBatch) -> dict[str, float]:
         """One REINFORCE update on a scored batch; returns metrics for logging.
@@ -98,11 +91,11 @@ class Learner:
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
-        scaler = self._loss_scaler()
         baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
-        logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline, scaler)
+        with autocast(self.dtype, self.device):
+            logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline)
         advantages = shaped - baseline  # [B]
-        grad_norm = self._update(loss, scaler)
+        grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
             self.baseline.update(shaped)
         self.version += 1
@@ -116,18 +109,18 @@ class Learner:
             "baseline/value": baseline, "baseline/advantage_mean": advantages.mean().item(),
             "baseline/advantage_std": advantages.std(unbiased=False).item(),
             "losses/policy": loss.item(), "losses/grad_norm": grad_norm,
-            "losses/skipped_steps": float(self.skips.total),
+            "losses/skipped_steps": float(self.update.skips.total),
             "sync/staleness": float(self.version - 1 - batch.version),
         }
-        if scaler is not None:
-            metrics["losses/loss_scale"] = float(scaler.get_scale())
+        if self.update.loss_scale is not None:
+            metrics["losses/loss_scale"] = self.update.loss_scale
         metrics.update({f"rollout/{k}": v.float().mean().item() for k, v in batch.extras.items()})
         if "generator_logprob" in batch.extras:  # the sampler's own log pi_T(y|x): ~0 gap when weights match
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
 
-    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float, scaler: torch.amp.GradScaler | None
+    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards (detached)
         and the batch loss."""
@@ -143,31 +136,10 @@ class Learner:
             logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
             shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
             loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            self.update.backward(loss)
             parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
         logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
         return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
-
-    def _update(self, loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> float:
-        """Clip and apply the accumulated gradient, or skip (and count) the update when it is not finite."""
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        grad_norm = self._clip_gradients()
-        finite = is_finite(loss) and is_finite(grad_norm)
-        if finite and scaler is not None:
-            scaler.step(self.optimizer)
-        elif finite:
-            self.optimizer.step()
-        if scaler is not None:
-            scaler.update()  # a non-finite gradient halves the scale
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skips.record(not finite, "loss" if not is_finite(loss) else "gradient")
-        return grad_norm
-
-    def _clip_gradients(self) -> float:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Full policy weights (LoRA merged) for the generators."""
@@ -175,17 +147,12 @@ class Learner:
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "baseline": self.baseline.state_dict(), "version": self.version, "skips": self.skips.state_dict(),
-                "scaler": None if self.scaler is None else self.scaler.state_dict()}
+                "baseline": self.baseline.state_dict(), "version": self.version, **self.update.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.version = int(state["version"])
-        if state.get("skips"):  # checkpoints from before skips were counted have none
-            self.skips.load_state_dict(state["skips"])
-        if state.get("scaler"):
-            self.scaler = torch.amp.GradScaler(self.device.type)
-            self.scaler.load_state_dict(state["scaler"])
+        self.update.load_state_dict(state)
 

@@ -1,3 +1,4 @@
-"""stages/: one file per `launch.py --stage`, each of one shape (prepare -> build -> loop -> save): sft, rm, rl
-(the local loop and the kit both RL runners share: build, step, record, finish), eval, report (+ plots and the
-variant comparisons). Imports actors/, learner/ and common/; never Ray."""
+"""stages/: one file per `launch.py --stage`, each of one shape (prepare -> build -> loop -> save): pairs, sft, rm,
+rl (the ONE RL loop, fed by a rollout source: in-process, or the Ray pipeline from cluster/), eval, temperature,
+report (+ reading runs, plots and the variant comparisons). Imports cluster/ (lazily, Ray mode only), actors/,
+learner/, tasks/ and common/."""

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.stats import overoptimisation_check, seed_summary
 from stages import plots
-from stages.eval import overoptimisation_check
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_runs import RunData, discover, group, read_json, varying_keys
-from common.stats import seed_summary
+from tasks import task_class
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -111,15 +111,6 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
     return _table(head, rows)
 
 
-OOD_TEXT = {  # what the two held-out pools are, per data source
-    "sandbox": "ID: {n_id} held-out prompts with new names on requests (template, topic) that training also asks. "
-               "OOD: {n_ood} prompts whose template or topic no training prompt uses (new_template: a held-out "
-               "template on a training topic; new_topic: a held-out topic).",
-    "ifeval": "ID: {n_id} held-out prompts with instruction types training also asks (new prompts). OOD: {n_ood} "
-              "prompts whose instruction type no training prompt carries (one column per held-out type). Gold: "
-              "IFEval's strict prompt-level accuracy (loose: gold_loose)."}
-
-
 def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: str = "sandbox") -> list[str]:
     """In-distribution and out-of-distribution held-out gains side by side (mean over seeds [t-CI])."""
     rows, kinds = [], sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
@@ -137,7 +128,7 @@ def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: st
     head = ["variant", "seeds", "RM diff ID", "RM diff OOD", "gold diff ID", "gold diff OOD",
             *[f"gold diff OOD {k}" for k in kinds], "gold win ID", "gold win OOD", "KL ID", "KL OOD"]
     n_id, n_ood = next(iter(aggs.values()))["num_prompts"], next(iter(aggs_ood.values()))["num_prompts"]
-    text = OOD_TEXT.get(source, OOD_TEXT["sandbox"]).format(n_id=n_id, n_ood=n_ood)
+    text = task_class(source).heldout_text.format(n_id=n_id, n_ood=n_ood)
     if any("gold_loose" in a for a in aggs.values()):
         head += ["loose diff ID", "loose diff OOD"]
         rows = [r + [ci(aggs[r[0]]["gold_loose"]["diff"]) if "gold_loose" in aggs[r[0]] else "n/a",

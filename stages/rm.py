@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -12,16 +11,18 @@ import torch
 from common import data
 from common.config import Config, RewardConfig
 from common.metrics import RunLogger
-from common.models import (apply_lora, load_reward_model, load_tokenizer, reward_head_logits, reward_init_path,
-                           save_model)
+from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model
+from common.paths import RunPaths
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
-from common.splits import load_splits, write_data_report
 from learner import distributional as dist
+from learner.precision import resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
 from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
+from tasks import load_task
+from tasks.base import write_data_report
 
 
 class EncodedPair(NamedTuple):
@@ -79,10 +80,11 @@ def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
 
 
 def run_rm(cfg: Config) -> dict:
+    paths = RunPaths(cfg)
     device = prepare(cfg)
-    splits = load_splits(cfg)
-    init = reward_init_path(cfg)
-    tokenizer = load_tokenizer(cfg, init)
+    splits = load_task(cfg).splits()
+    init = paths.reward_init
+    tokenizer = load_tokenizer(init, cfg.model.tokenizer)
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
@@ -112,17 +114,19 @@ def run_rm(cfg: Config) -> dict:
     before = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,
-        precision=cfg.reward.precision, log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}),
-        desc="reward model", gradient_checkpointing=cfg.reward.gradient_checkpointing)
+        dtype=resolve_dtype(cfg.reward.precision, device, "reward.precision"),
+        log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}), desc="reward model",
+        gradient_checkpointing=cfg.reward.gradient_checkpointing,
+        hint="lower reward.lr, or train in float32 (reward.precision=float32)")
     val_metrics = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
                | {"rm/val_ece": val_metrics["calibration"]["ece"]})
     logger.close()
-    save_model(model, tokenizer, Path(cfg.run_dir) / "reward_model")
-    save_head(head, Path(cfg.run_dir) / "reward_model")
+    save_model(model, tokenizer, paths.reward_out)
+    save_head(head, paths.reward_out)
     result = {"head": head.kind, "num_bins": head.num_bins, "val": val_metrics, "val_before_training": before,
               "data": report}
     if ood:  # the same metrics on pairs whose requests no training pair uses
         result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
-    (Path(cfg.run_dir) / "rm_metrics.json").write_text(json.dumps(result, indent=2))
+    paths.file("rm_metrics.json").write_text(json.dumps(result, indent=2))
     return result

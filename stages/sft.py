@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import torch
 
-from common import data, sandbox
+from common import data
 from common.config import Config, ConfigError
 from common.metrics import RunLogger
 from common.models import TINY, build_tiny_policy, load_tokenizer, save_model
+from common.paths import RunPaths
 from common.rollout import RolloutBatch, pad_left, pad_right
 from common.runtime import prepare
-from common.splits import load_splits
 from learner.learner import response_token_logprobs
 from learner.train_loop import fit
+from tasks import load_task
+
 
 def encode_sft_example(tokenizer, prompt: str, response: str, cfg: Config,
                        stats: data.DataStats) -> tuple[list[int], list[int]] | None:
@@ -42,16 +43,18 @@ def sft_loss(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
 
 
 def run_sft(cfg: Config) -> dict:
-    if cfg.model.policy != TINY or cfg.data.source != "sandbox":
+    task = load_task(cfg)
+    if "sft" not in task.stages():
         raise ConfigError("--stage sft exists only for the offline sandbox (model.policy=tiny, data.source=sandbox)")
+    paths = RunPaths(cfg)
     device = prepare(cfg)
-    splits = load_splits(cfg)
-    tokenizer = load_tokenizer(cfg)
+    splits = task.splits()
+    tokenizer = load_tokenizer(TINY, cfg.model.tokenizer)
     model = build_tiny_policy(cfg.model.tiny, tokenizer, cfg.seed).to(device)
     prompts = [p[-1]["content"] for p in splits.train_prompts]  # validation prompts stay unseen
     stats = data.DataStats()
     encoded = [e for e in (encode_sft_example(tokenizer, p, r, cfg, stats)
-                           for p, r in sandbox.sft_examples(prompts, cfg.sandbox, cfg.seed)) if e is not None]
+                           for p, r in task.sft_examples(prompts, cfg.seed)) if e is not None]
     bs = cfg.sft.batch_size
 
     def batches(epoch: int):
@@ -69,7 +72,7 @@ def run_sft(cfg: Config) -> dict:
                   device=device, warmup_ratio=0.05, log=lambda s, m: logger.log(s, {f"sft/{k}": v for k, v in m.items()}),
                   desc="sft")
     logger.close()
-    save_model(model, tokenizer, Path(cfg.run_dir) / "sft_model")
+    save_model(model, tokenizer, paths.sft_out)
     result = {"examples": len(encoded), "final_loss": metrics.get("loss"), "encode": stats.as_dict()}
-    (Path(cfg.run_dir) / "sft_metrics.json").write_text(json.dumps(result, indent=2))
+    paths.file("sft_metrics.json").write_text(json.dumps(result, indent=2))
     return result

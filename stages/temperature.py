@@ -4,9 +4,9 @@ The temperature is part of the RL policy (README, "The algorithm, exactly": the 
 softmax(logits / T), the distribution that was sampled), so choosing it chooses what RL starts from and
 optimises. This stage measures the SFT policy at each of `eval.temperatures` (0 = greedy decoding) before any
 training: it answers the first `eval.num_prompts` prompts of each held-out pool (in- and out-of-distribution)
-with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (`stages/eval.py`
-HeldoutPool.describe): the data source's gold judge where it has one (the ifeval task: IFEval's verifiers, strict
-and loose), the run's reward model, EOS within generator.max_new_tokens, length, and distinct-2, the share of
+with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (actors/heldout.py):
+the task's gold judge where it has one (the ifeval task: IFEval's verifiers, strict and loose), the run's reward
+model, EOS within generator.max_new_tokens, length, and distinct-2, the share of
 distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats). It needs the reward
 model (`--stage rm` first) and writes `<run_dir>/temperature.json`.
 """
@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from actors.generator import Generator
+from actors.heldout import POOLS, HeldoutPool, heldout_pool
 from common.config import Config
-from common.models import load_causal_lm, load_tokenizer, sft_policy_path
+from common.models import load_causal_lm, load_tokenizer
+from common.paths import RunPaths
 from common.runtime import prepare
 from learner import distributional as dist
-from stages.eval import HeldoutPool, sample_answers
+from learner.precision import resolve_dtype
+from tasks import load_task
 
 
 def distinct_2(text: str) -> float:
@@ -38,11 +39,8 @@ def distinct_2(text: str) -> float:
 def answers_at(pool: HeldoutPool, model: torch.nn.Module, temperature: float) -> dict:
     """The pool's answers of `model` at one temperature (0 = greedy), batch k seeded eval.seed + k as in eval,
     summarised: mean gold scores, reward-model output, EOS rate, length, distinct-2, three example answers."""
-    cfg = pool.cfg
-    gen_cfg = dataclasses.replace(cfg.generator, temperature=temperature or cfg.generator.temperature)
-    gen = Generator(model, pool.tokenizer, gen_cfg, pool.prompt_tokens, pool.device)
-    batches = sample_answers(gen, pool.n, cfg.eval.batch_size, cfg.eval.seed, cfg, pool.device, temperature == 0)
-    d = pool.describe(batches)
+    gen_cfg = dataclasses.replace(pool.generator_cfg, temperature=temperature or pool.generator_cfg.temperature)
+    d = pool.describe(pool.answers(model, gen_cfg, greedy=temperature == 0))
     head = pool.scorer.head
     # win_prob_vs_ref needs a reference answer per prompt; the distribution's expected score needs none
     rm = (dist.expected_score(dist.score_logprobs(d["logits"])) if head.distributional
@@ -54,17 +52,19 @@ def answers_at(pool: HeldoutPool, model: torch.nn.Module, temperature: float) ->
 
 
 def run_temperature(cfg: Config) -> dict:
+    paths, task = RunPaths(cfg), load_task(cfg)
     device = prepare(cfg)
-    sft_path = sft_policy_path(cfg)
-    tokenizer = load_tokenizer(cfg, sft_path)
+    sft_path = paths.sft_policy
+    tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
-    for split, stage in (("val", "temperature"), ("ood", "temperature_ood")):
-        pool = HeldoutPool(cfg, tokenizer, device, split, cfg.eval.num_prompts, stage)
+    for split, suffix in POOLS:
+        pool = heldout_pool(cfg, task, paths.reward_model, tokenizer, device, resolve_dtype(cfg.model.dtype, device),
+                            split, cfg.eval.num_prompts, f"temperature{suffix}")
         if pool.n:
             result["pools"][split] = {"num_prompts": pool.n, "prompts": pool.prompt_texts[:3], "by_temperature": {
                 f"{t:g}": answers_at(pool, sft, t) for t in cfg.eval.temperatures}}
-    Path(cfg.run_dir, "temperature.json").write_text(json.dumps(result, indent=2))
+    paths.file("temperature.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     return result
 

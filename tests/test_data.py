@@ -10,8 +10,12 @@ import pytest
 
 from common.config import DataConfig
 from common.data import (MIN_PROMPT_TOKENS, DataError, DataStats, PreferencePair, conversation_text,
-                         encode_conversation, encode_conversation_parts, encode_prompt, load_pairs,
-                         parse_pairs, parse_prompt, prompt_text, read_rows, split_by_prompt, unique_prompts)
+                         encode_conversation, encode_conversation_parts, encode_prompt, prompt_text, split_by_prompt,
+                         unique_prompts)
+from tasks.files import read_rows
+from tasks import task_class
+from tasks.preference import PreferenceTask, load_pairs, parse_pairs, parse_prompt
+from tasks.sandbox import SandboxTask
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 PAIRS = FIXTURES / "pairs.jsonl"
@@ -167,14 +171,14 @@ def test_missing_file_names_path(tmp_path):
 
 
 def test_load_pairs_from_config():
-    pairs, stats = load_pairs(DataConfig(source=str(PAIRS)))
+    pairs, stats = load_pairs(str(PAIRS), DataConfig())
     assert pairs == fixture_pairs() and stats.pairs == 5
     with pytest.raises(DataError, match="row 1"):
-        load_pairs(DataConfig(source=str(BAD)))
-    pairs, stats = load_pairs(DataConfig(source="sandbox", bad_rows="skip"), source=str(BAD))
+        load_pairs(str(BAD), DataConfig())
+    pairs, stats = load_pairs(str(BAD), DataConfig(bad_rows="skip"))
     assert len(pairs) == 2 and stats.skipped_bad == len(BAD_FIELDS)
-    with pytest.raises(DataError, match="sandbox"):
-        load_pairs(DataConfig(source="sandbox"))
+    # data.source=sandbox is the generated task, never read as a file or hub id; any other source is read
+    assert task_class("sandbox") is SandboxTask and task_class(str(PAIRS)) is PreferenceTask
 
 
 # ----------------------------------------------------------------------------------------------- split

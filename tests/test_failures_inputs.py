@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
-from common.data import DataConfig, load_pairs
+from common.config import DataConfig, load_config
+from tasks.preference import load_pairs
 from failure_contract import CONFIG, ROOT, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
 
 PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
@@ -102,7 +102,7 @@ def test_skip_mode_skips_undecodable_and_truncated_rows(tmp_path):
     """The recoverable side of the data cases above: with data.bad_rows=skip the bad lines are counted."""
     path = tmp_path / "d.jsonl"
     path.write_bytes(jsonl(*LINES[:4], b"\xff\xfe{}", LINES[4][:30], LINES[4]))
-    pairs, stats = load_pairs(DataConfig(source=str(path), bad_rows="skip"))
+    pairs, stats = load_pairs(str(path), DataConfig(bad_rows="skip"))
     assert (len(pairs), stats.rows, stats.skipped_bad, stats.origin) == (5, 7, 2, str(path))
 
 

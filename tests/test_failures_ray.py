@@ -18,7 +18,7 @@ from ray.util.queue import Queue  # noqa: E402
 
 import launch  # noqa: E402
 from common.sampling import PromptSampler  # noqa: E402
-from stages.rl import build_prompts  # noqa: E402
+from helpers import train_prompts  # noqa: E402
 from cluster.placement import PlacementError  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
@@ -43,7 +43,7 @@ def ray_run(tmp_path_factory, stand_ins):
     run = tmp_path_factory.mktemp("ray_fail")
     for name in ("sft_model", "reward_model"):
         (run / name).symlink_to(stand_ins / name)
-    build_prompts(load_config(None, [f"run_dir={run}", *stage(run, "rl")[6:], *RAY_FAST]))
+    train_prompts(load_config(None, [f"run_dir={run}", *stage(run, "rl")[6:], *RAY_FAST]))
     return run
 
 
@@ -109,10 +109,10 @@ def test_an_address_that_is_not_ray_is_bounded(tmp_path):
 @pytest.fixture(scope="module")
 def actors(ray_instance, ray_run):
     cfg = load_config(None, stage(ray_run, "rl")[5:] + RAY_FAST)
-    _, prompts, prompt_tokens = build_prompts(cfg)
+    prompts, prompt_tokens = train_prompts(cfg)
     model = str(ray_run / "sft_model")
     gens = [RemoteGenerator.options(num_cpus=0.5).remote(cfg, model, prompt_tokens, 1) for _ in range(2)]
-    scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, prompts, 1)
+    scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, str(ray_run / "reward_model"), prompts, 1)
     ray.get([a.info.remote() for a in gens + [scorer]], timeout=WAIT)
     return gens, scorer, len(prompts)
 
@@ -159,17 +159,17 @@ def test_unplaceable_actors_are_one_line_naming_the_bundles(ray_instance, ray_ru
 @pytest.mark.slow
 def test_actor_restart_is_counted_and_logged(ray_instance, ray_run, tmp_path, capfd):
     """Ray restarts a killed generator and retries its call by itself; the run says so (sync/restarts)."""
-    from cluster.ray_runner import run_rl_ray
+    from stages.rl import run_rl
     run = tmp_path / "run"
     run.mkdir()
     for name in ("sft_model", "reward_model", "data"):
         (run / name).symlink_to(ray_run / name)
     cfg = load_config(None, stage(run, "rl")[5:] + RAY_FAST + ["rl.steps=3"])
 
-    def kill_generator(step, pipeline):
+    def kill_generator(step, source):
         if step == 0:
-            os.kill(ray.get(pipeline.generators[0].info.remote(), timeout=WAIT)["pid"], signal.SIGKILL)
-    result = run_rl_ray(cfg, on_step=kill_generator)
+            os.kill(ray.get(source.pipeline.generators[0].info.remote(), timeout=WAIT)["pid"], signal.SIGKILL)
+    result = run_rl(cfg, mode="ray", on_step=kill_generator)
     rows = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
     assert result["ray"]["restarts"] == 1 and rows[-1]["sync/restarts"] == 1.0
     assert "generator 0 was restarted by Ray" in capfd.readouterr().err

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from actors.heldout import probe_metrics
 from actors.scorer import Scorer
-from common import data, sandbox
+from common import data
 from common.config import DataConfig, SandboxConfig, load_config
-from common.splits import load_splits
-from common.stats import overoptimisation
+from common.stats import overoptimisation, overoptimisation_check
 from experiments import plan_variants
 from experiments.runner import plan
-from stages.eval import overoptimisation_check, probe_metrics
 from stages.report_compare import kl_frontier
+from tasks import load_task, sandbox
 from tests.test_learner import CPU, make_generator, prompt_pool
 
 
@@ -28,7 +28,7 @@ def request(prompt: str) -> tuple[str, str]:
 def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
     cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", "sandbox.num_pairs=300",
                                             "sandbox.num_ood_pairs=80"])
-    splits = load_splits(cfg)
+    splits = load_task(cfg).splits()
     text = lambda pairs: [p.prompt[-1]["content"] for p in pairs]  # noqa: E731
     templates, topics = sandbox.heldout(cfg.sandbox)
     assert templates == ("Write down {topic}.",) and topics == ("vegetables",)
@@ -43,7 +43,7 @@ def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
     plain = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'plain'}", "sandbox.num_pairs=50",
                                               "sandbox.num_ood_pairs=0", "sandbox.heldout_templates=0",
                                               "sandbox.heldout_topics=0"])
-    assert load_splits(plain).ood == []
+    assert load_task(plain).splits().ood == []
     rng, old = random.Random(0), random.Random(0)
     assert sandbox.sample_prompt(rng) == (lambda t: f"Hi, I am {old.choice(sandbox.NAMES)}. "
                                           + old.choice(sandbox.TEMPLATES).format(topic=t))(old.choice(list(sandbox.TOPICS)))

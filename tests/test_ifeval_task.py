@@ -1,4 +1,4 @@
-"""The real-model task (common/ifeval_task.py, stages/pairs.py): IFEval's verifiers as the gold judge, the split by
+"""The real-model task (tasks/ifeval.py, stages/pairs.py): IFEval's verifiers as the gold judge, the split by
 prompt and by instruction type, ties dropped and counted, and the pair file read through the normal data path.
 
 The unit tests need only the verifiers (`make real-task` installs them); the end-to-end run also needs the real
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from common import data, ifeval_task
 from common.config import ConfigError, load_config
-from common.splits import gold_judge, load_splits
+from tasks import ifeval as ifeval_task
+from tasks import load_task
+from tasks.preference import load_pairs
 
 pytestmark = pytest.mark.skipif(bool(ifeval_task.missing_packages()),
                                 reason="the IFEval verifiers are not installed: `make real-task`")
@@ -91,9 +92,9 @@ def test_split_keeps_heldout_instruction_types_out_of_training_and_judges_by_pro
     cfg = load_config(None, ["data.source=ifeval", f"ifeval.dir={out}", f"run_dir={tmp_path / 'run'}",
                              "data.val_fraction=0.3", f"ifeval.instructions=[{','.join(train_ids)}]",
                              f"ifeval.heldout_instructions=[{heldout[0]}]"])
-    pairs, _ = data.load_pairs(cfg.data, str(out))  # the written file parses through the normal data path
+    pairs, _ = load_pairs(str(out), cfg.data)  # the written file parses through the normal data path
     assert len(pairs) == len(tasks) // 2
-    s = load_splits(cfg)
+    s = load_task(cfg).splits()
     types = {t.prompt: t.instruction_id_list[0] for t in tasks}
     kind = lambda prompts: {types[m[-1]["content"]] for m in prompts}  # noqa: E731
     assert kind(s.prompts("train")) == kind(s.prompts("val")) == set(train_ids)
@@ -102,7 +103,7 @@ def test_split_keeps_heldout_instruction_types_out_of_training_and_judges_by_pro
     assert sum(map(len, pools)) == len(tasks) and not (pools[0] & pools[1] or pools[0] & pools[2])
     # every prompt is asked, tied or not; the pairs are on their own prompt's side
     assert {p.prompt[-1]["content"] for p in s.train} < pools[0] and {p.prompt[-1]["content"] for p in s.val} < pools[1]
-    judge = gold_judge(cfg)
+    judge = load_task(cfg).gold_judge()
     t0 = next(t for t in tasks if t.instruction_id_list == ("punctuation:no_comma",))
     assert judge(t0.prompt, "Blue water") == {"gold": 1.0, "gold_loose": 1.0}
     assert judge(t0.prompt, "Blue, water") == {"gold": 0.0, "gold_loose": 0.0}
@@ -117,21 +118,24 @@ def test_config_refuses_a_heldout_type_in_training_and_unknown_types():
 
 def test_a_task_built_with_other_settings_is_refused_not_overwritten(tmp_path):
     from common.errors import UserError
-    from stages.pairs import existing_task, fingerprint
-    cfg = load_config(CONFIG, [f"run_dir={tmp_path}"])
-    (tmp_path / ifeval_task.TASK_FILE).write_text(json.dumps({"fingerprint": fingerprint(cfg), "counts": {}}))
-    assert existing_task(tmp_path, cfg) is not None  # the same settings: kept
-    assert existing_task(tmp_path, load_config(CONFIG, [f"run_dir={tmp_path}", "seed=7"])) is not None  # seed-free
+
+    def existing(directory, *overrides):
+        return load_task(load_config(CONFIG, [f"run_dir={tmp_path}", f"ifeval.dir={directory}", *overrides])).existing()
+
+    fingerprint = load_task(load_config(CONFIG, [f"run_dir={tmp_path}", f"ifeval.dir={tmp_path}"])).fingerprint()
+    (tmp_path / ifeval_task.TASK_FILE).write_text(json.dumps({"fingerprint": fingerprint, "counts": {}}))
+    assert existing(tmp_path) is not None  # the same settings: kept
+    assert existing(tmp_path, "seed=7") is not None  # seed-free
     with pytest.raises(UserError, match="built with other settings"):
-        existing_task(tmp_path, load_config(CONFIG, [f"run_dir={tmp_path}", "ifeval.samples_per_prompt=2"]))
-    assert existing_task(tmp_path / "empty", cfg) is None
+        existing(tmp_path, "ifeval.samples_per_prompt=2")
+    assert existing(tmp_path / "empty") is None
 
 
 def test_stages_need_the_pairs_stage_first(tmp_path):
     from common.errors import PathNotFound
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}"])
     with pytest.raises(PathNotFound, match="--stage pairs"):
-        load_splits(cfg)
+        load_task(cfg).splits()
 
 
 @pytest.mark.slow

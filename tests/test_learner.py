@@ -7,10 +7,11 @@ import torch
 
 from actors.generator import Generator
 from actors.scorer import Scorer
-from common import data, sandbox
+from common import data
 from common.config import DataConfig, GeneratorConfig, RLConfig
 from common.models import frozen_copy
 from learner.learner import Learner, response_token_logprobs
+from tasks import sandbox
 
 CPU = torch.device("cpu")
 

@@ -10,6 +10,7 @@ from actors.generator import Generator
 from actors.scorer import build_scorer
 from common.config import ConfigError, load_config
 from common.models import build_tiny_policy, frozen_copy
+from common.paths import RunPaths
 from common.reward_head import RewardHead, read_head
 from learner.learner import Learner
 from stages.rm import run_rm
@@ -48,7 +49,7 @@ def test_head_mismatch_names_the_key(dist_run, tokenizer):
     _, _, overrides = dist_run
     cfg = load_config(None, [o for o in overrides if not o.startswith("reward.head")])  # scalar by default
     with pytest.raises(ConfigError, match="reward.head"):
-        build_scorer(cfg, CPU, *prompt_pool(tokenizer, 4), tokenizer)
+        build_scorer(cfg, RunPaths(cfg).reward_model, None, CPU, *prompt_pool(tokenizer, 4), tokenizer)
 
 
 @pytest.mark.parametrize("reduction", ["expected", "risk_averse", "win_prob_vs_ref"])
@@ -58,7 +59,7 @@ def test_scoring_reductions_and_learner_step(dist_run, tokenizer, reduction):
     prompts, tokens = prompt_pool(tokenizer, 6)
     policy = build_tiny_policy(TINY, tokenizer, seed=0).eval()
     reference = frozen_copy(policy)
-    scorer = build_scorer(cfg, CPU, prompts, tokens, tokenizer, reference)
+    scorer = build_scorer(cfg, RunPaths(cfg).reward_model, None, CPU, prompts, tokens, tokenizer, reference)
     batch = Generator(policy, tokenizer, cfg.generator, tokens, CPU).generate([0, 1, 2, 3], seed=0)
     scored = scorer.score(batch)
     stats = {k: scored.extras[k] for k in ("rm_mean", "rm_std", "rm_entropy")}
@@ -93,5 +94,5 @@ def test_a_checkpoint_without_a_head_takes_the_configured_one(tokenizer, tmp_pat
     build_tiny_policy(TINY, tokenizer, seed=0).save_pretrained(tmp_path / "reward_model")
     assert read_head(tmp_path / "reward_model") is None
     cfg = load_config(None, [f"run_dir={tmp_path}"])
-    model, head = load_trained_reward_model(cfg, tokenizer, CPU, torch.float32)
+    model, head = load_trained_reward_model(str(tmp_path / "reward_model"), cfg.reward, tokenizer, CPU, torch.float32)
     assert head == RewardHead("scalar", 1) and model.config.num_labels == 1

@@ -6,10 +6,11 @@ import torch
 
 from common import checkpoint
 from common.config import ConfigError, RLConfig, load_config
-from common.models import frozen_copy, resolve_dtype, save_model
+from common.models import frozen_copy, save_model
 from common.numerics import MAX_CONSECUTIVE_SKIPS, NonFiniteError
 from learner import losses
 from learner.learner import Learner, response_token_logprobs
+from learner.precision import resolve_dtype
 from learner.train_loop import fit
 from tests.test_learner import make_generator
 
@@ -23,13 +24,17 @@ def fake_gpu(monkeypatch, capability):
 
 
 def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch):
+    """One rule for every precision setting: model.dtype and reward.precision resolve alike."""
     assert resolve_dtype("auto", CPU) == torch.float32
     fake_gpu(monkeypatch, (7, 5))  # T4
     assert resolve_dtype("auto", CUDA) == torch.float16
     with pytest.raises(ConfigError, match=r"model.dtype=bfloat16: Tesla T4 \(compute capability 7.5\).*float16"):
         resolve_dtype("bfloat16", CUDA)
+    with pytest.raises(ConfigError, match=r"^reward.precision=bfloat16: Tesla T4 .*reward.precision=auto"):
+        resolve_dtype("bfloat16", CUDA, "reward.precision")
     fake_gpu(monkeypatch, (8, 0))  # A100
     assert resolve_dtype("auto", CUDA) == torch.bfloat16
+    assert resolve_dtype("auto", CUDA, "reward.precision") == torch.bfloat16
     assert resolve_dtype("float16", CUDA) == torch.float16
 
 
@@ -49,13 +54,12 @@ def weights(model):
 
 
 def test_fp16_learner_scales_the_loss_and_updates(policy, tokenizer):
-    """Under fp16 autocast (CPU here) the learner creates a GradScaler; the update is finite and changes weights."""
+    """Under fp16 autocast (CPU here) the learner scales the loss; the update is finite and changes weights."""
     batch = scored_batch(policy, tokenizer)
-    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, torch.float16)
     before = weights(policy)
-    with torch.autocast("cpu", dtype=torch.float16):
-        m = learner.step(batch)
-    assert learner.scaler is not None and m["losses/loss_scale"] == 2.0 ** 12
+    m = learner.step(batch)
+    assert learner.update.scaler is not None and m["losses/loss_scale"] == 2.0 ** 12
     assert m["losses/skipped_steps"] == 0.0
     after = weights(policy)
     assert all(torch.isfinite(v).all() for v in after.values())
@@ -65,13 +69,10 @@ def test_fp16_learner_scales_the_loss_and_updates(policy, tokenizer):
 
 def test_fp16_overflow_is_skipped_and_backs_off_the_scale(policy, tokenizer):
     batch = scored_batch(policy, tokenizer)
-    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
-    with torch.autocast("cpu", dtype=torch.float16):
-        learner._loss_scaler()
-    learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # every fp16 gradient overflows
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, torch.float16)
+    learner.update.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # every fp16 gradient overflows
     before = weights(policy)
-    with torch.autocast("cpu", dtype=torch.float16):
-        m = learner.step(batch)
+    m = learner.step(batch)
     assert m["losses/skipped_steps"] == 1.0 and m["losses/loss_scale"] == 2.0 ** 59
     assert all(torch.equal(before[k], v) for k, v in weights(policy).items()), "a skipped step changed weights"
     assert learner.version == 1  # the version counts steps, so the Ray pipeline's bookkeeping is unchanged
@@ -120,7 +121,7 @@ def test_no_stage_saves_non_finite_weights(policy, tokenizer, tmp_path):
     assert list((tmp_path / "ckpt").iterdir()) == []
 
 
-def fit_model(loss_values, precision="fp32"):
+def fit_model(loss_values, dtype=torch.float32):
     """A linear model trained by fit() on batches whose loss is scaled by `loss_values` (nan poisons one)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -132,7 +133,7 @@ def fit_model(loss_values, precision="fp32"):
 
     logged = []
     metrics = fit(model, lambda epoch: iter(loss_values), len(loss_values), loss_fn, epochs=1, lr=1e-2, device=CPU,
-                  precision=precision, log=lambda s, m: logged.append(m))
+                  dtype=dtype, log=lambda s, m: logged.append(m))
     return model, metrics, logged
 
 
@@ -148,10 +149,10 @@ def test_fit_stops_after_consecutive_non_finite_losses():
 
 
 def test_fit_fp16_on_cpu_uses_a_grad_scaler():
-    """GradScaler's first scale (2**16) overflows the fp16 gradients here: that update is skipped and counted, the
-    scale halves, and the next three update the weights."""
-    model, metrics, logged = fit_model([1.0] * 4, precision="fp16")
-    assert [(m["skipped_steps"], m["loss_scale"]) for m in logged] == [(1.0, 2.0 ** 15)] * 4
+    """The learner's loss scaling in fit: the first scale (2**12) overflows the fp16 gradients of this loss (20x the
+    plain one): that update is skipped and counted, the scale halves, and the next three update the weights."""
+    model, metrics, logged = fit_model([20.0] * 4, dtype=torch.float16)
+    assert [(m["skipped_steps"], m["loss_scale"]) for m in logged] == [(1.0, 2.0 ** 11)] * 4
     torch.manual_seed(0)
     init = torch.nn.Linear(4, 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -16,10 +16,11 @@ ray = pytest.importorskip("ray")
 from ray.util.queue import Full, Queue  # noqa: E402
 
 from common.sampling import PromptSampler  # noqa: E402
-from stages.rl import build_prompts, run_rl_local  # noqa: E402
+from stages.rl import run_rl  # noqa: E402
+from helpers import train_prompts  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
-from cluster.ray_runner import ROOT, run_rl_ray  # noqa: E402
+from cluster.ray_rollouts import ROOT  # noqa: E402
 from cluster.placement import PlacementError, reserve, role_bundles  # noqa: E402
 from common.config import ConfigError, load_config  # noqa: E402
 from common.models import build_tiny_policy, save_untrained_stand_ins  # noqa: E402
@@ -51,7 +52,7 @@ def ray_instance():
 def base_run(tmp_path_factory, tokenizer):
     run_dir = tmp_path_factory.mktemp("ray_base")
     save_untrained_stand_ins(run_dir, TINY, tokenizer)
-    build_prompts(load_config(None, tiny_overrides(run_dir)))  # writes the sandbox data once
+    train_prompts(load_config(None, tiny_overrides(run_dir)))  # writes the sandbox data once
     return run_dir
 
 
@@ -67,10 +68,10 @@ def run_copy(base_run, tmp_path):
 def actors(ray_instance, base_run):
     """Two generators and a scorer shared by the component tests."""
     cfg = load_config(None, tiny_overrides(base_run))
-    _, prompts, prompt_tokens = build_prompts(cfg)
+    prompts, prompt_tokens = train_prompts(cfg)
     model = str(base_run / "sft_model")
     gens = [RemoteGenerator.options(num_cpus=0.5).remote(cfg, model, prompt_tokens, 1) for _ in range(2)]
-    scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, prompts, 1)
+    scorer = RemoteScorer.options(num_cpus=0.5).remote(cfg, model, str(base_run / "reward_model"), prompts, 1)
     ray.get([a.info.remote() for a in gens + [scorer]], timeout=WAIT)
     return cfg, gens, scorer, len(prompts)
 
@@ -229,18 +230,18 @@ def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_
     request samples the same batch) and the run is stopped after step 2 and continued with --resume. The Ray run
     also probes held-out prompts (rl.eval_every) and the local one does not: the probe leaves training unchanged."""
     local_dir, ray_dir = run_copy("local"), run_copy("ray")
-    run_rl_local(load_config(None, tiny_overrides(local_dir, steps=3)))
+    run_rl(load_config(None, tiny_overrides(local_dir, steps=3)))
     pids = []
 
-    def kill_generator(step, pipeline):  # after step 0 (step 1 is already dispatched), look again after step 1
-        pids.append(ray.get(pipeline.generators[0].info.remote(), timeout=WAIT)["pid"])
+    def kill_generator(step, source):  # after step 0 (step 1 is already dispatched), look again after step 1
+        pids.append(ray.get(source.pipeline.generators[0].info.remote(), timeout=WAIT)["pid"])
         if step == 0:
             os.kill(pids[0], signal.SIGKILL)
 
     probe = ["rl.eval_every=2", "rl.eval_prompts=4"]
-    result = run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=2) + probe), on_step=kill_generator)
+    result = run_rl(load_config(None, tiny_overrides(ray_dir, steps=2) + probe), mode="ray", on_step=kill_generator)
     assert result["steps"] == 2 and len(pids) == 2 and pids[1] != pids[0], "generator 0 was restarted"
-    run_rl_ray(load_config(None, tiny_overrides(ray_dir, steps=3) + probe), resume=True)
+    run_rl(load_config(None, tiny_overrides(ray_dir, steps=3) + probe), resume=True, mode="ray")
     local, remote = read_metrics(local_dir), read_metrics(ray_dir)
     assert [m["step"] for m in remote if "eval/gold" in m and "eval_ood/gold" in m] == [0, 2, 3]
     remote = [m for m in remote if "losses/policy" in m]
@@ -265,7 +266,7 @@ def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_
 def test_generation_runs_ahead_with_staleness_one_and_two_generators(ray_instance, run_copy):
     """max_staleness 1, two generators: every batch is at most one version old, and the run completes."""
     run_dir = run_copy("ahead")
-    result = run_rl_ray(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2)))
+    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2)), mode="ray")
     metrics = read_metrics(run_dir)
     assert result["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     assert [m["sync/staleness"] for m in metrics] == [0, 1, 1], "steps 1 and 2 were generated one version back"

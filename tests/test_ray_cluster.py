@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from cluster.ray_runner import ROOT  # noqa: E402
+from cluster.ray_rollouts import ROOT  # noqa: E402
 from conftest import TINY  # noqa: E402
 from test_ray import read_metrics, tiny_overrides  # noqa: E402
 

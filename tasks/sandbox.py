@@ -11,7 +11,7 @@ Files are written in the esfrankel17/HelpSteer2_binarized schema and loaded thro
 Two kinds of held-out prompts. In-distribution: new names on (template, topic) requests that training also
 asks (the usual by-prompt split). Out-of-distribution: requests with a template (`sandbox.heldout_templates`, the
 last N of TEMPLATES) or a topic (`sandbox.heldout_topics`, the last N of TOPICS) that no training prompt uses;
-they come from `num_ood_pairs` extra pairs and only ever go to validation (common/splits.py). A held-out
+they come from `num_ood_pairs` extra pairs and only ever go to validation (tasks/base.py). A held-out
 topic's words still occur in training answers as other topics' words, as every topic's do, so on a new topic
 a reward model must apply "on topic" to words it has only seen off topic: a real test of generalisation.
 """
@@ -24,6 +24,9 @@ import re
 from pathlib import Path
 
 from common.config import SandboxConfig
+from common.models import TINY
+from tasks.base import RL_STAGES, GoldFn
+from tasks.preference import PreferenceTask
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "colors": ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown", "gray",
@@ -174,3 +177,32 @@ def sft_examples(prompts: list[str], cfg: SandboxConfig, seed: int) -> list[tupl
     rng = random.Random(seed + 1)
     return [(p, sample_response(p, rng, cfg))
             for p in (rng.choice(prompts) for _ in range(cfg.num_sft_examples))]
+
+
+class SandboxTask(PreferenceTask):
+    """The offline sandbox as a task: generated pairs (written once under <run_dir>/data, seeded by
+    data.split_seed), the held-out requests as the OOD pool, the programmatic gold judge, and the sft stage that
+    warms up the tiny random policy on its demonstrations."""
+
+    name = "sandbox"
+    heldout_text = ("ID: {n_id} held-out prompts with new names on requests (template, topic) that training also "
+                    "asks. OOD: {n_ood} prompts whose template or topic no training prompt uses (new_template: a "
+                    "held-out template on a training topic; new_topic: a held-out topic).")
+
+    def stages(self) -> tuple[str, ...]:
+        return (("sft",) if self.cfg.model.policy == TINY else ()) + RL_STAGES
+
+    def pairs_source(self) -> str:
+        out = Path(self.cfg.run_dir) / "data"
+        if not (out / "average_rating_split.jsonl").is_file():
+            write_sandbox_data(out, self.cfg.sandbox, seed=self.cfg.data.split_seed)
+        return str(out)
+
+    def ood_kind(self, prompt_text: str) -> str:
+        return ood_kind(prompt_text, self.cfg.sandbox)
+
+    def gold_judge(self) -> GoldFn | None:
+        return gold_score if self.cfg.sandbox.gold_judge else None
+
+    def sft_examples(self, prompts: list[str], seed: int) -> list[tuple[str, str]]:
+        return sft_examples(prompts, self.cfg.sandbox, seed)

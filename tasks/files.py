@@ -1,4 +1,4 @@
-"""Reading preference rows from files, directories and the hub (common/data.py parses and validates them).
+"""Reading rows from files, directories and the hub (tasks/preference.py parses and validates them).
 
 Bytes that are not UTF-8 and JSON lines that do not parse become `Unparsed` rows, so that `data.bad_rows`
 decides whether they stop the run (naming file, row and line) or are skipped; a JSON document that does not
@@ -11,14 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
+from common.data import DataError
 
 FILE_TYPES = (".parquet", ".jsonl", ".json")
-
-
-class DataError(UserError, ValueError):
-    """A data file, hub data set or row is unusable; the message names where (file/hub id, row, field)."""
-
 
 def read_rows(source: str, split: str) -> tuple[list[dict], str]:
     """Raw rows and a human-readable origin name.
@@ -27,8 +22,8 @@ def read_rows(source: str, split: str) -> tuple[list[dict], str]:
     (<split>.parquet, .jsonl, .json), else hub-style parquet shards (<split>-*.parquet or <split>/*.parquet
     anywhere below), else a `datasets` save_to_disk directory; or else a hub id, loaded with
     `datasets.load_dataset(source, split=split)`. A .json file may hold a list of rows, a mapping
-    {split: rows}, or JSON lines. Lines of a JSON-lines file that do not parse become malformed
-    rows (handled by `parse_pairs` under its bad_rows policy); blank lines are ignored.
+    {split: rows}, or JSON lines. Lines of a JSON-lines file that do not parse become malformed rows
+    (handled by `tasks.preference.parse_pairs` under its bad_rows policy); blank lines are ignored.
     """
     path = Path(source).expanduser()
     if path.is_dir():

@@ -10,10 +10,11 @@ check. The instruction types used are those whose checkers run offline: none tha
 (langdetect ships its profiles; it is seeded, as IFEval's own evaluation leaves it unseeded).
 
 The task's files live in one directory (`ifeval.dir`, '' = <run_dir>/data), written by `--stage pairs`
-(stages/pairs.py): `prompts.jsonl` (every prompt with its instruction ids and arguments: the verifier table,
-keyed by prompt text) and `average_rating_split.jsonl` (preference pairs in the HelpSteer2_binarized schema).
-Out-of-distribution = the held-out instruction types (`ifeval.heldout_instructions`): no training prompt
-carries one (common/splits.py sends their prompts to the `ood` split).
+(stages/pairs.py samples the SFT policy; `IFEvalTask.write_pairs` labels and writes): `prompts.jsonl` (every prompt
+with its instruction ids and arguments: the verifier table, keyed by prompt text), `average_rating_split.jsonl`
+(preference pairs in the HelpSteer2_binarized schema) and `task.json` (the settings it was built with and its
+counts; written last). Out-of-distribution = the held-out instruction types (`ifeval.heldout_instructions`): no
+training prompt carries one (tasks/base.py sends their prompts to the `ood` split).
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ import contextlib
 import functools
 import importlib.util
 import json
+import os
 import random
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.config import IFEVAL_OFFLINE_TYPES as OFFLINE_TYPES  # noqa: F401 (the table config.py validates)
+from common.config import Config, to_dict
 from common.errors import PathNotFound, UserError
+from tasks.base import RL_STAGES, GoldFn, Messages, RewardFn, last_user_text
+from tasks.preference import PreferenceTask, parse_prompt
 
 PROMPTS_FILE = "prompts.jsonl"
 PAIRS_FILE = "average_rating_split.jsonl"  # data.split's default name, so the normal data path reads it
@@ -38,25 +46,11 @@ TASK_FILE = "task.json"  # written last: its presence marks a complete task dire
 PACKAGES = {"if_verifiable": "if-verifiable==0.1.2", "langdetect": "langdetect==1.0.9", "nltk": "nltk",
             "immutabledict": "immutabledict"}
 
-# Instruction types whose checkers need no downloaded data, with the arguments we pass where the library's
-# random defaults do not fit answers of ~100 tokens (number_words defaults to 100..500 words; a prompt that is
-# impossible or always satisfied gives no preference signal). None = the library draws its own arguments.
-OFFLINE_TYPES: dict[str, object] = {
-    "punctuation:no_comma": None,
-    "startend:quotation": None,
-    "startend:end_checker": None,
-    "detectable_content:postscript": None,
-    "detectable_content:number_placeholders": None,
-    "detectable_format:title": None,
-    "detectable_format:json_format": None,
-    "detectable_format:number_bullet_lists": None,
-    "detectable_format:number_highlighted_sections": None,
-    "keywords:existence": None,
-    "keywords:forbidden_words": None,
-    "keywords:frequency": None,
-    "keywords:letter_frequency": None,
-    "change_case:english_lowercase": None,
-    "change_case:english_capital": None,
+# The instruction types whose checkers need no downloaded data are common/config.py's IFEVAL_OFFLINE_TYPES (what
+# ifeval.instructions may name). The arguments we pass where the library's random defaults do not fit answers of
+# ~100 tokens (number_words defaults to 100..500 words; a prompt that is impossible or always satisfied gives no
+# preference signal); the other types' arguments are drawn by the library.
+ARGUMENTS = {
     "length_constraints:number_words": lambda rng: {"num_words": rng.choice((15, 20, 30, 40, 50)),
                                                     "relation": "less than"},
 }
@@ -91,6 +85,10 @@ class TaskPrompt:
     prompt: str
     instruction_id_list: tuple[str, ...]
     kwargs: tuple[dict, ...]
+
+    @property
+    def messages(self) -> Messages:
+        return ({"role": "user", "content": self.prompt},)
 
     def as_row(self) -> dict:
         return {"prompt": self.prompt, "instruction_id_list": list(self.instruction_id_list),
@@ -149,7 +147,7 @@ def compose_prompts(instruction_ids: tuple[str, ...], num_prompts: int, seed: in
             raise UserError(f"ifeval: cannot compose {num_prompts} distinct prompts from {len(REQUESTS)} requests "
                             f"and {len(instruction_ids)} instruction types; lower the number of prompts")
         iid = instruction_ids[len(out) % len(instruction_ids)]
-        sampler = OFFLINE_TYPES[iid]
+        sampler = ARGUMENTS.get(iid)
         text, args = instruction(iid, rng.randrange(2**31), sampler(rng) if callable(sampler) else None)
         prompt = f"{rng.choice(REQUESTS)} {text}".strip()  # stripped, as the data path reads a prompt
         if prompt not in seen:
@@ -264,3 +262,115 @@ def ood_kind(prompt_text: str, task_dir: str | Path, heldout: tuple[str, ...]) -
     if task is None:
         return ""
     return ",".join(i for i in task.instruction_id_list if i in heldout)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class IFEvalTask(PreferenceTask):
+    """The real-model task (data.source=ifeval): its prompts and pairs are built once by `--stage pairs` in
+    `ifeval.dir` and read by every stage after; IFEval's verifiers are its gold judge and its reward functions;
+    its held-out instruction types are the OOD pool."""
+
+    name = "ifeval"
+    heldout_text = ("ID: {n_id} held-out prompts with instruction types training also asks (new prompts). OOD: "
+                    "{n_ood} prompts whose instruction type no training prompt carries (one column per held-out "
+                    "type). Gold: IFEval's strict prompt-level accuracy (loose: gold_loose).")
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.dir = Path(cfg.ifeval.dir) if cfg.ifeval.dir else Path(cfg.run_dir) / "data"
+
+    def stages(self) -> tuple[str, ...]:
+        return ("pairs",) + RL_STAGES
+
+    def experiment_overrides(self, root: Path) -> list[str]:
+        """The task is the same for every seed (seeded by data.split_seed): an experiment builds it once, in
+        <root>/data, and every run reads it there."""
+        return [] if self.cfg.ifeval.dir else [f"ifeval.dir={root / 'data'}"]
+
+    def pairs_source(self) -> str:
+        if not (self.dir / TASK_FILE).is_file():
+            raise PathNotFound(f"no ifeval task at {self.dir} ({TASK_FILE} missing): run `launch.py --stage pairs` "
+                               f"with this config first (--stage all does)")
+        return str(self.dir)
+
+    def unpaired_prompts(self) -> list[Messages]:
+        """Every prompt of the task, paired or not, in the task's order."""
+        return [tuple(parse_prompt(t.prompt)[0]) for t in read_prompts(self.dir / PROMPTS_FILE)]
+
+    def ood_kind(self, prompt_text: str) -> str:
+        return ood_kind(prompt_text, self.dir, self.cfg.ifeval.heldout_instructions)
+
+    def gold_judge(self) -> GoldFn | None:
+        return IFEvalJudge(self.dir)
+
+    def reward_functions(self) -> dict[str, RewardFn]:
+        """IFEval's prompt-level strict and loose accuracy of each completion (1.0 = every instruction followed)."""
+        def make(key: str) -> RewardFn:
+            def reward(prompts: list, completions: list[str], **columns) -> list[float]:  # noqa: ARG001
+                judge = IFEvalJudge(self.dir)
+                return [judge(last_user_text(p), c)[key] for p, c in zip(prompts, completions)]
+            return reward
+        return {"ifeval_strict": make("gold"), "ifeval_loose": make("gold_loose")}
+
+    # ----------------------------------------------------------------------------- building it (--stage pairs)
+    def fingerprint(self) -> dict:
+        """Every setting the task's files depend on; a task directory built with others is not this task."""
+        cfg = self.cfg
+        return {"ifeval": to_dict(cfg.ifeval) | {"dir": None}, "policy": cfg.model.policy,
+                "split_seed": cfg.data.split_seed, "max_prompt_tokens": cfg.data.max_prompt_tokens,
+                "overlong": cfg.data.overlong, "temperature": cfg.generator.temperature,
+                "max_new_tokens": cfg.generator.max_new_tokens}
+
+    def existing(self) -> dict | None:
+        """The counts of a complete task built here with these settings; None when there is none; UserError when
+        one was built with other settings (rebuilding would change every run that already read it)."""
+        path = self.dir / TASK_FILE
+        if not path.is_file():
+            return None
+        built = json.loads(path.read_text())
+        if built.get("fingerprint") != json.loads(json.dumps(self.fingerprint())):
+            raise UserError(f"{self.dir}: an ifeval task built with other settings is there ({path}); point "
+                            f"ifeval.dir elsewhere, or remove that directory to rebuild it")
+        return built["counts"]
+
+    def require_packages(self) -> None:
+        require_packages()
+
+    def compose(self) -> list[TaskPrompt]:
+        require_packages()
+        return task_prompts(self.cfg.ifeval, self.cfg.data.split_seed)
+
+    def write_pairs(self, prompts: list[TaskPrompt], answers: list[list[str]], extra: dict, started: float) -> dict:
+        """Label each prompt's sampled answers with the verifiers, write the task's files (task.json last, each
+        under a temporary name renamed into place) and return the counts (`started`: the stage's perf_counter
+        at its start, for its seconds)."""
+        rows, counts = preference_rows(prompts, answers)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_prompts(self.dir / PROMPTS_FILE, prompts)
+        write_atomic(self.dir / PAIRS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+        counts.update(extra, seconds=round(time.perf_counter() - started, 1),
+                      sft_pass_rates=pass_rates(prompts, answers))
+        counts["truncation_rate"] = counts.get("truncated_answers", 0) / max(1, counts["answers"])
+        write_atomic(self.dir / TASK_FILE, json.dumps({"fingerprint": self.fingerprint(), "counts": counts},
+                                                      indent=2))
+        return counts
+
+    def remove_files(self) -> None:
+        for name in (TASK_FILE, PAIRS_FILE, PROMPTS_FILE):
+            (self.dir / name).unlink(missing_ok=True)
+
+
+def pass_rates(prompts: list[TaskPrompt], answers: list[list[str]]) -> dict:
+    """Per instruction type, the answers' strict and loose prompt-level accuracy (what the pairs can teach)."""
+    acc: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0])
+    for task, texts in zip(prompts, answers):
+        for text in texts:
+            v = verify(task, text)
+            a = acc[",".join(task.instruction_id_list)]
+            a[0], a[1], a[2] = a[0] + v.prompt_strict, a[1] + v.prompt_loose, a[2] + 1
+    return {t: {"strict": s / n, "loose": lo / n, "answers": n} for t, (s, lo, n) in sorted(acc.items())}

@@ -1,9 +1,13 @@
-"""`--stage rl --mode ray`: generator and scorer actors on a Ray cluster, a bounded queue, the learner in the
-driver. The same Generator / Scorer / Learner classes as local mode, built, stepped and recorded with the same
-stages/rl.py functions; only the plumbing differs.
+"""Ray mode's rollout source (actors/rollouts.py's interface): generator and scorer actors on a Ray cluster feed a
+bounded queue that the one RL loop (stages/rl.py) reads in the driver, where the learner runs. The actors host the
+same Generator and Scorer classes as local mode; only the plumbing differs.
 
     driver (learner) --publish(state, version)--> object store --> generator actors --ObjectRef--> scorer
     actors --put (blocks when full)--> rollout queue --get--> driver (learner)
+
+`RayRollouts` is a context manager: entering connects to (or starts) Ray, places the actors and waits until they
+are up; leaving ends them (the placement group is removed) and disconnects. Dispatch, staleness and faults are
+cluster/ray_pipeline.py's.
 """
 
 from __future__ import annotations
@@ -15,30 +19,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
 from ray.util.placement_group import remove_placement_group
 from ray.util.queue import Queue
-from tqdm.auto import tqdm
 
 from cluster import placement
-from cluster.ray_actors import RemoteGenerator, RemoteScorer, RolloutItem
+from cluster.ray_actors import RemoteGenerator, RemoteScorer
 from cluster.ray_pipeline import RolloutPipeline
 from common import runlock
 from common.config import ClusterConfig, Config
 from common.errors import UserError, brief, raise_on_sigterm
-from common.models import sft_policy_path
-from common.rollout import concat
-from common.runtime import prepare
+from common.rollout import RolloutBatch, concat
 from common.sampling import PromptSampler
 from learner.learner import Learner
-from stages.rl import (RLRecorder, build_policy, build_prompts, finish_rl, learn, perf_metrics, resume_checkpoint,
-                       resume_learner)
 
 ROOT = Path(__file__).resolve().parents[1]
-StepHook = Callable[[int, RolloutPipeline], None]
 
 
 @contextlib.contextmanager
@@ -108,8 +106,8 @@ def connect_watchdog(address: str, timeout_s: float) -> Iterator[None]:
         timer.cancel()
 
 
-def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens,
-                 model_path: str) -> tuple[list, list, dict]:
+def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens, model_path: str,
+                 reward_path: str) -> tuple[list, list, dict]:
     """Create the generator and scorer actors in their bundles; wait (bounded) until each is up."""
     c = cfg.cluster
     generators, scorers = [], []
@@ -119,8 +117,8 @@ def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, 
             generators.append(RemoteGenerator.options(**opts).remote(cfg, model_path, prompt_tokens,
                                                                     c.generator_threads))
         else:
-            scorers.append(RemoteScorer.options(**opts).remote(cfg, model_path, prompts, c.scorer_threads,
-                                                                  prompt_tokens))
+            scorers.append(RemoteScorer.options(**opts).remote(cfg, model_path, reward_path, prompts,
+                                                                  c.scorer_threads, prompt_tokens))
     names = [f"generator {i}" for i in range(len(generators))] + [f"scorer {i}" for i in range(len(scorers))]
     refs = [a.info.remote() for a in generators + scorers]
     ready, pending = ray.wait(refs, num_returns=len(refs), timeout=c.placement_timeout_s)
@@ -131,76 +129,66 @@ def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, 
     return generators, scorers, dict(zip(names, ray.get(refs)))
 
 
-def run_rl_ray(cfg: Config, resume: bool = False, on_step: StepHook | None = None) -> dict:
-    """The RL stage on Ray; returns what run_rl_local returns, plus the run's drop/retry counts and placement.
+class RayRollouts:
+    """The rollout source of `--mode ray`: step t's shards come off the queue; after each update the learner's
+    weights are published every cluster.sync_every steps and the steps the staleness bound allows are handed out.
+    `summary()` adds the run's drop/retry counts and the actors' placement to rl_metrics.json."""
 
-    `on_step(step, pipeline)` runs after every learner step (tests use it to kill actors mid-run).
-    """
-    resumed = resume_checkpoint(cfg) if resume else None  # refuses before anything is written
-    device = prepare(cfg)
-    with ray_session(cfg.cluster):
-        tokenizer, prompts, prompt_tokens = build_prompts(cfg)
-        policy, reference = build_policy(cfg, device)
-        learner = Learner(policy, reference, cfg.rl, device)
-        start = resume_learner(learner, resumed) if resumed else 0
-        pg, bundles = placement.reserve(cfg.cluster)
-        queue = None
+    def __init__(self, cfg: Config, model_path: str, reward_path: str, prompts, prompt_tokens, tokenizer) -> None:
+        self.cfg, self.model_path, self.reward_path = cfg, model_path, reward_path
+        self.prompts, self.prompt_tokens, self.pad_id = prompts, prompt_tokens, tokenizer.pad_token_id
+        self.pipeline: RolloutPipeline | None = None
+        self.where: dict = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> RayRollouts:
+        cfg, stack = self.cfg, self._stack
+        stack.enter_context(ray_session(cfg.cluster))
         try:
-            generators, scorers, where = start_actors(cfg, pg, bundles, prompts, prompt_tokens,
-                                                      sft_policy_path(cfg))
-            (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(where, indent=2))
+            pg, bundles = placement.reserve(cfg.cluster)
+            stack.callback(remove_placement_group, pg)  # also ends the actors placed in it
+            generators, scorers, self.where = start_actors(cfg, pg, bundles, self.prompts, self.prompt_tokens,
+                                                           self.model_path, self.reward_path)
+            (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(self.where, indent=2))
             queue = Queue(maxsize=cfg.cluster.queue_size)
-            pipeline = RolloutPipeline(generators, scorers, queue, PromptSampler(len(prompts), cfg.rl.batch_size,
-                                       cfg.seed), cfg.seed, cfg.cluster.max_staleness, cfg.cluster.data_timeout_s,
-                                       {role: info["pid"] for role, info in where.items()})
-            metrics = train(cfg, learner, pipeline, tokenizer, start, on_step)
-        finally:
-            if queue is not None:
-                queue.shutdown()
-            remove_placement_group(pg)  # also ends the actors placed in it
-        return finish_rl(cfg, learner, tokenizer, metrics, ray=pipeline.counts, placement=where)
+            stack.callback(queue.shutdown)
+            sampler = PromptSampler(len(self.prompts), cfg.rl.batch_size, cfg.seed)
+            self.pipeline = RolloutPipeline(generators, scorers, queue, sampler, cfg.seed, cfg.cluster.max_staleness,
+                                            cfg.cluster.data_timeout_s,
+                                            {role: info["pid"] for role, info in self.where.items()})
+        except BaseException:
+            stack.close()
+            raise
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
 
-def train(cfg: Config, learner: Learner, pipeline: RolloutPipeline, tokenizer, start: int,
-          on_step: StepHook | None) -> dict[str, float]:
-    """The learner loop: take step t's batch off the queue, update, publish weights, log, checkpoint."""
-    steps, c = cfg.rl.steps, cfg.cluster
-    recorder = RLRecorder(cfg, start, learner, tokenizer)
-    pipeline.publish(learner.policy_state(), learner.version)
-    pipeline.start_at(start)
-    metrics: dict[str, float] = {}
-    t_prev = time.perf_counter()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl (ray)"):
-        pipeline.fill(steps)
-        t0 = time.perf_counter()
-        items = pipeline.collect(step, learner.version)
-        batch = concat([it.batch for it in items], tokenizer.pad_token_id)
-        t1 = time.perf_counter()
-        metrics = learn(cfg, learner, batch, tokenizer)
-        t2 = time.perf_counter()
+    def start(self, step: int, learner: Learner) -> None:
+        self.pipeline.publish(learner.policy_state(), learner.version)
+        self.pipeline.start_at(step)
+
+    def next_batch(self, step: int, learner: Learner) -> tuple[RolloutBatch, dict[str, float]]:
+        """Step `step`'s shards, in shard order, joined. Shards run in parallel, so a phase's time is its slowest
+        shard's."""
+        self.pipeline.fill(self.cfg.rl.steps)
+        items = self.pipeline.collect(step, learner.version)
+        batch = concat([it.batch for it in items], self.pad_id)
+        return batch, {"perf/generate_s": max(it.generate_s for it in items),
+                       "perf/score_s": max(it.score_s for it in items),
+                       "perf/weight_load_s": max(it.weight_load_s for it in items)}
+
+    def after_update(self, step: int, learner: Learner) -> dict[str, float]:
+        """Publish the new weights every cluster.sync_every steps and hand out the next steps at once, so the
+        generators work while the loop logs and checkpoints."""
+        pipeline, steps = self.pipeline, self.cfg.rl.steps
         sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
-        if learner.version % c.sync_every == 0 and step + 1 < steps:
+        if learner.version % self.cfg.cluster.sync_every == 0 and step + 1 < steps:
             sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
-            pipeline.fill(steps)  # hand out the next steps before logging and checkpointing
-        metrics.update(step_metrics(batch, items, t1 - t0, t2 - t1, time.perf_counter() - t_prev))
-        metrics.update({"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
-                        "sync/published_version": pipeline.version,
-                        **{f"sync/{k}": float(v) for k, v in pipeline.counts.items()}})
-        t_prev = time.perf_counter()
-        recorder.record(step, metrics, learner)
-        if on_step is not None:
-            on_step(step, pipeline)
-    recorder.close()
-    return metrics
+            pipeline.fill(steps)
+        return {"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
+                "sync/published_version": pipeline.version,
+                **{f"sync/{k}": float(v) for k, v in pipeline.counts.items()}}
 
-
-def step_metrics(batch, items: list[RolloutItem], t_wait: float, t_learn: float, t_step: float) -> dict[str, float]:
-    """perf/ figures of one step. Shards run in parallel, so a phase's time is its slowest shard's; the
-    rates use the wall time between learner steps (what overlap buys)."""
-    t_gen = max(it.generate_s for it in items)
-    out = perf_metrics(batch, t_gen, max(it.score_s for it in items), t_learn)
-    tokens = float(batch.response_mask.sum())
-    out.update({"perf/step_s": t_step, "perf/samples_per_s": batch.batch_size / t_step,
-                "perf/tokens_per_s": tokens / t_step, "perf/wait_s": t_wait,
-                "perf/weight_load_s": max(it.weight_load_s for it in items)})
-    return out
+    def summary(self) -> dict:
+        return {"ray": dict(self.pipeline.counts), "placement": self.where}

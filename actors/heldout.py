@@ -1,0 +1,194 @@
+"""Held-out prompt pools answered by a policy and judged: what `--stage eval`, the RL stage's probe and
+`--stage temperature` share.
+
+A `HeldoutPool` is one held-out split of the task ("val": in-distribution, "ood": out-of-distribution) with its
+scorer (the reward model and the task's gold judge). A policy answers its first `n` prompts with the eval sampling
+seed whatever the policy, so two policies are compared on the same prompts with the same random numbers; the
+answers are described per prompt (reward-head outputs, gold scores, length, EOS), and a trained policy is set
+beside the SFT policy's answers (`compare_on_pool`), with its KL to the reference on its own samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from actors.generator import Generator
+from actors.scorer import Scorer, build_scorer
+from common.config import Config, EvalConfig, GeneratorConfig
+from common.models import merged_state_dict
+from common.rollout import RolloutBatch
+from learner import distributional as dist
+from learner import losses
+from learner.learner import Learner, response_token_logprobs
+from learner.precision import autocast
+from tasks.base import Task
+
+TokenLogprobs = Callable[[RolloutBatch], torch.Tensor]  # batch -> [B, R] log pi(y_t | x, y_<t)
+POOLS = (("val", ""), ("ood", "_ood"))  # the held-out splits and the suffix of their stage / metric names
+
+
+@torch.no_grad()
+def sample_answers(generator, n: int, batch_size: int, seed: int, dtype: torch.dtype, device: torch.device,
+                   greedy: bool = False) -> list[RolloutBatch]:
+    """Batches of answers to prompts 0..n-1; batch k is sampled with seed + k whatever the policy."""
+    batches = []
+    for k, start in enumerate(tqdm(range(0, n, batch_size), desc="eval generate", leave=False)):
+        with autocast(dtype, device):
+            batches.append(generator.generate(list(range(start, min(n, start + batch_size))), seed + k, greedy))
+    return batches
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference: torch.nn.Module | TokenLogprobs, batches: list[RolloutBatch], dtype: torch.dtype,
+                device: torch.device) -> np.ndarray:
+    """log pi(y|x) - log pi_ref(y|x) on the policy's own samples: [N], its mean estimates KL(pi || pi_ref).
+    `reference` is a model or a function giving the reference's token log-probs (the learner's, with LoRA)."""
+    ref_fn = reference if not isinstance(reference, torch.nn.Module) else (
+        lambda b: response_token_logprobs(reference, b))
+    out = []
+    for b in batches:
+        b = b.to(device)
+        mask = b.response_mask.float()
+        with autocast(dtype, device):
+            lp = losses.sequence_logprobs(response_token_logprobs(policy, b), mask)
+            ref = losses.sequence_logprobs(ref_fn(b), mask)
+        out.append((lp - ref).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def describe(batches: list[RolloutBatch], scorer: Scorer, eos_id: int) -> dict:
+    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated), the gold
+    judge's scores (gold, and gold_* such as the ifeval task's gold_loose; None without a judge), lengths, EOS
+    rate, texts."""
+    idx = [i for b in batches for i in b.prompt_index.tolist()]
+    texts = [t for b in batches for t in b.response_texts]
+    finished = torch.cat([b.finished(eos_id) for b in batches])  # [N] bool
+    gold = scorer.gold_scores(idx, texts) or {"gold": None}
+    return {"logits": scorer.head_logits(idx, texts, finished.tolist()),
+            **{k: None if v is None else v.numpy() for k, v in gold.items()},
+            "length": torch.cat([b.response_lengths for b in batches]).float().numpy(),
+            "eos": float(finished.float().mean()), "texts": texts}
+
+
+def add_rm_scores(d: dict, scorer: Scorer) -> None:
+    """Per-prompt reward-model figures for both policies, compared with the SFT answer to the same prompt.
+
+    reward: the reward RL maximised (the scalar head's output or the distribution's reduction; win_prob_vs_ref
+    against the SFT answer, so the SFT policy itself gets 1/2). win_prob_vs_sft: the reward model's probability
+    that the answer beats the SFT answer (sigmoid of the margin for the scalar head), comparable across heads.
+    Distributional heads add the distribution's mean, std and entropy.
+    """
+    sft = d["sft"]["logits"]
+    ref = dist.score_logprobs(sft) if scorer.head.distributional else None
+    for v in d.values():
+        v["reward"] = scorer.rewards_from_logits(v["logits"], ref).numpy()
+        v["win_prob_vs_sft"] = scorer.win_prob(v["logits"], sft).numpy()
+        if scorer.head.distributional:
+            v.update({k: x.numpy() for k, x in dist.distribution_stats(dist.score_logprobs(v["logits"])).items()})
+
+
+class HeldoutPool:
+    """One held-out prompt pool with its scorer; the first `n` prompts are the ones evaluated. `engine`: a vLLM
+    generator shared by the pools (the eval stage's eval.backend=auto), else each model samples with hf."""
+
+    def __init__(self, prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]], n: int,
+                 scorer: Scorer | None, tokenizer, generator_cfg: GeneratorConfig, eval_cfg: EvalConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.prompts, self.prompt_tokens, self.n, self.scorer = prompts, prompt_tokens, n, scorer
+        self.tokenizer, self.generator_cfg, self.device, self.dtype = tokenizer, generator_cfg, device, dtype
+        self.batch_size, self.seed = eval_cfg.batch_size, eval_cfg.seed
+        self.engine = None
+
+    def answers(self, model: torch.nn.Module, generator_cfg: GeneratorConfig | None = None,
+                greedy: bool = False) -> list[RolloutBatch]:
+        """The model's answers to prompts 0..n-1, sampled with the eval seed whatever the model: by hf on the
+        model itself (with `generator_cfg`, default the run's), or by the pool's vLLM engine after loading the
+        model's weights into it."""
+        if self.engine is not None:
+            self.engine.load_weights(merged_state_dict(model), self.engine.version + 1)
+            self.engine.prompt_tokens = self.prompt_tokens  # the engine serves every pool: this pool's prompts
+            gen = self.engine
+        else:
+            gen = Generator(model, self.tokenizer, generator_cfg or self.generator_cfg, self.prompt_tokens,
+                            self.device)
+        return sample_answers(gen, self.n, self.batch_size, self.seed, self.dtype, self.device, greedy)
+
+    def describe(self, batches: list[RolloutBatch]) -> dict:
+        return describe(batches, self.scorer, self.tokenizer.eos_token_id)
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        return [self.prompts[i][-1]["content"] for i in range(self.n)]
+
+
+def heldout_pool(cfg: Config, task: Task, reward_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
+                 split: str, n: int, stage: str) -> HeldoutPool:
+    """The task's held-out `split` as a pool of its first `n` prompts (0 = all); its data counts go to
+    data_<stage>.json. win_prob_vs_ref is measured against the SFT answers (add_rm_scores): no reference sampler."""
+    prompts, prompt_tokens = task.prompt_pool(tokenizer, split, stage)
+    n = min(len(prompts), n or len(prompts))
+    scorer = build_scorer(cfg, reward_path, task.gold_judge(), device, prompts, prompt_tokens, tokenizer) if n else None
+    return HeldoutPool(prompts, prompt_tokens, n, scorer, tokenizer, cfg.generator, cfg.eval, device, dtype)
+
+
+def compare_on_pool(pool: HeldoutPool, sft: dict, trained: torch.nn.Module,
+                    reference: torch.nn.Module | TokenLogprobs) -> tuple[dict, np.ndarray]:
+    """The trained policy's answers described beside the SFT policy's (`sft`: pool.describe of its answers), the
+    reward-model figures of both, and the per-prompt KL of the trained policy to the reference."""
+    batches = pool.answers(trained)
+    d = {"sft": dict(sft), "trained": pool.describe(batches)}
+    add_rm_scores(d, pool.scorer)
+    return d, sequence_kl(trained, reference, batches, pool.dtype, pool.device)
+
+
+def probe_metrics(d: dict, kl: np.ndarray, prefix: str) -> dict[str, float]:
+    """The RL probe's scalars from compare_on_pool's output: the trained policy's held-out RM reward and gold
+    (levels, gains over the SFT answers to the same prompts, standard errors), KL, length, truncation rate."""
+    t, s = d["trained"], d["sft"]
+    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+    out = {"reward": float(t["reward"].mean()), "reward_gain": float((t["reward"] - s["reward"]).mean()),
+           "reward_se": se(t["reward"]), "kl": float(kl.mean()), "length": float(t["length"].mean()),
+           "truncation_rate": 1.0 - float(t["eos"])}
+    if t["gold"] is not None:
+        out.update({"gold": float(t["gold"].mean()), "gold_gain": float((t["gold"] - s["gold"]).mean()),
+                    "gold_se": se(t["gold"])})
+    return {prefix + k: v for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def reference_policy(learner: Learner) -> Iterator[torch.nn.Module]:
+    """The frozen SFT policy as a module: the reference, or with LoRA the policy with its adapters disabled."""
+    if learner.reference is not None:
+        yield learner.reference
+        return
+    with learner.policy.disable_adapter():
+        yield learner.policy
+
+
+class HeldoutProbe:
+    """Over-optimisation measured during training (rl.eval_every): the policy answers a fixed held-out subset, the
+    first rl.eval_prompts prompts of each held-out pool with eval.seed, scored by the reward model and the task's
+    gold judge. Tags: eval/ (in-distribution) and eval_ood/ (out-of-distribution). The SFT answers are sampled
+    once, from the reference. Sampling forks the RNG, so a probe does not change the training run."""
+
+    def __init__(self, cfg: Config, task: Task, reward_path: str, learner: Learner, tokenizer) -> None:
+        self.learner = learner
+        pools = [(f"eval{suffix}/", heldout_pool(cfg, task, reward_path, tokenizer, learner.device, learner.dtype,
+                                                 split, cfg.rl.eval_prompts, f"probe{suffix}"))
+                 for split, suffix in POOLS]
+        self.pools = [(prefix, pool) for prefix, pool in pools if pool.n]
+        with reference_policy(learner) as sft:
+            self.sft = {prefix: pool.describe(pool.answers(sft)) for prefix, pool in self.pools}
+
+    def __call__(self) -> dict[str, float]:
+        t0, out = time.perf_counter(), {}
+        for prefix, pool in self.pools:
+            d, kl = compare_on_pool(pool, self.sft[prefix], self.learner.policy, self.learner.reference_logprobs)
+            out.update(probe_metrics(d, kl, prefix))
+        return {**out, "perf/probe_s": time.perf_counter() - t0}

@@ -1,0 +1,111 @@
+"""One precision policy for every training loop (the RL learner, reward-model training, the SFT warm-up) and the
+forwards that run beside them (generation, the reference).
+
+Which dtype. `model.dtype` and `reward.precision` are resolved by the same rule: auto = bf16 on a GPU that computes
+it natively (compute capability >= 8.0: A100, L4, H100), fp16 on an older GPU (a T4: bf16 is emulated there and
+vLLM refuses it), fp32 on CPU. An explicit 16-bit dtype on CPU runs under CPU autocast (it is how the fp16 paths
+are tested). Weights stay fp32: the optimizer's master copy; the dtype is the autocast's.
+
+How an update is applied (`GuardedUpdate`). Under fp16 the loss is scaled (fp16 gradients underflow without it;
+bf16 and fp32 have fp32's exponent range), the gradient is unscaled and clipped, and an update whose loss or
+gradient is not finite is skipped: the weights and the optimizer are untouched, the skip is counted, and
+MAX_CONSECUTIVE_SKIPS in a row stop the run (common/numerics.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from common.config import ConfigError
+from common.numerics import SkipCounter, is_finite
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the settings' values
+# fp16 loss scale: 2**12 leaves room below fp16's maximum for gradients of order 1 (2**16, torch's default,
+# overflows on the first step of a typical run); it doubles after 100 finite steps and halves on an overflow
+INIT_SCALE, GROWTH_INTERVAL = 2.0 ** 12, 100
+
+
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Native bf16 (compute capability >= 8.0); a T4 (7.5) only emulates it, slowly, and vLLM refuses it there."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_dtype(name: str, device: torch.device, key: str = "model.dtype") -> torch.dtype:
+    """A precision setting (`key`: model.dtype or reward.precision) -> the autocast dtype on `device`."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not gpu_has_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"{key}={name}: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                          f"has no native bf16; use {key}=auto or float16")
+    return dtype
+
+
+def autocast(dtype: torch.dtype, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device`; nothing for fp32. Policy and reference always run under the same one, so
+    the KL is zero before the first update."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class GuardedUpdate:
+    """Loss scaling (fp16 only), gradient clipping and skipped non-finite updates around one optimizer.
+
+    A loop calls `backward(loss)` for each (micro-)batch and `step()` once per update; `step` returns the
+    gradient norm (before clipping) and whether the update was applied. `where` and `hint` name the loop and the
+    knob to turn in the error that stops a run after too many skips in a row."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], dtype: torch.dtype,
+                 device: torch.device, max_grad_norm: float, where: str, hint: str) -> None:
+        self.optimizer, self.params, self.max_grad_norm = optimizer, params, max_grad_norm
+        self.scaler = (torch.amp.GradScaler(device.type, init_scale=INIT_SCALE, growth_interval=GROWTH_INTERVAL)
+                       if dtype == torch.float16 else None)
+        self.skips = SkipCounter(where, hint)
+        self.loss_finite = True
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.loss_finite = self.loss_finite and is_finite(loss.detach())
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, after_step=None) -> tuple[float, bool]:
+        """Unscale, clip, then apply the accumulated gradient (and call `after_step`, e.g. a scheduler's step) or
+        skip it when the loss or the gradient is not finite; zero the gradients."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.params if p.grad is not None]
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        finite = self.loss_finite and is_finite(grad_norm)
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+            if after_step is not None:
+                after_step()
+        if self.scaler is not None:
+            self.scaler.update()  # a non-finite gradient halves the scale
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skips.record(not finite, "loss" if not self.loss_finite else "gradient")
+        self.loss_finite = True
+        return grad_norm, finite
+
+    @property
+    def loss_scale(self) -> float | None:
+        return None if self.scaler is None else float(self.scaler.get_scale())
+
+    def state_dict(self) -> dict:
+        return {"skips": self.skips.state_dict(), "scaler": None if self.scaler is None else self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("skips"):  # checkpoints from before skips were counted have none
+            self.skips.load_state_dict(state["skips"])
+        if state.get("scaler") and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])

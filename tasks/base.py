@@ -1,0 +1,194 @@
+"""The Task interface, and the one split and prompt-pool logic every task shares.
+
+A task is what a run learns and is judged on: its preference pairs (where they come from and how they are
+prepared), its prompt pools and held-out splits, its gold judge, the reward functions it offers and the stages it
+needs. `tasks.load_task(cfg)` picks the task from `data.source`; no other code branches on it. Adding a task is
+adding one file with a `Task` subclass, registered in tasks/__init__.py.
+
+Splits. Preference pairs are split by prompt into train and validation (in-distribution held-out); a task with an
+out-of-distribution held-out set (the sandbox's held-out requests, the ifeval task's held-out instruction types)
+names each such prompt's kind (`ood_kind`) and all of them go to the `ood` split, never to training. A task may
+also have prompts without a pair (the ifeval task: every sampled answer tied under the verifiers): they carry no
+preference, but RL and eval still ask them, split by the same rule as the rest, so the held-out pools are all
+held-out prompts, not only those with a pair.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import data
+from common.config import Config
+
+SPLITS = ("train", "val", "ood")  # ood: out-of-distribution held-out; empty for a task without one
+Messages = tuple[dict, ...]  # a prompt: chat messages ending with a user turn
+# (last user message, response) -> the gold judge's score, or named scores among which "gold" (the headline one;
+# the ifeval task adds "gold_loose")
+GoldFn = Callable[[str, str], "float | Mapping[str, float]"]
+# TRL's reward-function convention: (prompts, completions, **columns) -> one float per completion
+RewardFn = Callable[..., list[float]]
+RL_STAGES = ("rm", "rl", "eval")
+
+
+@dataclass
+class Splits:
+    train: list[data.PreferencePair]
+    val: list[data.PreferencePair]  # in-distribution held-out: new prompts on requests training also asks
+    stats: data.DataStats
+    ood: list[data.PreferencePair] = field(default_factory=list)  # held-out requests / instruction types
+    # a task with prompts without a pair: split -> all its prompts in the task's order (see the module docstring)
+    task_pools: dict[str, list[Messages]] = field(default_factory=dict)
+
+    @property
+    def train_prompts(self) -> list[Messages]:
+        return self.prompts("train")
+
+    @property
+    def val_prompts(self) -> list[Messages]:
+        return self.prompts("val")
+
+    @property
+    def ood_prompts(self) -> list[Messages]:
+        return self.prompts("ood")
+
+    def prompts(self, split: str) -> list[Messages]:
+        """The split's distinct prompts: those of its pairs in first-seen order; for a task with unpaired prompts,
+        all its prompts in the task's order, so the first N are a fair sample of paired and unpaired ones."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        if self.task_pools:
+            return list(self.task_pools[split])
+        return data.unique_prompts(getattr(self, split))
+
+
+class Task:
+    """What every stage asks of a task. Subclasses implement `load_pairs` and override what they have."""
+
+    name = "task"
+    # the report's sentence on the two held-out pools ({n_id}, {n_ood}: their prompt counts)
+    heldout_text = ("ID: {n_id} held-out prompts (a split by prompt of the preference data). OOD: {n_ood} prompts "
+                    "the task holds out from training.")
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------------------------------- the task
+    def stages(self) -> tuple[str, ...]:
+        """The stages `--stage all` runs for this task, in order (then the report)."""
+        return RL_STAGES
+
+    def experiment_overrides(self, root: Path) -> list[str]:  # noqa: ARG002 - a task built per run
+        """Overrides an experiment under `root` gives every run, so that they share what the task builds once."""
+        return []
+
+    def load_pairs(self) -> tuple[list[data.PreferencePair], data.DataStats]:
+        """The task's preference pairs, parsed and validated, with their counts."""
+        raise NotImplementedError
+
+    def unpaired_prompts(self) -> list[Messages]:
+        """All the task's prompts when some have no pair (they take part in the split); else none."""
+        return []
+
+    def ood_kind(self, prompt_text: str) -> str:  # noqa: ARG002 - a task without an OOD pool
+        """'' for an in-distribution prompt (its last user message), else its out-of-distribution kind."""
+        return ""
+
+    def gold_judge(self) -> GoldFn | None:
+        """The task's gold judge, or None (a task whose answers only the reward model scores)."""
+        return None
+
+    def reward_functions(self) -> dict[str, RewardFn]:
+        """Rewards the task offers, by name, in TRL's calling convention: the gold judge's headline score."""
+        judge = self.gold_judge()
+        if judge is None:
+            return {}
+
+        def gold(prompts: list, completions: list[str], **columns) -> list[float]:  # noqa: ARG001 - TRL's columns
+            scores = [judge(last_user_text(p), c) for p, c in zip(prompts, completions)]
+            return [float(s["gold"] if isinstance(s, Mapping) else s) for s in scores]
+
+        return {f"{self.name}_gold": gold}
+
+    # ------------------------------------------------------------------------------------------- splits
+    def splits(self) -> Splits:
+        """Load, validate, split by prompt (a prompt is never on both sides), cap, and count.
+
+        Out-of-distribution pairs all go to the `ood` split; the rest is split by a hash of the prompt
+        (data.validation_keys), the task's unpaired prompts with them. `data.max_val_pairs` caps both held-out
+        splits' pairs."""
+        cfg = self.cfg.data
+        pairs, stats = self.load_pairs()
+        if not pairs:
+            skipped = f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad else ""
+            raise data.DataError(f"{stats.origin}: no preference pairs ({stats.rows} rows read{skipped}); point "
+                                 f"data.source at rows in the HelpSteer2_binarized schema")
+        kinds = [self.ood_kind(p.prompt[-1]["content"]) for p in pairs]
+        ood = [p for p, k in zip(pairs, kinds) if k]
+        in_dist = [p for p, k in zip(pairs, kinds) if not k]
+        unpaired = self.unpaired_prompts()
+        unpaired_in = [m for m in unpaired if not self.ood_kind(m[-1]["content"])]
+        val_keys = data.validation_keys([p.prompt_key for p in in_dist] + [data.messages_key(m) for m in unpaired_in],
+                                        cfg.val_fraction, cfg.split_seed)
+        train = [p for p in in_dist if p.prompt_key not in val_keys]
+        val = [p for p in in_dist if p.prompt_key in val_keys]
+        pools = {} if not unpaired else {
+            "train": [m for m in unpaired_in if data.messages_key(m) not in val_keys],
+            "val": [m for m in unpaired_in if data.messages_key(m) in val_keys],
+            "ood": [m for m in unpaired if self.ood_kind(m[-1]["content"])]}
+        if not train or not val:
+            raise data.DataError(f"{stats.origin}: {len(pairs)} pairs with {len(data.unique_prompts(pairs))} "
+                                 f"distinct prompt(s) give {len(train)} train and {len(val)} validation pairs; a split "
+                                 f"by prompt needs at least 2 distinct prompts: add rows")
+        if cfg.max_train_pairs:
+            train = train[:cfg.max_train_pairs]
+        if cfg.max_val_pairs:
+            val, ood = val[:cfg.max_val_pairs], ood[:cfg.max_val_pairs]
+        return Splits(train=train, val=val, stats=stats, ood=ood, task_pools=pools)
+
+    def encode_prompts(self, tokenizer, prompts: list[Messages],
+                       stats: data.DataStats) -> tuple[list[Messages], list[list[int]]]:
+        """Chat-templated prompt ids under the over-length policy; dropped prompts are left out of both lists."""
+        cfg = self.cfg.data
+        kept, tokens = [], []
+        for messages in prompts:
+            ids = data.encode_prompt(tokenizer, messages, cfg.max_prompt_tokens, cfg.overlong, stats)
+            if ids is not None:
+                kept.append(messages)
+                tokens.append(ids)
+        if prompts and not kept:  # an empty split (e.g. no out-of-distribution pool) gives empty lists
+            raise data.DataError(f"data.source={cfg.source}: all {len(prompts)} prompts are longer than "
+                                 f"data.max_prompt_tokens={cfg.max_prompt_tokens} and were dropped "
+                                 f"(data.overlong={cfg.overlong}); raise data.max_prompt_tokens or use "
+                                 f"data.overlong=truncate_left")
+        return kept, tokens
+
+    def prompt_pool(self, tokenizer, split: str, stage: str) -> tuple[list[Messages], list[list[int]]]:
+        """The prompts of `split` ("train" for RL, "val" / "ood" for eval) with their chat-templated ids (both
+        empty for an empty split); the stage's data counts go to <run_dir>/data_<stage>.json. Every prompt pool
+        (rl, eval, the benches) is built here."""
+        splits = self.splits()
+        stats = data.DataStats()
+        prompts, prompt_tokens = self.encode_prompts(tokenizer, splits.prompts(split), stats)
+        write_data_report(self.cfg.run_dir, stage, splits, stats)
+        return prompts, prompt_tokens
+
+
+def last_user_text(prompt) -> str:
+    """A prompt's last user message: the text itself, or the content of the last message of chat messages."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: data.DataStats | None = None) -> dict:
+    """Save the data counts of a stage to <run_dir>/data_<name>.json and return them."""
+    report = {"train_pairs": len(splits.train), "val_pairs": len(splits.val),
+              "train_prompts": len(splits.train_prompts), "val_prompts": len(splits.val_prompts),
+              "ood_pairs": len(splits.ood), "ood_prompts": len(splits.ood_prompts),
+              **({"unpaired_prompts": {k: len(v) - len(data.unique_prompts(getattr(splits, k)))
+                                       for k, v in splits.task_pools.items()}} if splits.task_pools else {}),
+              "load": splits.stats.as_dict(), **({"encode": extra.as_dict()} if extra is not None else {})}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / f"data_{name}.json").write_text(json.dumps(report, indent=2))
+    return report
