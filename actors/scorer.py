@@ -104,7 +104,8 @@ class Scorer:
         if missing and self.reference_generator is None:
             raise ValueError("reward_reduction=win_prob_vs_ref needs a reference_generator (the SFT policy)")
         if missing:
-            batch = self.reference_generator.generate(missing, self.reference_seed * 1_000_003 + len(self.reference_logp))
+            seed = self.reference_seed * 1_000_003 + len(self.reference_logp)
+            batch = self.reference_generator.generate(missing, seed)
             finished = batch.finished(self.reference_generator.tokenizer.eos_token_id).tolist()
             logp = dist.score_logprobs(self.head_logits(missing, batch.response_texts, finished))  # [M, K]
             for row, (i, text) in enumerate(zip(missing, batch.response_texts)):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 
 import numpy as np
 import torch

@@ -33,14 +33,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.config import Config, load_config  # noqa: E402
-from common.models import ASSETS, frozen_copy, resolve_device, reward_head_logits  # noqa: E402
-from common.reward_head import head_from_config  # noqa: E402
-from common.rollout import RolloutBatch  # noqa: E402
-from learner import losses  # noqa: E402
-from learner.learner import Learner, checkpointed_layers, response_token_logprobs  # noqa: E402
-from learner.reward_losses import bradley_terry_loss  # noqa: E402
-from learner.precision import resolve_dtype  # noqa: E402
+from common.config import Config, load_config
+from common.models import ASSETS, frozen_copy, resolve_device, reward_head_logits
+from common.reward_head import head_from_config
+from common.rollout import RolloutBatch
+from learner import losses
+from learner.learner import Learner, checkpointed_layers, response_token_logprobs
+from learner.precision import resolve_dtype
+from learner.reward_losses import bradley_terry_loss
 
 GIB = 2 ** 30
 GPU_GIB = 16

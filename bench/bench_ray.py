@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import ray  # noqa: E402
-import torch  # noqa: E402
+import ray
+import torch
 
-from bench.shared import print_table, write_json  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.models import load_tokenizer, save_untrained_stand_ins  # noqa: E402
-from stages.rl import run_rl  # noqa: E402
+from bench.shared import print_table, write_json
+from common.config import load_config
+from common.models import load_tokenizer, save_untrained_stand_ins
+from stages.rl import run_rl
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,9 +103,9 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         r["vs_local"] = f"{r['samples_per_s'] / local['samples_per_s']:.2f}x" if local else "-"
     print_table(rows, [("variant", "variant", "<12"), ("samples/s", "samples_per_s", ">10.2f"),
-                       ("vs local", "vs_local", ">10"), ("s/step", "s_per_step", ">8.3f"), ("gen s", "generate_s", ">7.3f"),
-                       ("score s", "score_s", ">8.3f"), ("learn s", "learner_s", ">8.3f"),
-                       ("max stale", "staleness", ">10.0f")])
+                       ("vs local", "vs_local", ">10"), ("s/step", "s_per_step", ">8.3f"),
+                       ("gen s", "generate_s", ">7.3f"), ("score s", "score_s", ">8.3f"),
+                       ("learn s", "learner_s", ">8.3f"), ("max stale", "staleness", ">10.0f")])
     write_json(args.json, vars(args), rows)
     return rows
 

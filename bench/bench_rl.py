@@ -6,9 +6,9 @@ What is compared (one process, one device, fp32, torch threads = all cores unles
   the generator training builds: `generator.backend` (`auto` = vLLM where it runs, so vLLM here; `--backend hf`
   for transformers `generate`). vLLM receives the learner's weights before every step (timed as part of it);
   its engine start-up is reported apart (`startup_s`), as it is paid once per run.
-- TRL: `trl.RLOOTrainer` (transformers `generate`: its vLLM modes need a GPU), num_generations=2, num_iterations=1, one optimizer
-  step per generation batch; by default 8 prompts x 2 = 16 completions per step (the same samples per step as
-  ours) and also 16 prompts x 2 = 32 (`--trl-prompts`).
+- TRL: `trl.RLOOTrainer` (transformers `generate`: its vLLM modes need a GPU), num_generations=2, num_iterations=1,
+  one optimizer step per generation batch; by default 8 prompts x 2 = 16 completions per step (the same samples per
+  step as ours) and also 16 prompts x 2 = 32 (`--trl-prompts`).
 Both start from the same random tiny Llama (configs/tiny.yaml `model.tiny`, bundled SmolLM2 tokenizer), on the
 same chat-templated sandbox prompts, with temperature / top_p from the config, top_k off, beta = rl.kl_coef,
 lr = rl.lr, max_grad_norm = rl.max_grad_norm. The reward is the SAME `Scorer` (a tiny random reward model) in
@@ -44,16 +44,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from actors.generator import Generator  # noqa: E402
-from actors.scorer import Scorer  # noqa: E402
-from bench.shared import (bench_generator, bench_learner, bench_prompts, load_average, print_table,  # noqa: E402
-                          timed_rl_steps)
-from common.config import load_config  # noqa: E402
-from common.models import build_tiny_policy, frozen_copy, load_reward_model, load_tokenizer  # noqa: E402
-from common.runtime import prepare  # noqa: E402
-from tasks import sandbox  # noqa: E402
+from actors.generator import Generator
+from actors.scorer import Scorer
+from bench.shared import bench_generator, bench_learner, bench_prompts, load_average, print_table, timed_rl_steps
+from common.config import load_config
+from common.models import build_tiny_policy, frozen_copy, load_reward_model, load_tokenizer
+from common.runtime import prepare
+from tasks import sandbox
 
 NUM_GENERATIONS = 2
 
@@ -146,7 +145,8 @@ def make_trl_trainer(args: argparse.Namespace, s: dict, n_prompts: int, timer, o
         generation_kwargs={"min_new_tokens": args.new_tokens} if args.force_length else None,
         temperature=cfg.generator.temperature, top_p=cfg.generator.top_p, top_k=0, beta=cfg.rl.kl_coef,
         learning_rate=cfg.rl.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=cfg.rl.weight_decay,
-        max_grad_norm=cfg.rl.max_grad_norm, use_vllm=False, use_cpu=args.device == "cpu", bf16=getattr(args, "bf16", False), fp16=False,
+        max_grad_norm=cfg.rl.max_grad_norm, use_vllm=False, use_cpu=args.device == "cpu",
+        bf16=getattr(args, "bf16", False), fp16=False,
         gradient_checkpointing=False, disable_dropout=True, logging_strategy="no", save_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(s["policy_dir"], dtype=torch.float32)  # ref is loaded from here
@@ -212,8 +212,9 @@ def main(argv=None) -> dict:
     trl_version = trl_available() if variants else None
     length = (f"exactly {args.new_tokens} new tokens (EOS suppressed via min_new_tokens)" if args.force_length
               else f"at most {args.new_tokens} new tokens (stop at EOS)")
+    trl_text = trl_version or ("not installed" if variants else "skipped")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, fp32, "
-          f"seed {args.seed}, load {load_average():.1f}; TRL {trl_version or ('not installed' if variants else 'skipped')}")
+          f"seed {args.seed}, load {load_average():.1f}; TRL {trl_text}")
     print(f"{args.warmup} warm-up + {args.steps} timed steps; {length}; temperature/top_p from {args.config}")
     with tempfile.TemporaryDirectory(prefix="bench_rl_") as tmp:
         workdir = Path(tmp)

@@ -22,14 +22,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from actors.scorer import Scorer  # noqa: E402
-from bench.shared import (FixedLengthHF, FixedLengthVLLM, bench_learner, bench_prompts, print_table,  # noqa: E402
-                          timed_rl_steps, write_json)
-from common.config import load_config  # noqa: E402
-from common.models import ASSETS, frozen_copy, load_reward_model, load_tokenizer, tiny_llama_config  # noqa: E402
+from actors.scorer import Scorer
+from bench.shared import (
+    FixedLengthHF,
+    FixedLengthVLLM,
+    bench_learner,
+    bench_prompts,
+    print_table,
+    timed_rl_steps,
+    write_json,
+)
+from common.config import load_config
+from common.models import ASSETS, frozen_copy, load_reward_model, load_tokenizer, tiny_llama_config
 
 
 def model_config(name: str, cfg, tokenizer) -> LlamaConfig:

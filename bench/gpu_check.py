@@ -36,13 +36,13 @@ ABSENT = ("ray", "vllm", "datasets", "trl", "matplotlib", "pandas", "pyarrow")
 for _name in ABSENT:
     sys.modules[_name] = None  # `import ray` raises ModuleNotFoundError; importlib.util.find_spec gives None
 
-import torch  # noqa: E402
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import launch  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.models import BUNDLED_TOKENIZER  # noqa: E402
+import launch
+from common.config import load_config
+from common.models import BUNDLED_TOKENIZER
 
 CAP_GIB = 16.0
 OUT_OF_MEMORY = 3

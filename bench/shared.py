@@ -7,10 +7,9 @@ step training runs, so a bench measures the code users run.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
-
-import os
 
 from actors.generator import Generator, choose_backend
 from actors.rollouts import InProcessRollouts

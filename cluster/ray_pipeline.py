@@ -18,8 +18,8 @@ import ray
 from ray.util.queue import Empty, Queue
 
 from cluster.ray_actors import RolloutItem
-from common.sampling import PromptSampler, shard_seed
 from common.errors import UserError, brief
+from common.sampling import PromptSampler, shard_seed
 
 POLL_S = 0.5  # how often a waiting learner looks for failed tasks between queue reads
 PING_S = 30.0  # longest a health check waits for an actor (a restarting one answers after its restart)

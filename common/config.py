@@ -17,8 +17,6 @@ import yaml
 from common.config_schema import ConfigError, _apply_override, build, flatten, opt, section, to_dict  # noqa: F401
 
 
-
-
 @dataclass(frozen=True)
 class LoraConfig:
     enabled: bool = opt(False, help="train LoRA adapters instead of all weights")

@@ -11,8 +11,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from common.config import ConfigError, LoraConfig, TinyModelConfig
 from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, brief
@@ -202,7 +209,8 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str) -> PreT
     """Wrap `model` with peft LoRA adapters when enabled (task_type: CAUSAL_LM or SEQ_CLS)."""
     if not lora.enabled:
         return model
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type=task_type)
     return get_peft_model(model, peft_cfg)

@@ -74,7 +74,9 @@ class RolloutBatch:
 
     def rows(self, start: int, stop: int) -> RolloutBatch:
         """Samples start..stop-1 (a learner micro-batch); the padded widths P and R are kept."""
-        take = (lambda t: None if t is None else t[start:stop])
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
         return dataclasses.replace(
             self, prompt_ids=take(self.prompt_ids), prompt_mask=take(self.prompt_mask),
             response_ids=take(self.response_ids), response_mask=take(self.response_mask),
@@ -82,7 +84,9 @@ class RolloutBatch:
             response_texts=self.response_texts[start:stop], extras={k: take(v) for k, v in self.extras.items()})
 
     def to(self, device: torch.device | str) -> RolloutBatch:
-        move = (lambda t: None if t is None else t.to(device))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return dataclasses.replace(
             self, prompt_ids=move(self.prompt_ids), prompt_mask=move(self.prompt_mask),
             response_ids=move(self.response_ids), response_mask=move(self.response_mask),

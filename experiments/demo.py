@@ -10,8 +10,8 @@ small sweep the demo's rl settings come from: one factor at a time around the de
 lr 3e-4): kl_coef 0.02 and 0.1 at that lr, lr 1e-4 at that kl_coef, each run TUNE_STEPS long and probed on
 held-out prompts every rl.eval_every steps, so one run also shows where over more or fewer steps gold peaks (the
 steps axis of the sweep: the demo's rl.steps was read off it; with a constant learning rate a shorter run is the
-start of a longer one). Every variant shares its seed's SFT policy and reward model with the demo's point. One factor at a
-time rather than the full 3 x 2 grid: 12 RL runs instead of 18 on a 2-core machine; the grid is one
+start of a longer one). Every variant shares its seed's SFT policy and reward model with the demo's point. One factor
+at a time rather than the full 3 x 2 grid: 12 RL runs instead of 18 on a 2-core machine; the grid is one
 `--grid rl.kl_coef=... rl.lr=...` away.
 """
 

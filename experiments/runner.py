@@ -29,7 +29,7 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +63,7 @@ class Run:
     status: str = "pending"  # pending | skipped | done | failed
     seconds: float = 0.0
     error: str = ""
-    depends_on: list[tuple["Run", str]] = field(default_factory=list, repr=False)  # (run, stage it must finish)
+    depends_on: list[tuple[Run, str]] = field(default_factory=list, repr=False)  # (run, stage it must finish)
 
     @property
     def name(self) -> str:

@@ -39,8 +39,8 @@ def sample_answers(cfg: Config, sft_path: str, prompt_tokens: list[list[int]], t
     n, bs, k = len(prompt_tokens), cfg.ifeval.batch_size, cfg.ifeval.samples_per_prompt
     answers: list[list[str]] = [[] for _ in range(n)]
     truncated = tokens = 0
-    chunks = [(r, start) for r in range(k) for start in range(0, n, bs)]
-    for c, (r, start) in enumerate(tqdm(chunks, desc="pairs: sampling", leave=False)):
+    chunks = [start for _ in range(k) for start in range(0, n, bs)]  # k rounds over the prompts
+    for c, start in enumerate(tqdm(chunks, desc="pairs: sampling", leave=False)):
         idx = list(range(start, min(n, start + bs)))
         with autocast(dtype, device):  # seed: the chunk's place in the task, nothing else (reproducible, seed-free)
             batch = generator.generate(idx, cfg.data.split_seed * 1_000_003 + c)

@@ -19,7 +19,6 @@ from stages.report_compare import families, matched_kl, reward_models, versus_re
 from stages.report_runs import RunData, discover, group, read_json, varying_keys
 from tasks import task_class
 
-
 # ------------------------------------------------------------------------------------------------ numbers
 
 
@@ -113,7 +112,8 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
 
 def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: str = "sandbox") -> list[str]:
     """In-distribution and out-of-distribution held-out gains side by side (mean over seeds [t-CI])."""
-    rows, kinds = [], sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
+    kinds = sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
+    rows = []
     for v, a in aggs.items():
         o = aggs_ood.get(v) or {}
         if not a or not o:
@@ -203,13 +203,17 @@ def throughput_table(variants: dict[str, list[RunData]]) -> list[str]:
             "learner s/step"]
     rows = []
     for v, runs in variants.items():
-        med = lambda key: f3(np.median([r[key] for run in runs for r in run.rl if key in r])  # noqa: E731
-                             if any(key in r for run in runs for r in run.rl) else float("nan"))
         stage = [f"{np.mean([r.stage_times[s] for r in runs if s in r.stage_times]):.1f}"
                  if any(s in r.stage_times for r in runs) else "-" for s in plots.STAGES]
-        rows.append([v, *stage, med("perf/tokens_per_s"), med("perf/generate_s"), med("perf/score_s"),
-                     med("perf/learner_s")])
+        rows.append([v, *stage, *(_median_over_steps(runs, f"perf/{k}")
+                                  for k in ("tokens_per_s", "generate_s", "score_s", "learner_s"))])
     return _table(head, rows)
+
+
+def _median_over_steps(runs: list[RunData], key: str) -> str:
+    """The median of a logged RL metric over every step of every run ('nan' where none logged it)."""
+    values = [r[key] for run in runs for r in run.rl if key in r]
+    return f3(np.median(values) if values else float("nan"))
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:

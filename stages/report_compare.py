@@ -52,11 +52,10 @@ def reward_models(variants: dict[str, list]) -> list[str]:
         vals = [r.rm["val"] for r in runs if r.rm]
         if not vals:
             continue
-        s = lambda key: _f(seed_summary([x[key] for x in vals])).lstrip("+")  # noqa: E731
         head = next(r.rm for r in runs if r.rm).get("head", "scalar")
-        rows.append([v, head, str(len(vals)), s("accuracy"),
-                     _f(seed_summary([x.get("mean_q", x["mean_p_win"]) for x in vals])).lstrip("+"),
-                     _f(seed_summary([x["calibration"]["ece"] for x in vals])).lstrip("+"), s("loss")])
+        rows.append([v, head, str(len(vals)), *(_f(seed_summary(x)).lstrip("+") for x in (
+            [x["accuracy"] for x in vals], [x.get("mean_q", x["mean_p_win"]) for x in vals],
+            [x["calibration"]["ece"] for x in vals], [x["loss"] for x in vals]))])
         if "chosen" in vals[0] and "mean_distribution" in vals[0]["chosen"]:
             mean = {side: np.mean([x[side]["mean_distribution"] for x in vals], 0).round(3).tolist()
                     for side in ("chosen", "rejected")}
@@ -145,4 +144,5 @@ def matched_kl(variants: dict[str, list], reference: str, metric: str, n_targets
             f"interpolated linearly in sqrt(KL) between the two points that bracket the target; targets lie below the "
             f"largest KL that every family reaches in every seed ({hi:.3f} nats), so nothing is extrapolated. Mean "
             f"over {len(seeds)} seeds [95% t-interval].", ""] + \
-        _table(["KL target", "family", f"{metric} gain at that KL", f"minus `{ref_family}` (per seed, t-CI)"], rows) + [""]
+        _table(["KL target", "family", f"{metric} gain at that KL", f"minus `{ref_family}` (per seed, t-CI)"],
+               rows) + [""]

@@ -69,8 +69,8 @@ def run_sft(cfg: Config) -> dict:
 
     logger = RunLogger(cfg.run_dir, "sft")
     metrics = fit(model, batches, -(-len(encoded) // bs), loss_fn, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                  device=device, warmup_ratio=0.05, log=lambda s, m: logger.log(s, {f"sft/{k}": v for k, v in m.items()}),
-                  desc="sft")
+                  device=device, warmup_ratio=0.05, desc="sft",
+                  log=lambda s, m: logger.log(s, {f"sft/{k}": v for k, v in m.items()}))
     logger.close()
     save_model(model, tokenizer, paths.sft_out)
     result = {"examples": len(encoded), "final_loss": metrics.get("loss"), "encode": stats.as_dict()}

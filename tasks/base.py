@@ -122,7 +122,8 @@ class Task:
         cfg = self.cfg.data
         pairs, stats = self.load_pairs()
         if not pairs:
-            skipped = f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad else ""
+            skipped = (f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad
+                       else "")
             raise data.DataError(f"{stats.origin}: no preference pairs ({stats.rows} rows read{skipped}); point "
                                  f"data.source at rows in the HelpSteer2_binarized schema")
         kinds = [self.ood_kind(p.prompt[-1]["content"]) for p in pairs]
