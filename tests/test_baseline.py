@@ -5,10 +5,10 @@ import torch
 
 from common.config import RLConfig
 from common.models import frozen_copy
+from helpers import CPU, make_generator
 from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
 from learner.learner import Learner, response_token_logprobs
 from learner.losses import reinforce_loss, sequence_logprobs
-from tests.test_learner import CPU, make_generator
 
 
 def test_first_batch_uses_its_own_mean_then_the_running_mean_of_earlier_batches():

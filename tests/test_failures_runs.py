@@ -18,18 +18,7 @@ import torch
 import launch
 from common import checkpoint, runlock
 from common.metrics import RunLogger
-from failure_contract import ROOT, check_one_line, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-HOLD = ("import sys, time; from common import runlock; runlock.acquire(sys.argv[1]); print('locked', flush=True); "
-        "time.sleep(60)")
-
-
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    """Another process holding run_dir's lock (it prints 'locked' once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], env=ENV, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, stage
 
 
 # ------------------------------------------------------------------------------------------- run directory

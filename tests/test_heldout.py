@@ -1,7 +1,6 @@
 """Claims that hold on any machine: the out-of-distribution split, truncated answers, the over-optimisation
 flag and probe, matched-KL interpolation, and the plans behind the headline figures."""
 
-import json
 import math
 import random
 
@@ -16,9 +15,9 @@ from common.config import DataConfig, SandboxConfig, load_config
 from common.stats import overoptimisation, overoptimisation_check
 from experiments import plan_variants
 from experiments.runner import plan
+from helpers import CPU, make_generator, prompt_pool
 from stages.report_compare import kl_frontier
 from tasks import load_task, sandbox
-from tests.test_learner import CPU, make_generator, prompt_pool
 
 
 def request(prompt: str) -> tuple[str, str]:
@@ -141,37 +140,3 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert sum(s[0] in ("sft", "rm") for s in trains.values()) == 2, "two reward models, one SFT policy"
     kl = {r.variant: next(o for o in r.overrides if o.startswith("rl.kl_coef=")) for r in runs}
     assert kl["dist_win_prob_vs_ref@kl_coef=0.005"] == "rl.kl_coef=0.005"
-
-
-def test_report_reads_ood_probe_and_matched_kl(tmp_path):
-    """Families over kl_coef (level2_kl names): gold at matched KL, ID vs OOD side by side, the probe's flag."""
-    from stages.report import write_report
-    from tests.test_report import fake_run
-
-    gold_at = {"scalar": math.sqrt, "dist_win_prob_vs_ref": lambda kl: 2 * math.sqrt(kl)}  # slope x sqrt(KL)
-    for family, coefs in (("scalar", (0.02, 0.05, 0.1)), ("dist_win_prob_vs_ref", (0.01, 0.05, 0.2))):
-        for kl_coef in coefs:
-            for seed in range(2):
-                run = tmp_path / f"{family}@kl_coef={kl_coef}" / f"seed_{seed}"
-                ev = fake_run(run, seed, kl_coef, 0.5, n_prompts=8, steps=5)  # held-out KL = 10 x kl_coef
-                ev["comparisons"]["gold"]["diff_mean"] = gold_at[family](10 * kl_coef) + 0.01 * seed
-                ev["ood"] = json.loads(json.dumps(ev))
-                ev["ood"]["kinds"] = ["new_topic", "new_template"] * (ev["num_prompts"] // 2)
-                (run / "eval.json").write_text(json.dumps(ev))
-                with (run / "metrics_rl.jsonl").open("a") as f:
-                    for step, rm, gold in ((0, 0.0, -3.0), (10, 0.5, -1.0), (30, 1.0, -2.5)):
-                        f.write(json.dumps({"step": step, "eval/reward": rm, "eval/gold": gold, "eval/gold_se": 0.1,
-                                            "eval/reward_gain": rm, "eval/gold_gain": gold + 3.0}) + "\n")
-    (tmp_path / "experiment.json").write_text(json.dumps({"reference": "scalar@kl_coef=0.05"}))
-    text = write_report([tmp_path]).read_text()
-    matched = text.split("## At matched KL")[1].split("##")[0]
-    rows = [line.split(" | ") for line in matched.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
-    # largest KLs 1.0 (scalar) and 2.0: every frontier (from SFT at 0) reaches 1.0; targets 0.25, 0.5, 0.75
-    assert [r[0].strip("| ") for r in rows] == ["0.250", "0.250", "0.500", "0.500", "0.750", "0.750"]
-    win = [r for r in rows if r[1] == "dist_win_prob_vs_ref"]
-    # at 0.25 both seeds' runs bracket it (0.2-0.5 and 0.1-0.5): 2 x sqrt(0.25) = 1.0 (+0.01 on seed 1) vs 0.5
-    assert win[0][2].startswith("+1.005") and win[0][3].startswith("+0.500 [+0.500, +0.500]")
-    assert "matched_kl.png" in matched and (tmp_path / "report" / "matched_kl.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
-    assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
-    assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14

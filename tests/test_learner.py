@@ -7,25 +7,10 @@ import torch
 
 from actors.generator import Generator
 from actors.scorer import Scorer
-from common import data
 from common.config import DataConfig, GeneratorConfig, RLConfig
 from common.models import frozen_copy
+from helpers import CPU, make_generator, prompt_pool, target_fraction
 from learner.learner import Learner, response_token_logprobs
-from tasks import sandbox
-
-CPU = torch.device("cpu")
-
-
-def prompt_pool(tokenizer, n, seed=0):
-    rng = random.Random(seed)
-    messages = [({"role": "user", "content": sandbox.sample_prompt(rng)},) for _ in range(n)]
-    tokens = [data.encode_prompt(tokenizer, m, 64, "truncate_left", data.DataStats()) for m in messages]
-    return messages, tokens
-
-
-def make_generator(policy, tokenizer, n=8, max_new_tokens=6, **kw):
-    _, tokens = prompt_pool(tokenizer, n)
-    return Generator(policy, tokenizer, GeneratorConfig(max_new_tokens=max_new_tokens, **kw), tokens, CPU)
 
 
 def test_generate_layout_and_reproducibility(policy, tokenizer):
@@ -106,12 +91,6 @@ def test_weight_sync_makes_generators_agree(policy, tokenizer):
     assert torch.equal(after.response_ids, want.response_ids)
     assert before.response_ids.shape != after.response_ids.shape or not torch.equal(before.response_ids,
                                                                                       after.response_ids)
-
-
-def target_fraction(batch, target: int) -> torch.Tensor:
-    """Reward: share of response tokens below `target` (token ids; ~10% under a random policy)."""
-    hits = ((batch.response_ids < target) & batch.response_mask.bool()).sum(-1).float()
-    return hits / batch.response_mask.sum(-1).clamp(min=1)
 
 
 def test_reinforce_raises_reward_on_held_out_prompts(policy, tokenizer):

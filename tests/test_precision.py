@@ -8,11 +8,11 @@ from common import checkpoint
 from common.config import ConfigError, RLConfig, load_config
 from common.models import frozen_copy, save_model
 from common.numerics import MAX_CONSECUTIVE_SKIPS, NonFiniteError
+from helpers import make_generator, scored_batch
 from learner import losses
 from learner.learner import Learner, response_token_logprobs
 from learner.precision import resolve_dtype
 from learner.train_loop import fit
-from tests.test_learner import make_generator
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -41,12 +41,6 @@ def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch):
 def test_top_p_below_one_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"^generator.top_p=0.9 is not supported: .*set generator.top_p=1.0"):
         load_config(None, ["generator.top_p=0.9"])
-
-
-def scored_batch(policy, tokenizer, n=8, temperature=1.0, seed=0):
-    gen = make_generator(policy, tokenizer, n=n, max_new_tokens=6, temperature=temperature)
-    batch = gen.generate(list(range(n)), seed=seed)
-    return batch.with_rewards(torch.linspace(-1.0, 1.0, n))
 
 
 def weights(model):
@@ -179,25 +173,3 @@ def test_learner_logprobs_are_those_sampled_at_temperature(policy, tokenizer, te
     assert torch.allclose(learner_lp[mask], hf_lp[mask], atol=1e-4)
     untempered = losses.token_logprobs(torch.stack(out.scores, 1) * temperature, sampled)
     assert not torch.allclose(untempered[mask], hf_lp[mask], atol=1e-2), "T=1 log-probs would pass too"
-
-
-@pytest.mark.slow  # starts a vLLM engine (about a minute on 2 cores)
-def test_vllm_logprobs_equal_the_learner_at_temperature(tokenizer, tmp_path):
-    """vLLM's processed log-probs (after temperature) equal the learner's softmax(logits / T) log-probs."""
-    pytest.importorskip("vllm", reason="vLLM is not installed")
-    from actors.generator import build_generator
-    from tests.test_vllm import NEW_TOKENS, decisive_policy, prompt_pool
-
-    path = tmp_path / "policy"
-    policy = decisive_policy(tokenizer, seed=3)
-    policy.save_pretrained(path)
-    prompts = prompt_pool(tokenizer, 8, seed=1)[1]
-    cfg = load_config(None, ["generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}",
-                             "generator.enforce_eager=true", "generator.kv_cache_gb=0.05", "model.dtype=float32",
-                             "generator.temperature=0.6"])
-    engine = build_generator(cfg, str(path), tokenizer, prompts, CPU)
-    batch = engine.generate(list(range(8)), seed=5)
-    with torch.no_grad():
-        learner_lp = losses.sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
-    assert batch.temperature == 0.6
-    assert torch.allclose(batch.extras["generator_logprob"], learner_lp, atol=1e-3)
