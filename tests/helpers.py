@@ -20,6 +20,8 @@ from common.config import GeneratorConfig, TinyModelConfig
 from common.models import load_tokenizer
 from common.paths import RunPaths
 from tasks import load_task, sandbox
+from tasks.files import read_rows
+from tasks.preference import parse_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny.yaml")
@@ -31,6 +33,9 @@ FAST = ["sandbox.num_pairs=240", "sandbox.num_sft_examples=256", "sft.epochs=1",
         "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "rl.batch_size=4",
         "generator.max_new_tokens=4", "eval.num_prompts=8", "eval.bootstrap_samples=200", "rl.eval_prompts=8",
         "torch_threads=1"]
+# five preference pairs in the schema of HelpSteer2_binarized (tests/fixtures/data/)
+PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
+SPLIT = "average_rating_split"
 # the environment of a launch.py (or other project) subprocess
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 
@@ -42,6 +47,12 @@ def train_prompts(cfg):
     """The RL stage's training prompt pool of a config: (prompts, prompt_tokens); writes the sandbox data once."""
     tokenizer = load_tokenizer(RunPaths(cfg).sft_policy, cfg.model.tokenizer)
     return load_task(cfg).prompt_pool(tokenizer, "train", "rl")
+
+
+def fixture_pairs():
+    """The parsed PAIRS."""
+    rows, origin = read_rows(str(PAIRS), SPLIT)
+    return parse_pairs(rows, origin, "error", data.DataStats())
 
 
 def prompt_pool(tokenizer, n, seed=0):

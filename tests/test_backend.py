@@ -1,5 +1,5 @@
-"""generator.backend=auto: vLLM where it is installed and runs the model on the device, hf otherwise, with one
-log line saying which and why; an explicit backend is taken as given."""
+"""generator.backend (actors/generator.py, build_generator): auto is vLLM where it is installed and runs the model
+on the device, hf otherwise, with one log line saying which and why; an explicit backend is taken as given."""
 
 import importlib.util
 from pathlib import Path

@@ -1,4 +1,6 @@
-"""The baseline's first batch (rl.baseline_start) and the running mean after it (learner/baseline.py)."""
+"""learner/baseline.py, every baseline test: the paper's moving average of earlier rewards and the EMA deviation,
+the first batch (rl.baseline_start), the state round trip, and the measurement behind the batch_mean start
+(the learner's first step uses exactly the documented value)."""
 
 import pytest
 import torch
@@ -28,6 +30,30 @@ def test_first_batch_uses_its_own_mean_then_the_running_mean_of_earlier_batches(
     assert ema.value(r2) == pytest.approx(0.5 * 3.0 + 0.5 * 4.0)
     with pytest.raises(ValueError, match="baseline start"):
         make_baseline("moving_average", 0.9, "first")
+
+
+def test_moving_average_baseline_uses_earlier_batches_only():
+    b = MovingAverageBaseline()
+    assert b.value() == 0.0  # the first batch: no earlier rewards
+    b.update(torch.tensor([1.0, 3.0]))
+    assert b.value() == 2.0
+    b.update(torch.tensor([5.0, 7.0, 9.0, 11.0]))
+    assert b.value() == pytest.approx(36 / 6)  # mean over all samples seen, not of batch means
+    state = b.state_dict()
+    c = MovingAverageBaseline()
+    c.load_state_dict(state)
+    assert c.value() == b.value()
+
+
+def test_ema_baseline():
+    b = EMABaseline(decay=0.5)
+    assert b.value() == 0.0
+    b.update(torch.tensor([2.0, 4.0]))
+    assert b.value() == 3.0  # starts at the first batch mean
+    b.update(torch.tensor([7.0]))
+    assert b.value() == 5.0
+    with pytest.raises(ValueError):
+        make_baseline("median", 0.9)
 
 
 def test_state_dict_round_trip_keeps_the_running_mean_exact():

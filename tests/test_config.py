@@ -1,4 +1,4 @@
-"""Config loading: YAML + overrides, validation that names the key and what is allowed."""
+"""common/config.py, config loading: YAML + overrides, validation that names the key and what is allowed."""
 
 from pathlib import Path
 
@@ -44,6 +44,11 @@ def test_bad_values_fail_with_the_key_named(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs/tiny.yaml", [override])
     assert message in str(err.value)
+
+
+def test_top_p_below_one_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"^generator.top_p=0.9 is not supported: .*set generator.top_p=1.0"):
+        load_config(None, ["generator.top_p=0.9"])
 
 
 def test_bad_file_errors(tmp_path):

@@ -82,18 +82,3 @@ def test_resume_without_checkpoint_names_the_directory(tmp_path, capsys):
     assert run(tmp_path, "--stage", "rl", "--resume") == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path) in last
-
-
-def test_run_logger_replaces_a_fresh_run_and_trims_a_resumed_one(tmp_path):
-    from common.metrics import RunLogger
-
-    def steps():
-        return [json.loads(line)["step"] for line in (tmp_path / "metrics_rl.jsonl").read_text().splitlines()]
-
-    for resume_step, logged in ((0, [1, 2, 3, 4]), (0, [1, 2]), (1, [2, 3])):
-        logger = RunLogger(tmp_path, "rl", resume_step=resume_step)
-        for step in logged:
-            logger.log(step, {"rollout/reward": float(step)})
-        logger.close()
-    # run 2 replaced run 1; run 3 resumed at step 1: it kept step 1 and logged 2 and 3 again
-    assert steps() == [1, 2, 3]

@@ -1,4 +1,5 @@
-"""Report generation on small fake sweeps whose eval.json is written by the real evaluate.summarize."""
+"""stages/report*.py: report generation on small fake sweeps whose eval.json is written by the real
+stages/eval.summarize, and the matched-KL interpolation (report_compare.kl_frontier) behind its comparison."""
 
 import json
 import math
@@ -11,6 +12,7 @@ import launch
 
 from stages.eval import summarize
 from stages.report import write_report
+from stages.report_compare import kl_frontier
 from stages.report_runs import discover
 from common.config import load_config, save_config
 from common.metrics import record_stage_time
@@ -114,6 +116,18 @@ def test_report_compares_variants_with_the_plans_reference(tmp_path):
     section = text.split("## Against the reference variant `scalar`")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| dist_expected | 3 |"))
     assert "+0.000 [+0.000, +0.000]" in row
+
+
+def test_kl_frontier_starts_at_sft_and_interpolates_in_sqrt_kl_inside_the_measured_range():
+    pts = [(4.0, 2.0), (1.0, 0.5)]  # any order; read in order of KL, after the SFT policy's (0, 0)
+    assert kl_frontier(pts, 2.25) == pytest.approx(1.25)  # sqrt 1.5: half way from sqrt 1 (0.5) to sqrt 4 (2.0)
+    assert kl_frontier(pts, 0.25) == pytest.approx(0.25)  # sqrt 0.5: half way from SFT (0, 0) to (1, 0.5)
+    assert kl_frontier(pts, 0.0) == 0.0 and kl_frontier(pts, 4.0) == pytest.approx(2.0)
+    assert math.isnan(kl_frontier(pts, 4.5)) and math.isnan(kl_frontier([], 0.5))
+    assert kl_frontier([(-0.01, 0.2), (1.0, 0.5)], 0.25) == pytest.approx(0.35)  # a KL estimate < 0 counts as 0
+    on_curve = [(kl, 0.8 * math.sqrt(kl)) for kl in (2.0, 0.5, 1.0)]  # gain linear in sqrt(KL): read exactly
+    assert [kl_frontier(on_curve, kl) for kl in (0.1, 0.7, 1.5)] == pytest.approx([0.8 * math.sqrt(k)
+                                                                                 for k in (0.1, 0.7, 1.5)])
 
 
 def test_report_reads_ood_probe_and_matched_kl(tmp_path):
