@@ -55,9 +55,3 @@ def test_reinforce_loss_does_not_differentiate_advantages():
     adv = torch.tensor([1.0, 2.0], requires_grad=True)
     losses.reinforce_loss(torch.tensor([-1.0, -1.0], requires_grad=True), adv).backward()
     assert adv.grad is None
-
-
-def test_whiten():
-    w = losses.whiten(torch.tensor([1.0, 2.0, 3.0]))
-    assert w.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert w.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
