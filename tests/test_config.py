@@ -21,7 +21,8 @@ def test_shipped_configs_load(name):
 
 def test_overrides_apply_with_types():
     cfg = load_config(ROOT / "configs/tiny.yaml", ["rl.kl_coef=0.2", "rl.steps=7", "reward.lr=1e-5",
-                                                   "model.lora.enabled=true", "model.lora.target_modules=q_proj,v_proj"])
+                                                   "model.lora.enabled=true",
+                                                   "model.lora.target_modules=q_proj,v_proj"])
     assert cfg.rl.kl_coef == 0.2 and cfg.rl.steps == 7
     assert cfg.reward.lr == 1e-5  # YAML 1.1 reads 1e-5 as a string; the loader accepts it for a float
     assert cfg.model.lora.enabled is True

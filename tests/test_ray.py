@@ -79,8 +79,10 @@ def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
     assert ab.extras["gold"].tolist() == [0.0, 1.0, 2.0] and ab.response_texts == a.response_texts + b.response_texts
     for rows, part in ((slice(0, 2), a), (slice(2, 3), b)):
         for i, j in zip(range(rows.start, rows.stop), range(part.batch_size)):
-            assert ab.prompt_ids[i][ab.prompt_mask[i].bool()].tolist() == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist()
-            assert ab.response_ids[i][ab.response_mask[i].bool()].tolist() == part.response_ids[j][part.response_mask[j].bool()].tolist()
+            assert (ab.prompt_ids[i][ab.prompt_mask[i].bool()].tolist()
+                    == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist())
+            assert (ab.response_ids[i][ab.response_mask[i].bool()].tolist()
+                    == part.response_ids[j][part.response_mask[j].bool()].tolist())
     with pytest.raises(ValueError, match="different policy versions"):
         concat([a, dataclasses.replace(b, version=1)], tokenizer.pad_token_id)
 

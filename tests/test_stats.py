@@ -78,7 +78,8 @@ def test_seed_summary_of_one_seed_has_no_interval():
 
 def test_seed_summary_clips_the_interval_to_bounds():
     out = seed_summary([0.5, 0.99, 0.98], bounds=(0.0, 1.0))
-    assert out["ci_high"] == 1.0 and out["ci_low"] == pytest.approx(np.mean([0.5, 0.99, 0.98]) - 4.3026527 * out["std"] / np.sqrt(3))
+    assert out["ci_high"] == 1.0 and out["ci_low"] == pytest.approx(np.mean([0.5, 0.99, 0.98])
+                                                                    - 4.3026527 * out["std"] / np.sqrt(3))
 
 
 def test_overoptimisation_flags_proxy_up_gold_down_beyond_noise():

@@ -54,7 +54,8 @@ def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
     assert load_task(plain).splits().ood == []
     rng, old = random.Random(0), random.Random(0)
     assert sandbox.sample_prompt(rng) == (lambda t: f"Hi, I am {old.choice(sandbox.NAMES)}. "
-                                          + old.choice(sandbox.TEMPLATES).format(topic=t))(old.choice(list(sandbox.TOPICS)))
+                                          + old.choice(sandbox.TEMPLATES).format(topic=t))(
+        old.choice(list(sandbox.TOPICS)))
     with pytest.raises(ValueError, match="num_ood_pairs"):
         sandbox.write_sandbox_data(tmp_path / "x", SandboxConfig(heldout_templates=0, heldout_topics=0), 0)
 
