@@ -23,9 +23,9 @@ import torch
 STARTS = ("batch_mean", "zero")
 
 
-def _first_value(start: str, rewards: torch.Tensor | None) -> float:
-    """The baseline of the first batch, which has no earlier rewards."""
-    if start == "zero" or rewards is None:
+def _first_value(start: str, rewards: torch.Tensor) -> float:
+    """The baseline of the first batch, which has no earlier rewards: 0 or the batch's own mean reward."""
+    if start == "zero":
         return 0.0
     return float(rewards.double().mean())
 
@@ -42,7 +42,7 @@ class MovingAverageBaseline:
         self.count = 0
         self.total = 0.0
 
-    def value(self, rewards: torch.Tensor | None = None) -> float:  # rewards: [B], this batch's (read at step 1 only)
+    def value(self, rewards: torch.Tensor) -> float:  # rewards: [B], this batch's (read at step 1 only)
         return self.total / self.count if self.count else _first_value(self.start, rewards)
 
     def update(self, rewards: torch.Tensor) -> None:  # rewards: [B]
@@ -67,7 +67,7 @@ class EMABaseline:
         self.decay, self.start = decay, start
         self.b: float | None = None
 
-    def value(self, rewards: torch.Tensor | None = None) -> float:
+    def value(self, rewards: torch.Tensor) -> float:  # rewards: [B], this batch's (read at step 1 only)
         return _first_value(self.start, rewards) if self.b is None else self.b
 
     def update(self, rewards: torch.Tensor) -> None:

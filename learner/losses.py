@@ -45,8 +45,3 @@ def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Te
     Its gradient is -(1/B) sum_i A_i * grad log pi(y_i|x_i); no ratio, no clipping.
     """
     return -(advantages.detach() * logprobs).mean()
-
-
-def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero-mean, unit-variance advantages over the batch ([B] -> [B]); an optional deviation."""
-    return (x - x.mean()) / (x.std(unbiased=False) + eps)

@@ -1,18 +1,18 @@
-"""Shared tiny models for the integration tests (CPU, seconds)."""
+"""Fixtures shared by the test files: the bundled tokenizer and tiny models (CPU, seconds). Plain helpers and
+constants are in helpers.py."""
 
 import os
 
 import pytest
 import torch
 
-from common.config import TinyModelConfig, load_config
-from common.models import BUNDLED_TOKENIZER, build_tiny_policy, load_reward_model
+from common.config import load_config
+from common.models import BUNDLED_TOKENIZER, build_tiny_policy, load_reward_model, save_untrained_stand_ins
+from helpers import TINY
 from transformers import AutoTokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
-
-TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,11 @@ def reward_model(tokenizer, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cfg():
     return load_config(None)
+
+
+@pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """Untrained tiny sft_model/ and reward_model/ (what the sft and rm stages leave)."""
+    path = tmp_path_factory.mktemp("stand_ins")
+    save_untrained_stand_ins(path, TINY, AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER))
+    return path

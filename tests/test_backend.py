@@ -1,5 +1,5 @@
-"""generator.backend=auto: vLLM where it is installed and runs the model on the device, hf otherwise, with one
-log line saying which and why; an explicit backend is taken as given."""
+"""generator.backend (actors/generator.py, build_generator): auto is vLLM where it is installed and runs the model
+on the device, hf otherwise, with one log line saying which and why; an explicit backend is taken as given."""
 
 import importlib.util
 from pathlib import Path
@@ -40,7 +40,8 @@ def test_an_explicit_backend_is_taken_as_given(tokenizer, tmp_path):
 def test_auto_without_vllm_installed_samples_with_hf(tokenizer, tmp_path, monkeypatch, capsys):
     path = saved_policy(tokenizer, HEAD32, tmp_path / "p")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
     policy = build_tiny_policy(HEAD32, tokenizer, seed=0)
     gen = build_generator(load_config(None), path, tokenizer, [[1, 2, 3]], CPU, shared_policy=policy)
     assert isinstance(gen, Generator) and gen.model is policy  # local mode: the learner's own module, no copy
@@ -58,7 +59,8 @@ def test_auto_falls_back_to_hf_for_a_head_size_vllm_cpu_refuses(tokenizer, tmp_p
 @needs_vllm
 def test_auto_picks_vllm_where_it_runs_the_model(tokenizer, tmp_path):
     path = saved_policy(tokenizer, HEAD32, tmp_path / "p")
-    assert choose_backend(load_config(None), path, CPU) == ("vllm", "auto: vLLM is installed and runs this model on cpu")
+    assert choose_backend(load_config(None), path, CPU) == ("vllm",
+                                                            "auto: vLLM is installed and runs this model on cpu")
 
 
 @needs_vllm

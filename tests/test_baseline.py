@@ -1,14 +1,16 @@
-"""The baseline's first batch (rl.baseline_start) and the running mean after it (learner/baseline.py)."""
+"""learner/baseline.py, every baseline test: the paper's moving average of earlier rewards and the EMA deviation,
+the first batch (rl.baseline_start), the state round trip, and the measurement behind the batch_mean start
+(the learner's first step uses exactly the documented value)."""
 
 import pytest
 import torch
 
 from common.config import RLConfig
 from common.models import frozen_copy
+from helpers import CPU, make_generator
 from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
 from learner.learner import Learner, response_token_logprobs
 from learner.losses import reinforce_loss, sequence_logprobs
-from tests.test_learner import CPU, make_generator
 
 
 def test_first_batch_uses_its_own_mean_then_the_running_mean_of_earlier_batches():
@@ -28,6 +30,36 @@ def test_first_batch_uses_its_own_mean_then_the_running_mean_of_earlier_batches(
     assert ema.value(r2) == pytest.approx(0.5 * 3.0 + 0.5 * 4.0)
     with pytest.raises(ValueError, match="baseline start"):
         make_baseline("moving_average", 0.9, "first")
+
+
+def test_moving_average_baseline_uses_earlier_batches_only():
+    """As the learner calls it: value(this batch's rewards), then update with them."""
+    b = MovingAverageBaseline()
+    first, second = torch.tensor([1.0, 3.0]), torch.tensor([5.0, 7.0, 9.0, 11.0])
+    assert b.value(first) == 2.0  # the first batch, no earlier rewards: its own mean (rl.baseline_start=batch_mean)
+    assert MovingAverageBaseline("zero").value(first) == 0.0  # rl.baseline_start=zero: the empty average read as 0
+    b.update(first)
+    assert b.value(second) == 2.0  # earlier batches only, not this batch's mean (8.0)
+    b.update(second)
+    assert b.value(torch.tensor([100.0])) == pytest.approx(36 / 6)  # mean over all samples seen, not of batch means
+    state = b.state_dict()
+    c = MovingAverageBaseline()
+    c.load_state_dict(state)
+    probe = torch.tensor([-9.0])
+    assert c.value(probe) == b.value(probe)
+
+
+def test_ema_baseline():
+    b = EMABaseline(decay=0.5)
+    first, second = torch.tensor([2.0, 4.0]), torch.tensor([7.0])
+    assert b.value(first) == 3.0  # the first batch: its own mean (rl.baseline_start=batch_mean)
+    assert EMABaseline(decay=0.5, start="zero").value(first) == 0.0  # rl.baseline_start=zero
+    b.update(first)
+    assert b.value(second) == 3.0  # starts at the first batch mean
+    b.update(second)
+    assert b.value(torch.tensor([0.0])) == 5.0
+    with pytest.raises(ValueError):
+        make_baseline("median", 0.9)
 
 
 def test_state_dict_round_trip_keeps_the_running_mean_exact():

@@ -1,4 +1,4 @@
-"""Config loading: YAML + overrides, validation that names the key and what is allowed."""
+"""common/config.py, config loading: YAML + overrides, validation that names the key and what is allowed."""
 
 from pathlib import Path
 
@@ -21,7 +21,8 @@ def test_shipped_configs_load(name):
 
 def test_overrides_apply_with_types():
     cfg = load_config(ROOT / "configs/tiny.yaml", ["rl.kl_coef=0.2", "rl.steps=7", "reward.lr=1e-5",
-                                                   "model.lora.enabled=true", "model.lora.target_modules=q_proj,v_proj"])
+                                                   "model.lora.enabled=true",
+                                                   "model.lora.target_modules=q_proj,v_proj"])
     assert cfg.rl.kl_coef == 0.2 and cfg.rl.steps == 7
     assert cfg.reward.lr == 1e-5  # YAML 1.1 reads 1e-5 as a string; the loader accepts it for a float
     assert cfg.model.lora.enabled is True
@@ -44,6 +45,11 @@ def test_bad_values_fail_with_the_key_named(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs/tiny.yaml", [override])
     assert message in str(err.value)
+
+
+def test_top_p_below_one_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"^generator.top_p=0.9 is not supported: .*set generator.top_p=1.0"):
+        load_config(None, ["generator.top_p=0.9"])
 
 
 def test_bad_file_errors(tmp_path):

@@ -1,5 +1,6 @@
-"""Level 2 math: pairwise win/tie probabilities, losses, reductions and calibration, against hand-computed
-values, a naive linear-space implementation, autograd's gradcheck, and extreme logits."""
+"""Level 2 math (learner/distributional.py, learner/reward_metrics.py): pairwise win/tie probabilities, losses,
+reductions and calibration, against hand-computed values, a naive linear-space implementation, autograd's
+gradcheck, and extreme logits."""
 
 import math
 

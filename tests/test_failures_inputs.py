@@ -9,7 +9,7 @@ import pytest
 
 from common.config import DataConfig, load_config
 from tasks.preference import load_pairs
-from failure_contract import CONFIG, ROOT, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
+from helpers import CONFIG, ROOT, expect_error, run_with_sft, stage
 
 PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
 LINES = PAIRS.read_bytes().splitlines()  # 5 good rows, 4 distinct prompts

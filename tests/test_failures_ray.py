@@ -18,7 +18,6 @@ from ray.util.queue import Queue  # noqa: E402
 
 import launch  # noqa: E402
 from common.sampling import PromptSampler  # noqa: E402
-from helpers import train_prompts  # noqa: E402
 from cluster.placement import PlacementError  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
@@ -29,10 +28,9 @@ from common.data import DataError  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.models import ModelPathError  # noqa: E402
 from common.runlock import RunDirBusy  # noqa: E402
-from failure_contract import ROOT, check_one_line, expect_error, stage, stand_ins  # noqa: E402,F401 (fixture)
+from helpers import ENV, ROOT, check_one_line, expect_error, stage, train_prompts  # noqa: E402
 
 WAIT = 60
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 RAY_FAST = ["data.max_prompt_tokens=64", "rl.lr=1e-2", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
             "cluster.placement_timeout_s=120", "cluster.local_cpus=2"]
 

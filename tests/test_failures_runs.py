@@ -1,10 +1,12 @@
-"""Failure battery, runs: run-directory contention, full disks, unreadable checkpoints and metrics logs, the
-error boundary itself (--debug, unexpected errors, SIGTERM/SIGINT)."""
+"""Failure battery, runs, through launch.py: run-directory contention, full disks, the error boundary itself
+(--debug, unexpected errors, SIGTERM/SIGINT) and --resume from damaged checkpoints and metrics logs.
+
+The units below it have their own files: common/checkpoint.py in test_checkpoint.py, common/metrics.py in
+test_metrics.py, common/runlock.py in test_runlock.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,23 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import launch
-from common import checkpoint, runlock
-from common.metrics import RunLogger
-from failure_contract import ROOT, check_one_line, expect_error, run_with_sft, stage, stand_ins  # noqa: F401 (fixture)
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-HOLD = ("import sys, time; from common import runlock; runlock.acquire(sys.argv[1]); print('locked', flush=True); "
-        "time.sleep(60)")
-
-
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    """Another process holding run_dir's lock (it prints 'locked' once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], env=ENV, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+from common import runlock
+from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, stage
 
 
 # ------------------------------------------------------------------------------------------- run directory
@@ -47,36 +36,12 @@ def test_second_writer_is_refused_naming_the_holder(stage_name, tmp_path, capsys
         holder.wait()
 
 
-def test_lock_of_a_killed_process_is_taken_over_with_a_message(tmp_path, capsys):
-    holder = hold_lock(tmp_path)
-    holder.kill()  # SIGKILL: no clean release, the lock file keeps its content
-    holder.wait()
-    assert json.loads((tmp_path / runlock.LOCK_NAME).read_text())["pid"] == holder.pid
-    messages = []
-    runlock.acquire(tmp_path, log=messages.append)
-    try:
-        assert len(messages) == 1 and f"pid {holder.pid}" in messages[0] and "no longer running" in messages[0]
-        assert json.loads((tmp_path / runlock.LOCK_NAME).read_text())["pid"] == os.getpid()
-    finally:
-        runlock.release(tmp_path)
-    assert (tmp_path / runlock.LOCK_NAME).read_text() == "", "a clean release leaves nothing stale"
-
-
 def test_stale_lock_is_taken_over_by_a_stage(tmp_path, capsys):
     (tmp_path / runlock.LOCK_NAME).write_text(json.dumps({"pid": 4_000_000, "host": "elsewhere", "since": 0}))
     rc = launch.main(stage(tmp_path, "rl"))
     out, err = capsys.readouterr()
     check_one_line(rc, out, err, "run --stage sft first")  # got past the lock, to the next problem
     assert "taking over the lock left by pid 4000000 on host elsewhere" in out
-
-
-def test_stages_of_one_run_share_the_lock_and_release_it(tmp_path, capsys):
-    runlock.acquire(tmp_path)
-    runlock.acquire(tmp_path)  # re-entrant within a process
-    runlock.release_all()
-    other = hold_lock(tmp_path)  # another process can take it now
-    other.kill()
-    other.wait()
 
 
 def test_two_concurrent_runs_one_refused(tmp_path, capsys):
@@ -116,120 +81,6 @@ def test_full_disk_writing_run_files_says_no_space(name, stage_name, tmp_path, c
     run = run_with_sft(tmp_path, stand_ins)
     (run / name).symlink_to("/dev/full")
     expect_error(capsys, stage(run, stage_name), "no space left on device", str(run))
-
-
-def test_full_disk_writing_a_checkpoint_removes_the_temporary_file(tmp_path):
-    state = {"policy": {"w": torch.ones(1000)}, "baseline": {"mean": 0.5}}
-    checkpoint.save(tmp_path, 2, state)
-    (tmp_path / "step_000004.tmp").symlink_to("/dev/full")
-    with pytest.raises(checkpoint.CheckpointError, match="no space left on device writing checkpoint .*step_000004"):
-        checkpoint.save(tmp_path, 4, state)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002.pt"]
-    assert checkpoint.load(tmp_path / "step_000002.pt")["step"] == 2, "the previous checkpoint is intact"
-
-
-def test_interrupted_checkpoint_write_removes_the_temporary_file(tmp_path, monkeypatch):
-    def interrupted(obj, f):
-        f.write(b"partial")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(torch, "save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(tmp_path, 2, {})
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_signal_during_a_checkpoint_write_stays_a_signal(tmp_path, monkeypatch):
-    """torch's zip writer turns an exception raised inside it into RuntimeError('unexpected pos'): the
-    interruption must still reach the boundary as one (exit 143), not as a crash."""
-    from common.errors import Interrupted
-
-    def torn(obj, f):
-        try:
-            raise Interrupted(signal.SIGTERM)
-        except Interrupted:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-    monkeypatch.setattr(torch, "save", torn)
-    with pytest.raises(Interrupted):
-        checkpoint.save(tmp_path, 2, {})
-    assert list(tmp_path.iterdir()) == []
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-CORRUPTIONS = {"truncated": lambda b: b[:len(b) // 2], "empty": lambda b: b"", "garbage": lambda b: os.urandom(512),
-               "zeroed_tail": lambda b: b[:-200] + bytes(200)}
-
-
-def two_checkpoints(tmp_path: Path) -> Path:
-    for step in (2, 4):
-        checkpoint.save(tmp_path, step, {"policy": {"w": torch.full((64,), float(step))}, "baseline": {"mean": 1.0}})
-    return tmp_path
-
-
-@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-def test_corrupt_latest_checkpoint_is_named_and_the_previous_used(kind, tmp_path):
-    latest = two_checkpoints(tmp_path) / "step_000004.pt"
-    latest.write_bytes(CORRUPTIONS[kind](latest.read_bytes()))
-    logged = []
-    path, state = checkpoint.load_latest(tmp_path, log=logged.append)
-    assert path.name == "step_000002.pt" and state["step"] == 2
-    assert torch.equal(state["learner"]["policy"]["w"], torch.full((64,), 2.0))
-    assert str(latest) in logged[0] and "unreadable" in logged[0] and "step 2" in logged[1]
-
-
-@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-def test_every_checkpoint_corrupt_is_one_error_naming_them(kind, tmp_path):
-    for p in two_checkpoints(tmp_path).glob("*.pt"):
-        p.write_bytes(CORRUPTIONS[kind](p.read_bytes()))
-    with pytest.raises(checkpoint.CheckpointError, match="step_000004.pt, step_000002.pt are corrupt"):
-        checkpoint.load_latest(tmp_path, log=lambda m: None)
-
-
-def test_not_a_learner_checkpoint_is_refused(tmp_path):
-    torch.save({"w": torch.ones(2)}, tmp_path / "step_000001.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="not a learner checkpoint"):
-        checkpoint.load(tmp_path / "step_000001.pt")
-
-
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
-def test_checkpoints_load_weights_only(tmp_path):
-    torch.save({"step": 1, "learner": Payload(), "rng": {}}, tmp_path / "step_000001.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
-        checkpoint.load(tmp_path / "step_000001.pt")
-
-
-def test_legacy_checkpoint_with_numpy_rng_state_still_loads(tmp_path):
-    import numpy as np
-    state = {"step": 3, "learner": {}, "rng": {"numpy": np.random.get_state(), "python": None, "torch": None}}
-    torch.save(state, tmp_path / "step_000003.pt")
-    loaded = checkpoint.load(tmp_path / "step_000003.pt")
-    assert np.array_equal(loaded["rng"]["numpy"][1], state["rng"]["numpy"][1])
-
-
-@pytest.mark.parametrize("steps,needle", [(4, "end of a finished run"), (3, "past rl.steps=3")])
-def test_resume_refuses_steps_at_or_below_the_checkpoint(steps, needle, tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match=needle):
-        checkpoint.resume_state(two_checkpoints(tmp_path), steps)
-    assert checkpoint.resume_state(tmp_path, 5)[1]["step"] == 4
-
-
-def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
-    log = tmp_path / "metrics_rl.jsonl"
-    log.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 3, "a"')
-    RunLogger(tmp_path, "rl", resume_step=2).close()
-    assert log.read_text() == '{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n'
-    assert "dropping its torn last line 3" in capsys.readouterr().err
-
-
-def test_damaged_metrics_line_before_the_end_is_named(tmp_path):
-    log = tmp_path / "metrics_rl.jsonl"
-    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
-    with pytest.raises(Exception, match="metrics_rl.jsonl: line 2 is not a metrics record"):
-        RunLogger(tmp_path, "rl", resume_step=3)
 
 
 # ------------------------------------------------------------------------------------------- the boundary

@@ -1,4 +1,7 @@
-"""Generator, scorer and learner on tiny random models: invariants and a learning test."""
+"""learner/learner.py on tiny random models: the reference never changes and the KL starts at 0, rewards are
+required, REINFORCE raises a programmatic reward on held-out prompts (the learning test), and with LoRA the
+reference is the base network. Precision (fp16, non-finite losses) is in test_precision.py, the memory knobs in
+test_memory.py, the baseline in test_baseline.py."""
 
 import random
 
@@ -6,52 +9,10 @@ import pytest
 import torch
 
 from actors.generator import Generator
-from actors.scorer import Scorer
-from common import data
-from common.config import DataConfig, GeneratorConfig, RLConfig
+from common.config import GeneratorConfig, RLConfig
 from common.models import frozen_copy
-from learner.learner import Learner, response_token_logprobs
-from tasks import sandbox
-
-CPU = torch.device("cpu")
-
-
-def prompt_pool(tokenizer, n, seed=0):
-    rng = random.Random(seed)
-    messages = [({"role": "user", "content": sandbox.sample_prompt(rng)},) for _ in range(n)]
-    tokens = [data.encode_prompt(tokenizer, m, 64, "truncate_left", data.DataStats()) for m in messages]
-    return messages, tokens
-
-
-def make_generator(policy, tokenizer, n=8, max_new_tokens=6, **kw):
-    _, tokens = prompt_pool(tokenizer, n)
-    return Generator(policy, tokenizer, GeneratorConfig(max_new_tokens=max_new_tokens, **kw), tokens, CPU)
-
-
-def test_generate_layout_and_reproducibility(policy, tokenizer):
-    gen = make_generator(policy, tokenizer)
-    a, b = gen.generate([0, 1, 2, 3], seed=5), gen.generate([0, 1, 2, 3], seed=5)
-    assert torch.equal(a.response_ids, b.response_ids)
-    assert a.prompt_ids.shape[0] == 4 and a.response_ids.shape == a.response_mask.shape
-    assert a.prompt_mask[:, -1].all(), "prompts are left-padded: the last column is real"
-    assert a.prompt_index.tolist() == [0, 1, 2, 3] and len(a.response_texts) == 4
-    c = gen.generate([0, 1, 2, 3], seed=6)
-    assert not torch.equal(a.response_ids, c.response_ids)
-
-
-def test_learner_logprobs_match_generation_scores(policy, tokenizer):
-    """The learner's left-padded forward must give the log-probs the sampler used (positions right)."""
-    gen = make_generator(policy, tokenizer)
-    batch = gen.generate([0, 5, 6], seed=0, greedy=True)  # prompts of different lengths
-    ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
-    lp = response_token_logprobs(policy, batch)
-    for i in range(3):  # each row alone, without padding
-        real = ids[i][torch.cat([batch.prompt_mask[i], batch.response_mask[i]]).bool()]
-        p = int(batch.prompt_mask[i].sum())
-        logits = policy(real[None]).logits[0, p - 1:-1]
-        alone = torch.log_softmax(logits, -1).gather(-1, real[p:, None])[:, 0]
-        n = int(batch.response_mask[i].sum())
-        assert torch.allclose(lp[i, :n], alone, atol=1e-4)
+from helpers import CPU, make_generator, prompt_pool, target_fraction
+from learner.learner import Learner
 
 
 def test_reference_never_changes_and_kl_starts_at_zero(policy, tokenizer, reward_model):
@@ -80,38 +41,6 @@ def test_learner_requires_rewards(policy, tokenizer):
     learner = Learner(policy, frozen_copy(policy), RLConfig(), CPU)
     with pytest.raises(ValueError, match="no rewards"):
         learner.step(make_generator(policy, tokenizer).generate([0, 1], seed=0))
-
-
-def test_scorer_reads_score_at_last_real_token(reward_model, tokenizer):
-    messages, _ = prompt_pool(tokenizer, 4)
-    scorer = Scorer(reward_model, tokenizer, messages, DataConfig(), CPU, batch_size=4)
-    texts = ["red", "red, blue, green, yellow, purple, orange, black", "cat", "a b c d e f g h i j k"]
-    together = scorer.score_texts([0, 1, 2, 3], texts)
-    alone = torch.cat([scorer.score_texts([i], [t]) for i, t in enumerate(texts)])
-    assert torch.allclose(together, alone, atol=1e-5), "padding changed a score"
-
-
-def test_weight_sync_makes_generators_agree(policy, tokenizer):
-    """A separate generator copy loads the learner's weights and then samples exactly like the learner."""
-    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-2), CPU)
-    gen_learner = make_generator(policy, tokenizer)
-    learner.step(gen_learner.generate(list(range(8)), seed=0).with_rewards(torch.randn(8)))
-    other = make_generator(frozen_copy(learner.reference), tokenizer)
-    before = other.generate([0, 1, 2], seed=3, greedy=True)
-    other.load_weights(learner.policy_state(), learner.version)
-    assert other.version == 1
-    for k, v in other.model.state_dict().items():
-        assert torch.equal(v, policy.state_dict()[k])
-    after, want = other.generate([0, 1, 2], seed=3, greedy=True), gen_learner.generate([0, 1, 2], seed=3, greedy=True)
-    assert torch.equal(after.response_ids, want.response_ids)
-    assert before.response_ids.shape != after.response_ids.shape or not torch.equal(before.response_ids,
-                                                                                      after.response_ids)
-
-
-def target_fraction(batch, target: int) -> torch.Tensor:
-    """Reward: share of response tokens below `target` (token ids; ~10% under a random policy)."""
-    hits = ((batch.response_ids < target) & batch.response_mask.bool()).sum(-1).float()
-    return hits / batch.response_mask.sum(-1).clamp(min=1)
 
 
 def test_reinforce_raises_reward_on_held_out_prompts(policy, tokenizer):

@@ -12,10 +12,9 @@ from common.config import ConfigError, load_config
 from common.models import build_tiny_policy, frozen_copy
 from common.paths import RunPaths
 from common.reward_head import RewardHead, read_head
+from helpers import CPU, TINY, prompt_pool
 from learner.learner import Learner
 from stages.rm import run_rm
-from tests.conftest import TINY
-from tests.test_learner import CPU, prompt_pool
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""REINFORCE math against hand-computed values and gradients."""
+"""learner/losses.py: the REINFORCE math against hand-computed values and gradients."""
 
 import math
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from learner import losses
-from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
 
 
 def test_token_logprobs_match_log_softmax():
@@ -56,33 +55,3 @@ def test_reinforce_loss_does_not_differentiate_advantages():
     adv = torch.tensor([1.0, 2.0], requires_grad=True)
     losses.reinforce_loss(torch.tensor([-1.0, -1.0], requires_grad=True), adv).backward()
     assert adv.grad is None
-
-
-def test_moving_average_baseline_uses_earlier_batches_only():
-    b = MovingAverageBaseline()
-    assert b.value() == 0.0  # the first batch: no earlier rewards
-    b.update(torch.tensor([1.0, 3.0]))
-    assert b.value() == 2.0
-    b.update(torch.tensor([5.0, 7.0, 9.0, 11.0]))
-    assert b.value() == pytest.approx(36 / 6)  # mean over all samples seen, not of batch means
-    state = b.state_dict()
-    c = MovingAverageBaseline()
-    c.load_state_dict(state)
-    assert c.value() == b.value()
-
-
-def test_ema_baseline():
-    b = EMABaseline(decay=0.5)
-    assert b.value() == 0.0
-    b.update(torch.tensor([2.0, 4.0]))
-    assert b.value() == 3.0  # starts at the first batch mean
-    b.update(torch.tensor([7.0]))
-    assert b.value() == 5.0
-    with pytest.raises(ValueError):
-        make_baseline("median", 0.9)
-
-
-def test_whiten():
-    w = losses.whiten(torch.tensor([1.0, 2.0, 3.0]))
-    assert w.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert w.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)

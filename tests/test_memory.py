@@ -6,9 +6,8 @@ import torch
 
 from common.config import RLConfig
 from common.models import build_tiny_policy, frozen_copy
+from helpers import TINY, scored_batch
 from learner.learner import Learner
-from tests.conftest import TINY
-from tests.test_precision import scored_batch
 
 CPU = torch.device("cpu")
 

@@ -10,12 +10,15 @@ import pytest
 import yaml
 from IPython.core.inputtransformer2 import TransformerManager
 
-from test_launch import FAST
+from helpers import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = json.loads((ROOT / "notebooks" / "colab.ipynb").read_text())
 CODE = [("".join(c["source"]), c["metadata"].get("tags", [])) for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
 PARAMETERS = {"REPO_URL", "LEVEL1_CONFIG", "LEVEL2_CONFIG", "OVERRIDES", "RUN_ROOT"}
+# the notebook's OVERRIDES here: FAST (tests/helpers.py), 40 out-of-distribution pairs (not 400), 3 RL steps sampled
+# with hf
+RUN_OVERRIDES = [*FAST, "sandbox.num_ood_pairs=40", "rl.steps=3", "eval.bootstrap_samples=100", "generator.backend=hf"]
 
 
 def assigned_names(source: str) -> set[str]:
@@ -42,7 +45,7 @@ def test_notebook_runs_level1_then_level2_and_shows_the_report(tmp_path, monkeyp
     level2.write_text(yaml.safe_dump(cfg | {"reward": cfg["reward"] | {"head": "distributional"}}))
     runs = tmp_path / "runs"
     parameters = (f"LEVEL1_CONFIG = 'configs/tiny.yaml'\nLEVEL2_CONFIG = {str(level2)!r}\n"
-                  f"OVERRIDES = {FAST + ['rl.steps=3', 'eval.bootstrap_samples=100', 'generator.backend=hf']!r}\nRUN_ROOT = {str(runs)!r}\n")
+                  f"OVERRIDES = {RUN_OVERRIDES!r}\nRUN_ROOT = {str(runs)!r}\n")
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(objs))  # the notebook front end
     monkeypatch.chdir(ROOT)

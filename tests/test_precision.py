@@ -1,18 +1,17 @@
-"""Precision on CPU: model.dtype resolution, the fp16 learner (loss scaling under CPU autocast), non-finite losses
-and gradients skipped then stopping the run, no save of non-finite weights, and temperature as part of the policy."""
+"""The precision policy on CPU (learner/precision.py, common/numerics.py): model.dtype resolution, the fp16 learner
+(loss scaling under CPU autocast), non-finite losses and gradients skipped then stopping the run, in the learner
+and in fit (learner/train_loop.py). That no stage saves non-finite weights is in test_checkpoint.py."""
 
 import pytest
 import torch
 
-from common import checkpoint
-from common.config import ConfigError, RLConfig, load_config
-from common.models import frozen_copy, save_model
+from common.config import ConfigError, RLConfig
+from common.models import frozen_copy
 from common.numerics import MAX_CONSECUTIVE_SKIPS, NonFiniteError
-from learner import losses
-from learner.learner import Learner, response_token_logprobs
+from helpers import scored_batch
+from learner.learner import Learner
 from learner.precision import resolve_dtype
 from learner.train_loop import fit
-from tests.test_learner import make_generator
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -36,17 +35,6 @@ def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch):
     assert resolve_dtype("auto", CUDA) == torch.bfloat16
     assert resolve_dtype("auto", CUDA, "reward.precision") == torch.bfloat16
     assert resolve_dtype("float16", CUDA) == torch.float16
-
-
-def test_top_p_below_one_is_refused_at_load():
-    with pytest.raises(ConfigError, match=r"^generator.top_p=0.9 is not supported: .*set generator.top_p=1.0"):
-        load_config(None, ["generator.top_p=0.9"])
-
-
-def scored_batch(policy, tokenizer, n=8, temperature=1.0, seed=0):
-    gen = make_generator(policy, tokenizer, n=n, max_new_tokens=6, temperature=temperature)
-    batch = gen.generate(list(range(n)), seed=seed)
-    return batch.with_rewards(torch.linspace(-1.0, 1.0, n))
 
 
 def weights(model):
@@ -106,21 +94,6 @@ def test_a_finite_step_resets_the_run_of_skips(policy, tokenizer):
     assert m["losses/skipped_steps"] == 2 * (MAX_CONSECUTIVE_SKIPS - 1)
 
 
-def nan_weights(model):
-    with torch.no_grad():
-        next(model.parameters()).fill_(float("nan"))
-
-
-def test_no_stage_saves_non_finite_weights(policy, tokenizer, tmp_path):
-    nan_weights(policy)
-    with pytest.raises(NonFiniteError, match=r"refusing to save .*policy: tensor model.embed_tokens.weight has"):
-        save_model(policy, tokenizer, tmp_path / "policy")
-    assert not (tmp_path / "policy").exists()
-    with pytest.raises(NonFiniteError, match=r"step_000003.pt"):
-        checkpoint.save(tmp_path / "ckpt", 3, {"policy": policy.state_dict()})
-    assert list((tmp_path / "ckpt").iterdir()) == []
-
-
 def fit_model(loss_values, dtype=torch.float32):
     """A linear model trained by fit() on batches whose loss is scaled by `loss_values` (nan poisons one)."""
     torch.manual_seed(0)
@@ -157,47 +130,3 @@ def test_fit_fp16_on_cpu_uses_a_grad_scaler():
     init = torch.nn.Linear(4, 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(model.weight, init.weight)
-
-
-@pytest.mark.parametrize("temperature", [0.7, 1.6])
-def test_learner_logprobs_are_those_sampled_at_temperature(policy, tokenizer, temperature):
-    """hf's own processed scores (logits / T, top_k and top_p off) give the learner's log-probs at T != 1."""
-    gen = make_generator(policy, tokenizer, n=4, max_new_tokens=6, temperature=temperature)
-    batch = gen.generate([0, 1, 2, 3], seed=3)
-    assert batch.temperature == temperature
-    torch.manual_seed(3)  # the generator's seed: the same samples, now with their scores
-    with torch.no_grad():
-        out = policy.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
-                              generation_config=gen.generation_config(), output_scores=True,
-                              return_dict_in_generate=True)
-        learner_lp = response_token_logprobs(policy, batch)  # [B, R]
-    sampled = out.sequences[:, batch.prompt_len:]
-    assert torch.equal(sampled[batch.response_mask.bool()], batch.response_ids[batch.response_mask.bool()])
-    scores = torch.stack(out.scores, 1).log_softmax(-1)  # [B, R, V]
-    hf_lp = scores.gather(-1, sampled[..., None])[..., 0]
-    mask = batch.response_mask.bool()
-    assert torch.allclose(learner_lp[mask], hf_lp[mask], atol=1e-4)
-    untempered = losses.token_logprobs(torch.stack(out.scores, 1) * temperature, sampled)
-    assert not torch.allclose(untempered[mask], hf_lp[mask], atol=1e-2), "T=1 log-probs would pass too"
-
-
-@pytest.mark.slow  # starts a vLLM engine (about a minute on 2 cores)
-def test_vllm_logprobs_equal_the_learner_at_temperature(tokenizer, tmp_path):
-    """vLLM's processed log-probs (after temperature) equal the learner's softmax(logits / T) log-probs."""
-    pytest.importorskip("vllm", reason="vLLM is not installed")
-    from actors.generator import build_generator
-    from tests.test_vllm import NEW_TOKENS, decisive_policy, prompt_pool
-
-    path = tmp_path / "policy"
-    policy = decisive_policy(tokenizer, seed=3)
-    policy.save_pretrained(path)
-    prompts = prompt_pool(tokenizer, 8, seed=1)[1]
-    cfg = load_config(None, ["generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}",
-                             "generator.enforce_eager=true", "generator.kv_cache_gb=0.05", "model.dtype=float32",
-                             "generator.temperature=0.6"])
-    engine = build_generator(cfg, str(path), tokenizer, prompts, CPU)
-    batch = engine.generate(list(range(8)), seed=5)
-    with torch.no_grad():
-        learner_lp = losses.sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
-    assert batch.temperature == 0.6
-    assert torch.allclose(batch.extras["generator_logprob"], learner_lp, atol=1e-3)

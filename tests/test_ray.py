@@ -2,7 +2,6 @@
 actor failures, and step-by-step equivalence with local mode. Tiny random models; every wait is bounded."""
 
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -17,27 +16,15 @@ from ray.util.queue import Full, Queue  # noqa: E402
 
 from common.sampling import PromptSampler  # noqa: E402
 from stages.rl import run_rl  # noqa: E402
-from helpers import train_prompts  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
 from cluster.ray_rollouts import ROOT  # noqa: E402
 from cluster.placement import PlacementError, reserve, role_bundles  # noqa: E402
 from common.config import ConfigError, load_config  # noqa: E402
 from common.models import build_tiny_policy, save_untrained_stand_ins  # noqa: E402
-from conftest import TINY  # noqa: E402
+from helpers import TINY, make_generator, read_metrics, tiny_overrides, train_prompts  # noqa: E402
 
 WAIT = 60  # seconds any single Ray wait in these tests may take
-
-
-def tiny_overrides(run_dir, steps=3, **cluster):
-    """A seconds-long RL run on the tiny models: 1 torch thread everywhere so floats match across processes; the hf
-    backend, as auto would import vLLM in every generator actor only to find head size 16 unsupported (test_vllm
-    covers a vLLM generator actor)."""
-    base = [f"run_dir={run_dir}", "torch_threads=1", "generator.backend=hf", "sandbox.num_pairs=120", "data.max_prompt_tokens=64",
-            f"rl.steps={steps}", "rl.batch_size=4", "rl.lr=1e-2", "rl.save_every=0", "generator.max_new_tokens=6",
-            "eval.batch_size=8", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
-            "cluster.data_timeout_s=60", "cluster.placement_timeout_s=120"]
-    return base + [f"cluster.{k}={v}" for k, v in cluster.items()]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +68,6 @@ def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
     from cluster.ray_pipeline import split
     from common.sampling import shard_seed
     from common.rollout import concat
-    from test_learner import make_generator
 
     assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]] and split([4], 3) == [[4]]
     assert shard_seed(3, 5, 0) == 3 * 1_000_003 + 5 != shard_seed(3, 5, 1)
@@ -93,8 +79,10 @@ def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
     assert ab.extras["gold"].tolist() == [0.0, 1.0, 2.0] and ab.response_texts == a.response_texts + b.response_texts
     for rows, part in ((slice(0, 2), a), (slice(2, 3), b)):
         for i, j in zip(range(rows.start, rows.stop), range(part.batch_size)):
-            assert ab.prompt_ids[i][ab.prompt_mask[i].bool()].tolist() == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist()
-            assert ab.response_ids[i][ab.response_mask[i].bool()].tolist() == part.response_ids[j][part.response_mask[j].bool()].tolist()
+            assert (ab.prompt_ids[i][ab.prompt_mask[i].bool()].tolist()
+                    == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist())
+            assert (ab.response_ids[i][ab.response_mask[i].bool()].tolist()
+                    == part.response_ids[j][part.response_mask[j].bool()].tolist())
     with pytest.raises(ValueError, match="different policy versions"):
         concat([a, dataclasses.replace(b, version=1)], tokenizer.pad_token_id)
 
@@ -217,10 +205,6 @@ def test_dead_generator_stops_the_learner_with_an_error_naming_it(actors):
         pipeline.collect(0, learner_version=0)
     assert time.monotonic() - t0 < 5 + 30, "the learner stops within its data timeout plus a health check"
     queue.shutdown()
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics_rl.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow

@@ -17,10 +17,8 @@ import pytest
 pytest.importorskip("ray")
 
 from cluster.ray_rollouts import ROOT  # noqa: E402
-from conftest import TINY  # noqa: E402
-from test_ray import read_metrics, tiny_overrides  # noqa: E402
-
 from common.models import save_untrained_stand_ins  # noqa: E402
+from helpers import TINY, read_metrics, tiny_overrides  # noqa: E402
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 

@@ -50,9 +50,9 @@ def test_cpu_pipeline_on_real_weights_cut_to_a_few_steps(real_dir, tmp_path):
     import launch
 
     run = tmp_path / "run"
-    rc = launch.main(["--config", str(CONFIG), f"run_dir={run}", "sandbox.num_pairs=30", "sandbox.num_ood_pairs=8", "reward.batch_size=4",
-                      "rl.steps=2", "rl.batch_size=2", "generator.max_new_tokens=12", "eval.num_prompts=4",
-                      "eval.batch_size=4", "eval.bootstrap_samples=100"])
+    rc = launch.main(["--config", str(CONFIG), f"run_dir={run}", "sandbox.num_pairs=30", "sandbox.num_ood_pairs=8",
+                      "reward.batch_size=4", "rl.steps=2", "rl.batch_size=2", "generator.max_new_tokens=12",
+                      "eval.num_prompts=4", "eval.batch_size=4", "eval.bootstrap_samples=100"])
     assert rc == 0
     rm = json.loads((run / "rm_metrics.json").read_text())
     assert 0.0 <= rm["val"]["accuracy"] <= 1.0

@@ -1,6 +1,8 @@
-"""Report generation on small fake sweeps whose eval.json is written by the real evaluate.summarize."""
+"""stages/report*.py: report generation on small fake sweeps whose eval.json is written by the real
+stages/eval.summarize, and the matched-KL interpolation (report_compare.kl_frontier) behind its comparison."""
 
 import json
+import math
 
 import matplotlib.image
 import numpy as np
@@ -10,6 +12,7 @@ import launch
 
 from stages.eval import summarize
 from stages.report import write_report
+from stages.report_compare import kl_frontier
 from stages.report_runs import discover
 from common.config import load_config, save_config
 from common.metrics import record_stage_time
@@ -113,3 +116,48 @@ def test_report_compares_variants_with_the_plans_reference(tmp_path):
     section = text.split("## Against the reference variant `scalar`")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| dist_expected | 3 |"))
     assert "+0.000 [+0.000, +0.000]" in row
+
+
+def test_kl_frontier_starts_at_sft_and_interpolates_in_sqrt_kl_inside_the_measured_range():
+    pts = [(4.0, 2.0), (1.0, 0.5)]  # any order; read in order of KL, after the SFT policy's (0, 0)
+    assert kl_frontier(pts, 2.25) == pytest.approx(1.25)  # sqrt 1.5: half way from sqrt 1 (0.5) to sqrt 4 (2.0)
+    assert kl_frontier(pts, 0.25) == pytest.approx(0.25)  # sqrt 0.5: half way from SFT (0, 0) to (1, 0.5)
+    assert kl_frontier(pts, 0.0) == 0.0 and kl_frontier(pts, 4.0) == pytest.approx(2.0)
+    assert math.isnan(kl_frontier(pts, 4.5)) and math.isnan(kl_frontier([], 0.5))
+    assert kl_frontier([(-0.01, 0.2), (1.0, 0.5)], 0.25) == pytest.approx(0.35)  # a KL estimate < 0 counts as 0
+    on_curve = [(kl, 0.8 * math.sqrt(kl)) for kl in (2.0, 0.5, 1.0)]  # gain linear in sqrt(KL): read exactly
+    assert [kl_frontier(on_curve, kl) for kl in (0.1, 0.7, 1.5)] == pytest.approx([0.8 * math.sqrt(k)
+                                                                                 for k in (0.1, 0.7, 1.5)])
+
+
+def test_report_reads_ood_probe_and_matched_kl(tmp_path):
+    """Families over kl_coef (level2_kl names): gold at matched KL, ID vs OOD side by side, the probe's flag."""
+    from stages.report import write_report
+
+    gold_at = {"scalar": math.sqrt, "dist_win_prob_vs_ref": lambda kl: 2 * math.sqrt(kl)}  # slope x sqrt(KL)
+    for family, coefs in (("scalar", (0.02, 0.05, 0.1)), ("dist_win_prob_vs_ref", (0.01, 0.05, 0.2))):
+        for kl_coef in coefs:
+            for seed in range(2):
+                run = tmp_path / f"{family}@kl_coef={kl_coef}" / f"seed_{seed}"
+                ev = fake_run(run, seed, kl_coef, 0.5, n_prompts=8, steps=5)  # held-out KL = 10 x kl_coef
+                ev["comparisons"]["gold"]["diff_mean"] = gold_at[family](10 * kl_coef) + 0.01 * seed
+                ev["ood"] = json.loads(json.dumps(ev))
+                ev["ood"]["kinds"] = ["new_topic", "new_template"] * (ev["num_prompts"] // 2)
+                (run / "eval.json").write_text(json.dumps(ev))
+                with (run / "metrics_rl.jsonl").open("a") as f:
+                    for step, rm, gold in ((0, 0.0, -3.0), (10, 0.5, -1.0), (30, 1.0, -2.5)):
+                        f.write(json.dumps({"step": step, "eval/reward": rm, "eval/gold": gold, "eval/gold_se": 0.1,
+                                            "eval/reward_gain": rm, "eval/gold_gain": gold + 3.0}) + "\n")
+    (tmp_path / "experiment.json").write_text(json.dumps({"reference": "scalar@kl_coef=0.05"}))
+    text = write_report([tmp_path]).read_text()
+    matched = text.split("## At matched KL")[1].split("##")[0]
+    rows = [line.split(" | ") for line in matched.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+    # largest KLs 1.0 (scalar) and 2.0: every frontier (from SFT at 0) reaches 1.0; targets 0.25, 0.5, 0.75
+    assert [r[0].strip("| ") for r in rows] == ["0.250", "0.250", "0.500", "0.500", "0.750", "0.750"]
+    win = [r for r in rows if r[1] == "dist_win_prob_vs_ref"]
+    # at 0.25 both seeds' runs bracket it (0.2-0.5 and 0.1-0.5): 2 x sqrt(0.25) = 1.0 (+0.01 on seed 1) vs 0.5
+    assert win[0][2].startswith("+1.005") and win[0][3].startswith("+0.500 [+0.500, +0.500]")
+    assert "matched_kl.png" in matched and (tmp_path / "report" / "matched_kl.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
+    assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
+    assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14

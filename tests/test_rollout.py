@@ -1,4 +1,4 @@
-"""RolloutBatch layout, masks and padding helpers."""
+"""common/rollout.py: RolloutBatch layout, masks and padding helpers."""
 
 import pytest
 import torch

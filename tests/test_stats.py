@@ -1,9 +1,12 @@
-"""Statistics against known cases."""
+"""common/stats.py: the statistics against known cases, and the over-optimisation flag."""
+
+import math
 
 import numpy as np
 import pytest
 
-from common.stats import bootstrap_ci, paired_comparison, seed_summary, t_quantile, win_rate
+from common.stats import (bootstrap_ci, overoptimisation, paired_comparison, seed_summary, t_quantile,
+                          win_rate)
 
 
 def test_constant_difference_gives_zero_width_interval():
@@ -75,4 +78,16 @@ def test_seed_summary_of_one_seed_has_no_interval():
 
 def test_seed_summary_clips_the_interval_to_bounds():
     out = seed_summary([0.5, 0.99, 0.98], bounds=(0.0, 1.0))
-    assert out["ci_high"] == 1.0 and out["ci_low"] == pytest.approx(np.mean([0.5, 0.99, 0.98]) - 4.3026527 * out["std"] / np.sqrt(3))
+    assert out["ci_high"] == 1.0 and out["ci_low"] == pytest.approx(np.mean([0.5, 0.99, 0.98])
+                                                                    - 4.3026527 * out["std"] / np.sqrt(3))
+
+
+def test_overoptimisation_flags_proxy_up_gold_down_beyond_noise():
+    steps, se = [0, 10, 20, 30], [0.1] * 4
+    hacked = overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -1.0, -2.0, -3.0], se)
+    assert hacked["flagged"] and hacked["peak_step"] == 10 and hacked["gold_drop"] == pytest.approx(2.0)
+    assert hacked["drop_threshold"] == pytest.approx(2 * math.sqrt(0.02))
+    assert hacked["proxy_rise_after_peak"] == pytest.approx(0.5)
+    assert not overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -1.0, -1.1, -1.2], se)["flagged"]  # noise
+    assert not overoptimisation(steps, [0.0, 1.0, 0.6, 0.2], [-3.0, -1.0, -2.0, -3.0], se)["flagged"]  # both fall
+    assert not overoptimisation(steps, [0.0, 0.5, 0.8, 1.0], [-3.0, -2.0, -1.0, 0.0], se)["flagged"]  # both rise

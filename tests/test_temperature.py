@@ -8,7 +8,7 @@ import torch
 import launch
 from common.config import ConfigError, load_config
 from common.models import save_untrained_stand_ins
-from failure_contract import CONFIG, FAST
+from helpers import CONFIG, FAST, TINY
 from stages.temperature import distinct_2
 
 
@@ -24,7 +24,6 @@ def test_temperatures_are_validated_at_load():
 
 
 def test_stage_writes_every_pool_and_temperature_reproducibly(tmp_path, tokenizer):
-    from tests.conftest import TINY
     save_untrained_stand_ins(tmp_path, TINY, tokenizer)
     argv = ["--config", CONFIG, "--stage", "temperature", f"run_dir={tmp_path}", *FAST, "eval.num_prompts=6",
             "eval.batch_size=4", "eval.temperatures=0,1", "generator.max_new_tokens=6"]
@@ -46,7 +45,6 @@ def test_greedy_row_is_the_argmax_answer(tmp_path, tokenizer):
     from actors.heldout import heldout_pool
     from tasks import load_task
     from stages.temperature import answers_at
-    from tests.conftest import TINY
     save_untrained_stand_ins(tmp_path, TINY, tokenizer)
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}", *FAST, "eval.num_prompts=2", "generator.max_new_tokens=5"])
     cpu = torch.device("cpu")

