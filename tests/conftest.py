@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from common.config import load_config
 from common.models import BUNDLED_TOKENIZER, build_tiny_policy, load_reward_model, save_untrained_stand_ins
 from helpers import TINY
-from transformers import AutoTokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")

@@ -17,7 +17,6 @@ from common import checkpoint
 from common.models import save_model
 from common.numerics import NonFiniteError
 
-
 # ---------------------------------------------------------------------------------------------------- save
 
 
@@ -50,7 +49,8 @@ def test_signal_during_a_checkpoint_write_stays_a_signal(tmp_path, monkeypatch):
         try:
             raise Interrupted(signal.SIGTERM)
         except Interrupted:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            # as torch raises it: the interruption only as the context, not as a cause
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
     monkeypatch.setattr(torch, "save", torn)
     with pytest.raises(Interrupted):
         checkpoint.save(tmp_path, 2, {})

@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 
 from common import data
-from common.data import (MIN_PROMPT_TOKENS, DataStats, PreferencePair, conversation_text, encode_conversation,
-                         encode_conversation_parts, encode_prompt, prompt_text, split_by_prompt)
+from common.data import (
+    MIN_PROMPT_TOKENS,
+    DataStats,
+    PreferencePair,
+    conversation_text,
+    encode_conversation,
+    encode_conversation_parts,
+    encode_prompt,
+    prompt_text,
+    split_by_prompt,
+)
 from helpers import fixture_pairs
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "common" / "assets" / "smollm2-tokenizer"

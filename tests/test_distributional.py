@@ -62,7 +62,9 @@ def test_loss_gradcheck_float64(ties):
     torch.manual_seed(1)
     w = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)  # small: gradcheck perturbs every entry
     l = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    log_q = lambda w, l: dist.log_preference_prob(dist.pair_logprobs(w.log_softmax(-1), l.log_softmax(-1)), ties)
+    def log_q(w, l):
+        return dist.log_preference_prob(dist.pair_logprobs(w.log_softmax(-1), l.log_softmax(-1)), ties)
+
     assert torch.autograd.gradcheck(log_q, (w, l))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.config import DataConfig, load_config
-from tasks.preference import load_pairs
 from helpers import CONFIG, ROOT, expect_error, run_with_sft, stage
+from tasks.preference import load_pairs
 
 PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
 LINES = PAIRS.read_bytes().splitlines()  # 5 good rows, 4 distinct prompts

@@ -17,7 +17,6 @@ ray = pytest.importorskip("ray")
 from ray.util.queue import Queue  # noqa: E402
 
 import launch  # noqa: E402
-from common.sampling import PromptSampler  # noqa: E402
 from cluster.placement import PlacementError  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
@@ -28,6 +27,7 @@ from common.data import DataError  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.models import ModelPathError  # noqa: E402
 from common.runlock import RunDirBusy  # noqa: E402
+from common.sampling import PromptSampler  # noqa: E402
 from helpers import ENV, ROOT, check_one_line, expect_error, stage, train_prompts  # noqa: E402
 
 WAIT = 60

@@ -20,7 +20,6 @@ import launch
 from common import runlock
 from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, stage
 
-
 # ------------------------------------------------------------------------------------------- run directory
 
 

@@ -14,15 +14,15 @@ ray = pytest.importorskip("ray")
 
 from ray.util.queue import Full, Queue  # noqa: E402
 
-from common.sampling import PromptSampler  # noqa: E402
-from stages.rl import run_rl  # noqa: E402
+from cluster.placement import PlacementError, reserve, role_bundles  # noqa: E402
 from cluster.ray_actors import RemoteGenerator, RemoteScorer  # noqa: E402
 from cluster.ray_pipeline import RolloutError, RolloutPipeline  # noqa: E402
 from cluster.ray_rollouts import ROOT  # noqa: E402
-from cluster.placement import PlacementError, reserve, role_bundles  # noqa: E402
 from common.config import ConfigError, load_config  # noqa: E402
 from common.models import build_tiny_policy, save_untrained_stand_ins  # noqa: E402
+from common.sampling import PromptSampler  # noqa: E402
 from helpers import TINY, make_generator, read_metrics, tiny_overrides, train_prompts  # noqa: E402
+from stages.rl import run_rl  # noqa: E402
 
 WAIT = 60  # seconds any single Ray wait in these tests may take
 
@@ -66,8 +66,8 @@ def actors(ray_instance, base_run):
 def test_split_and_concat_shards_keep_every_row(policy, tokenizer):
     """Shards of different widths join into one batch whose rows are the shards' rows, re-padded."""
     from cluster.ray_pipeline import split
-    from common.sampling import shard_seed
     from common.rollout import concat
+    from common.sampling import shard_seed
 
     assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]] and split([4], 3) == [[4]]
     assert shard_seed(3, 5, 0) == 3 * 1_000_003 + 5 != shard_seed(3, 5, 1)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 import launch
-
+from common.config import load_config, save_config
+from common.metrics import record_stage_time
 from stages.eval import summarize
 from stages.report import write_report
 from stages.report_compare import kl_frontier
 from stages.report_runs import discover
-from common.config import load_config, save_config
-from common.metrics import record_stage_time
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

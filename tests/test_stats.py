@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from common.stats import (bootstrap_ci, overoptimisation, paired_comparison, seed_summary, t_quantile,
-                          win_rate)
+from common.stats import bootstrap_ci, overoptimisation, paired_comparison, seed_summary, t_quantile, win_rate
 
 
 def test_constant_difference_gives_zero_width_interval():

@@ -1,9 +1,12 @@
-"""tasks/: the sandbox task's held-out split (tasks/sandbox.py), and preference pairs read from files
-(tasks/files.py) and parsed (tasks/preference.py): HelpSteer2 quirks, malformed rows, every file layout, the
-task a data.source names. The IFEval task is in test_ifeval_task.py."""
+"""tasks/: the task a data.source names and the stages and reward functions it offers (tasks/__init__.py,
+tasks/base.py), the sandbox task's held-out split (tasks/sandbox.py), and preference pairs read from files
+(tasks/files.py) and parsed (tasks/preference.py): HelpSteer2 quirks, malformed rows, every file layout. The IFEval
+task is in test_ifeval_task.py."""
 
+import ast
 import json
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +17,7 @@ from common.data import DataError, DataStats, unique_prompts
 from helpers import PAIRS, SPLIT, fixture_pairs
 from tasks import load_task, sandbox, task_class
 from tasks.files import read_rows
+from tasks.ifeval import IFEvalTask
 from tasks.preference import PreferenceTask, load_pairs, parse_pairs, parse_prompt
 from tasks.sandbox import SandboxTask
 
@@ -24,6 +28,53 @@ def write_parquet(rows, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------- the task
+
+
+def test_data_source_picks_the_task_and_the_task_its_stages(tmp_path):
+    """tasks.load_task is where data.source is read; each task says which stages `--stage all` runs."""
+    base = [f"run_dir={tmp_path}"]
+    sandbox_task = load_task(load_config(None, base))
+    assert isinstance(sandbox_task, SandboxTask) and sandbox_task.stages() == ("sft", "rm", "rl", "eval")
+    real = load_task(load_config(None, [*base, f"model.policy={tmp_path / 'sft'}"]))
+    assert real.stages() == ("rm", "rl", "eval"), "the sft stage only warms up the sandbox's tiny policy"
+    ifeval = load_task(load_config(None, [*base, "data.source=ifeval"]))
+    assert isinstance(ifeval, IFEvalTask) and ifeval.stages() == ("pairs", "rm", "rl", "eval")
+    assert ifeval.dir == tmp_path / "data" and ifeval.experiment_overrides(tmp_path / "x") == \
+        [f"ifeval.dir={tmp_path / 'x' / 'data'}"]
+    files = load_task(load_config(None, [*base, f"data.source={tmp_path / 'pairs.jsonl'}"]))
+    assert type(files) is PreferenceTask and files.gold_judge() is None and files.reward_functions() == {}
+    assert files.experiment_overrides(tmp_path) == [] and sandbox_task.experiment_overrides(tmp_path) == []
+
+
+def test_a_tasks_gold_judge_is_offered_as_a_reward_function_in_trls_convention(tmp_path):
+    """(prompts, completions, **columns) -> one float per completion; prompts as text or as chat messages."""
+    task = load_task(load_config(None, [f"run_dir={tmp_path}"]))
+    (name, reward), = task.reward_functions().items()
+    prompt = "Hi, I am Ada. List some fruits."
+    completions = ["apple, pear, plum.", "um, red, apple."]
+    expected = [sandbox.gold_score(prompt, c) for c in completions]
+    assert name == "sandbox_gold" and expected == [3.0, -1.0]
+    assert reward([prompt, prompt], completions) == expected
+    messages = [{"role": "user", "content": prompt}]
+    assert reward([messages, messages], completions, prompt_index=[0, 0]) == expected
+
+
+def test_no_code_outside_tasks_branches_on_the_data_source():
+    """Only tasks/ and the config's parsing may compare data.source with a value (the task routes everything)."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("tasks", "tests", ".venv") or rel == Path("common/config.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any("data.source" in ast.unparse(x) for x in
+                                                     [node.left, *node.comparators]):
+                found.append(f"{rel}:{node.lineno}")
+    assert not found, found
 
 
 # ----------------------------------------------------------------------------------------------- sandbox

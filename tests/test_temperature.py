@@ -41,10 +41,10 @@ def test_stage_writes_every_pool_and_temperature_reproducibly(tmp_path, tokenize
 
 def test_greedy_row_is_the_argmax_answer(tmp_path, tokenizer):
     """T = 0 is greedy decoding: the first held-out answer equals transformers' own greedy generate."""
-    from common.models import load_causal_lm
     from actors.heldout import heldout_pool
-    from tasks import load_task
+    from common.models import load_causal_lm
     from stages.temperature import answers_at
+    from tasks import load_task
     save_untrained_stand_ins(tmp_path, TINY, tokenizer)
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}", *FAST, "eval.num_prompts=2", "generator.max_new_tokens=5"])
     cpu = torch.device("cpu")

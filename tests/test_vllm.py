@@ -17,12 +17,12 @@ pytest.importorskip("vllm", reason="vLLM is not installed: `make install` instal
 
 from actors.generator import Generator, build_generator  # noqa: E402
 from actors.rollouts import sync_generator  # noqa: E402
-from stages.rl import run_rl  # noqa: E402
 from common.config import GeneratorConfig, LoraConfig, RLConfig, TinyModelConfig, load_config  # noqa: E402
 from common.models import apply_lora, build_tiny_policy, frozen_copy, merged_state_dict  # noqa: E402
 from helpers import prompt_pool, target_fraction  # noqa: E402
 from learner import losses  # noqa: E402
 from learner.learner import Learner, response_token_logprobs  # noqa: E402
+from stages.rl import run_rl  # noqa: E402
 
 CPU = torch.device("cpu")
 # conftest's TINY with one head: vLLM's CPU attention needs a head size of at least 32
