@@ -61,7 +61,7 @@ def stages_for(stage: str, cfg) -> list[str]:
     the sandbox's tiny policy, then rm, rl, eval)."""
     if stage != "all":
         return [stage]
-    from tasks import load_task
+    from tasks.registry import load_task
     return list(load_task(cfg).stages())
 
 

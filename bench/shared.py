@@ -19,7 +19,7 @@ from common.sampling import PromptSampler
 from learner.learner import Learner
 from learner.precision import resolve_dtype
 from stages.rl import rl_step
-from tasks import load_task
+from tasks.registry import load_task
 
 
 class FixedLengthHF(Generator):

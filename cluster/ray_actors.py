@@ -19,7 +19,7 @@ from common.config import Config
 from common.models import load_tokenizer, resolve_device
 from common.rollout import RolloutBatch
 from learner.precision import autocast, resolve_dtype
-from tasks import load_task
+from tasks.registry import load_task
 
 
 @dataclass

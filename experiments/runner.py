@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError, load_config
-from tasks import load_task
+from tasks.registry import load_task
 
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"

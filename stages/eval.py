@@ -28,7 +28,7 @@ from common.paths import RunPaths
 from common.runtime import prepare
 from common.stats import paired_comparison
 from learner.precision import resolve_dtype
-from tasks import load_task
+from tasks.registry import load_task
 
 
 def eval_engine(cfg: Config, sft_path: str, tokenizer, prompt_tokens: list[list[int]], device: torch.device):

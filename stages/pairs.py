@@ -26,8 +26,8 @@ from common.models import load_tokenizer
 from common.paths import RunPaths
 from common.runtime import prepare
 from learner.precision import autocast, resolve_dtype
-from tasks import load_task
 from tasks.base import write_data_report
+from tasks.registry import load_task
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from common.stats import overoptimisation_check, seed_summary
 from stages import plots
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_runs import RunData, discover, group, read_json, varying_keys
-from tasks import task_class
+from tasks.registry import task_class
 
 # ------------------------------------------------------------------------------------------------ numbers
 

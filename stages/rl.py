@@ -29,8 +29,8 @@ from common.runtime import prepare
 from common.stats import overoptimisation_check
 from learner.learner import Learner
 from learner.precision import resolve_dtype
-from tasks import load_task
 from tasks.base import Task
+from tasks.registry import load_task
 
 StepHook = Callable[[int, RolloutSource], None]  # after every step (tests use it to kill actors mid-run)
 

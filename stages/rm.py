@@ -21,8 +21,8 @@ from learner.precision import resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
 from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
-from tasks import load_task
 from tasks.base import write_data_report
+from tasks.registry import load_task
 
 
 class EncodedPair(NamedTuple):

@@ -16,7 +16,7 @@ from common.rollout import RolloutBatch, pad_left, pad_right
 from common.runtime import prepare
 from learner.learner import response_token_logprobs
 from learner.train_loop import fit
-from tasks import load_task
+from tasks.registry import load_task
 
 
 def encode_sft_example(tokenizer, prompt: str, response: str, cfg: Config,

@@ -26,7 +26,7 @@ from common.paths import RunPaths
 from common.runtime import prepare
 from learner import distributional as dist
 from learner.precision import resolve_dtype
-from tasks import load_task
+from tasks.registry import load_task
 
 
 def distinct_2(text: str) -> float:

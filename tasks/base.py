@@ -2,8 +2,8 @@
 
 A task is what a run learns and is judged on: its preference pairs (where they come from and how they are
 prepared), its prompt pools and held-out splits, its gold judge, the reward functions it offers and the stages it
-needs. `tasks.load_task(cfg)` picks the task from `data.source`; no other code branches on it. Adding a task is
-adding one file with a `Task` subclass, registered in tasks/__init__.py.
+needs. `tasks.registry.load_task(cfg)` picks the task from `data.source`; no other code branches on it. Adding a
+task is adding one file with a `Task` subclass, registered in tasks/registry.py.
 
 Splits. Preference pairs are split by prompt into train and validation (in-distribution held-out); a task with an
 out-of-distribution held-out set (the sandbox's held-out requests, the ifeval task's held-out instruction types)

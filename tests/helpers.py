@@ -19,9 +19,10 @@ from common import data
 from common.config import GeneratorConfig, TinyModelConfig
 from common.models import load_tokenizer
 from common.paths import RunPaths
-from tasks import load_task, sandbox
+from tasks import sandbox
 from tasks.files import read_rows
 from tasks.preference import parse_pairs
+from tasks.registry import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny.yaml")

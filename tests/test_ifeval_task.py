@@ -12,8 +12,8 @@ import pytest
 
 from common.config import ConfigError, load_config
 from tasks import ifeval as ifeval_task
-from tasks import load_task
 from tasks.preference import load_pairs
+from tasks.registry import load_task
 
 pytestmark = pytest.mark.skipif(bool(ifeval_task.missing_packages()),
                                 reason="the IFEval verifiers are not installed: `make real-task`")

@@ -1,4 +1,4 @@
-"""tasks/: the task a data.source names and the stages and reward functions it offers (tasks/__init__.py,
+"""tasks/: the task a data.source names and the stages and reward functions it offers (tasks/registry.py,
 tasks/base.py), the sandbox task's held-out split (tasks/sandbox.py), and preference pairs read from files
 (tasks/files.py) and parsed (tasks/preference.py): HelpSteer2 quirks, malformed rows, every file layout. The IFEval
 task is in test_ifeval_task.py."""
@@ -15,10 +15,11 @@ import pytest
 from common.config import DataConfig, SandboxConfig, load_config
 from common.data import DataError, DataStats, unique_prompts
 from helpers import PAIRS, SPLIT, fixture_pairs
-from tasks import load_task, sandbox, task_class
+from tasks import sandbox
 from tasks.files import read_rows
 from tasks.ifeval import IFEvalTask
 from tasks.preference import PreferenceTask, load_pairs, parse_pairs, parse_prompt
+from tasks.registry import load_task, task_class
 from tasks.sandbox import SandboxTask
 
 BAD = PAIRS.parent / "bad_rows.jsonl"
@@ -34,7 +35,7 @@ def write_parquet(rows, path):
 
 
 def test_data_source_picks_the_task_and_the_task_its_stages(tmp_path):
-    """tasks.load_task is where data.source is read; each task says which stages `--stage all` runs."""
+    """tasks.registry.load_task is where data.source is read; each task says which stages `--stage all` runs."""
     base = [f"run_dir={tmp_path}"]
     sandbox_task = load_task(load_config(None, base))
     assert isinstance(sandbox_task, SandboxTask) and sandbox_task.stages() == ("sft", "rm", "rl", "eval")

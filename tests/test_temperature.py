@@ -44,7 +44,7 @@ def test_greedy_row_is_the_argmax_answer(tmp_path, tokenizer):
     from actors.heldout import heldout_pool
     from common.models import load_causal_lm
     from stages.temperature import answers_at
-    from tasks import load_task
+    from tasks.registry import load_task
     save_untrained_stand_ins(tmp_path, TINY, tokenizer)
     cfg = load_config(CONFIG, [f"run_dir={tmp_path}", *FAST, "eval.num_prompts=2", "generator.max_new_tokens=5"])
     cpu = torch.device("cpu")
