@@ -92,6 +92,11 @@ class Task:
         """All the task's prompts when some have no pair (they take part in the split); else none."""
         return []
 
+    def prompt_columns(self, prompts: list[Messages]) -> list[dict]:
+        """Each prompt's extra data columns (a dataset's `solution`, say), which reward functions receive as keyword
+        arguments (TRL's convention); none by default."""
+        return [{} for _ in prompts]
+
     def ood_kind(self, prompt_text: str) -> str:  # noqa: ARG002 - a task without an OOD pool
         """'' for an in-distribution prompt (its last user message), else its out-of-distribution kind."""
         return ""
