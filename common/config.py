@@ -52,12 +52,26 @@ class ModelConfig:
     lora: LoraConfig = section(LoraConfig)
 
 
+# The fields a preference or prompt row is read into (data.columns maps them to a data set's own column names), and
+# the row formats data.format names (tasks/formats.py reads them; docs/data.md shows one row of each).
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "chosen_rating", "rejected_rating")
+DATA_FORMATS = ("auto", "standard", "conversational", "standard_implicit_prompt", "conversational_implicit_prompt",
+                "prompt_only", "helpsteer2")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = opt("sandbox", help="'sandbox' (generated offline task), 'ifeval' (verifiable instructions, pairs "
                                       "sampled from the SFT policy by --stage pairs: the ifeval section), a hub "
-                                      "id, or a .parquet/.jsonl/.json file or directory in the "
-                                      "HelpSteer2_binarized schema")
+                                      "id, or a .parquet/.jsonl/.json/.csv file or directory of preference pairs or "
+                                      "prompts in one of data.format's formats (docs/data.md)")
+    format: str = opt("auto", choices=DATA_FORMATS,
+                      help="how data.source's rows are read (docs/data.md): auto = detected from the columns; TRL's "
+                           "standard, conversational, standard_implicit_prompt, conversational_implicit_prompt and "
+                           "prompt_only; or helpsteer2 (esfrankel17/HelpSteer2_binarized's schema)")
+    columns: tuple[str, ...] = opt((), help="FIELD=COLUMN items: read FIELD from the data set's COLUMN, e.g. "
+                                            "prompt=question,chosen=good,rejected=bad; fields: "
+                                            + ", ".join(PREFERENCE_FIELDS))
     split: str = opt("average_rating_split", help="the hub split (or file) holding the preference pairs")
     val_fraction: float = opt(0.1, gt=0.0, lt=1.0, help="share of distinct prompts held out for validation")
     split_seed: int = opt(0, ge=0, help="seed of the train/validation split; fixed across training seeds")
@@ -68,6 +82,26 @@ class DataConfig:
                                                                   "and count them")
     max_train_pairs: int = opt(0, ge=0, help="0 = all")
     max_val_pairs: int = opt(0, ge=0, help="0 = all")
+
+    def __post_init__(self) -> None:
+        parse_columns(self.columns)
+
+
+def parse_columns(items: tuple[str, ...], key: str = "data.columns") -> dict[str, str]:
+    """('prompt=question', ...) -> {'prompt': 'question'}; an unknown field or a malformed item raises ConfigError
+    naming the key and the fields."""
+    out: dict[str, str] = {}
+    for item in items:
+        field, sep, column = (part.strip() for part in str(item).partition("="))
+        if not sep or not field or not column:
+            raise ConfigError(f"{key}: {item!r} is not FIELD=COLUMN (for example prompt=question)")
+        if field not in PREFERENCE_FIELDS:
+            raise ConfigError(f"{key}: unknown field {field!r} in {item!r}; the fields are "
+                              f"{', '.join(PREFERENCE_FIELDS)}")
+        if field in out:
+            raise ConfigError(f"{key}: field {field!r} is mapped twice")
+        out[field] = column
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Preference data as every room sees it: `PreferencePair`, the counts reported to the user, the split by prompt,
 and encoding prompts and conversations into token ids with the chat template. Reading a data set's rows (files,
-the hub, a schema such as HelpSteer2_binarized's) belongs to the tasks (tasks/preference.py).
+the hub) and their formats (TRL's, HelpSteer2_binarized's) belongs to the tasks (tasks/files.py, tasks/formats.py,
+tasks/preference.py).
 
 Text is normalised by stripping surrounding whitespace from every turn and response (this also keeps the
 token boundary between prompt and response stable under BPE).
@@ -25,12 +26,17 @@ class DataError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One prompt (chat messages ending with a user turn) with a preferred and a dispreferred response."""
+    """One prompt (chat messages ending with a user turn) with a preferred and a dispreferred response, and the
+    data set's ratings of the two (None for a data set without ratings)."""
     prompt: tuple[dict, ...]
     chosen: str
     rejected: str
-    chosen_rating: float
-    rejected_rating: float
+    chosen_rating: float | None = None
+    rejected_rating: float | None = None
+
+    @property
+    def rated(self) -> bool:
+        return self.chosen_rating is not None and self.rejected_rating is not None
 
     @property
     def prompt_key(self) -> str:
@@ -43,6 +49,7 @@ class DataStats:
     """Counts reported to the user (and saved as JSON by callers). Token counts are per conversation."""
     rows: int = 0                # raw rows read
     pairs: int = 0               # rows that became PreferencePairs
+    prompts: int = 0             # rows of a prompt-only data set that became prompts
     skipped_bad: int = 0         # malformed rows skipped (bad_rows="skip")
     multi_turn: int = 0          # prompts with several user turns (parsed from inline markers)
     merged_turns: int = 0        # consecutive same-role turns in a prompt joined into one
@@ -53,6 +60,7 @@ class DataStats:
     dropped_overlong: int = 0    # prompts/conversations dropped for length
     boundary_split: int = 0      # conversations whose prompt/response token boundary needed separate encoding
     origin: str = ""             # where the rows were read (file, directory or hub id), for messages
+    format: str = ""             # the rows' format (data.format, or the one detected from the columns)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
