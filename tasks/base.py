@@ -10,7 +10,8 @@ out-of-distribution held-out set (the sandbox's held-out requests, the ifeval ta
 names each such prompt's kind (`ood_kind`) and all of them go to the `ood` split, never to training. A task may
 also have prompts without a pair (the ifeval task: every sampled answer tied under the verifiers): they carry no
 preference, but RL and eval still ask them, split by the same rule as the rest, so the held-out pools are all
-held-out prompts, not only those with a pair.
+held-out prompts, not only those with a pair. A task whose data holds prompts only (`prompts_only`: a prompt-only
+data set) has no pairs at all: its prompts are split by that rule alone, and no reward model can be trained on it.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class Task:
 
     # ------------------------------------------------------------------------------------------- the task
     def stages(self) -> tuple[str, ...]:
-        """The stages `--stage all` runs for this task, in order (then the report)."""
-        return RL_STAGES
+        """The stages `--stage all` runs for this task, in order (then the report): without pairs, rl and eval (the
+        reward from reward.path or reward.functions)."""
+        return RL_STAGES[1:] if self.prompts_only() else RL_STAGES
 
     def experiment_overrides(self, root: Path) -> list[str]:  # noqa: ARG002 - a task built per run
         """Overrides an experiment under `root` gives every run, so that they share what the task builds once."""
@@ -91,6 +93,18 @@ class Task:
     def unpaired_prompts(self) -> list[Messages]:
         """All the task's prompts when some have no pair (they take part in the split); else none."""
         return []
+
+    def prompts_only(self) -> bool:
+        """True when the task's data holds prompts without preference pairs (a prompt-only data set)."""
+        return False
+
+    def require_pairs(self, stage: str) -> None:
+        """DataError naming the data when a stage that trains on preference pairs gets a prompt-only data set."""
+        if self.prompts_only():
+            raise data.DataError(f"{self.load_pairs()[1].origin}: holds prompts only (no chosen/rejected columns), "
+                                 f"so --stage {stage} has no preference pairs to train on; give the rl stage a "
+                                 f"trained reward model (reward.path) or reward functions (reward.functions) "
+                                 f"instead, or point data.source at preference pairs")
 
     def prompt_columns(self, prompts: list[Messages]) -> list[dict]:
         """Each prompt's extra data columns (a dataset's `solution`, say), which reward functions receive as keyword
@@ -122,19 +136,21 @@ class Task:
         """Load, validate, split by prompt (a prompt is never on both sides), cap, and count.
 
         Out-of-distribution pairs all go to the `ood` split; the rest is split by a hash of the prompt
-        (data.validation_keys), the task's unpaired prompts with them. `data.max_val_pairs` caps both held-out
-        splits' pairs."""
+        (data.validation_keys), the task's unpaired prompts with them (a prompt-only task's prompts alone).
+        `data.max_val_pairs` caps both held-out splits' pairs."""
         cfg = self.cfg.data
         pairs, stats = self.load_pairs()
-        if not pairs:
+        unpaired = self.unpaired_prompts()
+        prompts_only = self.prompts_only()
+        if not pairs and not (prompts_only and unpaired):
             skipped = (f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad
                        else "")
-            raise data.DataError(f"{stats.origin}: no preference pairs ({stats.rows} rows read{skipped}); point "
-                                 f"data.source at rows in the HelpSteer2_binarized schema")
+            raise data.DataError(f"{stats.origin}: no {'prompts' if prompts_only else 'preference pairs'} "
+                                 f"({stats.rows} rows read{skipped}); point data.source at rows in one of the "
+                                 f"formats of docs/data.md")
         kinds = [self.ood_kind(p.prompt[-1]["content"]) for p in pairs]
         ood = [p for p, k in zip(pairs, kinds) if k]
         in_dist = [p for p, k in zip(pairs, kinds) if not k]
-        unpaired = self.unpaired_prompts()
         unpaired_in = [m for m in unpaired if not self.ood_kind(m[-1]["content"])]
         val_keys = data.validation_keys([p.prompt_key for p in in_dist] + [data.messages_key(m) for m in unpaired_in],
                                         cfg.val_fraction, cfg.split_seed)
@@ -144,7 +160,11 @@ class Task:
             "train": [m for m in unpaired_in if data.messages_key(m) not in val_keys],
             "val": [m for m in unpaired_in if data.messages_key(m) in val_keys],
             "ood": [m for m in unpaired if self.ood_kind(m[-1]["content"])]}
-        if not train or not val:
+        if prompts_only and (not pools["train"] or not pools["val"]):
+            raise data.DataError(f"{stats.origin}: {len(unpaired)} distinct prompt(s) give {len(pools['train'])} "
+                                 f"train and {len(pools['val'])} validation prompts; a split by prompt needs at least "
+                                 f"2 distinct prompts: add rows")
+        if not prompts_only and (not train or not val):
             raise data.DataError(f"{stats.origin}: {len(pairs)} pairs with {len(data.unique_prompts(pairs))} "
                                  f"distinct prompt(s) give {len(train)} train and {len(val)} validation pairs; a split "
                                  f"by prompt needs at least 2 distinct prompts: add rows")

@@ -1,5 +1,10 @@
 """Reading rows from files, directories and the hub (tasks/preference.py parses and validates them).
 
+A .csv file (a header row, then one row per line; quoted cells may span lines) is read with pyarrow, already the
+parquet reader here, which infers each column's type, so numeric rating columns arrive as numbers;
+`datasets.load_dataset("csv", ...)` would also write a cache copy of the file. A csv holds text cells: the
+standard, standard_implicit_prompt and prompt-only formats fit it, message lists do not.
+
 Bytes that are not UTF-8 and JSON lines that do not parse become `Unparsed` rows, so that `data.bad_rows`
 decides whether they stop the run (naming file, row and line) or are skipped; a JSON document that does not
 parse as a whole is one error naming its line and column.
@@ -13,13 +18,14 @@ from typing import Any
 
 from common.data import DataError
 
-FILE_TYPES = (".parquet", ".jsonl", ".json")
+FILE_TYPES = (".parquet", ".jsonl", ".json", ".csv")
+
 
 def read_rows(source: str, split: str) -> tuple[list[dict], str]:
     """Raw rows and a human-readable origin name.
 
-    `source` is a .parquet/.jsonl/.json file; or a directory, where the file whose stem is `split` is used
-    (<split>.parquet, .jsonl, .json), else hub-style parquet shards (<split>-*.parquet or <split>/*.parquet
+    `source` is a .parquet/.jsonl/.json/.csv file; or a directory, where the file whose stem is `split` is used
+    (<split>.parquet, .jsonl, .json, .csv), else hub-style parquet shards (<split>-*.parquet or <split>/*.parquet
     anywhere below), else a `datasets` save_to_disk directory; or else a hub id, loaded with
     `datasets.load_dataset(source, split=split)`. A .json file may hold a list of rows, a mapping
     {split: rows}, or JSON lines. Lines of a JSON-lines file that do not parse become malformed rows
@@ -52,7 +58,8 @@ def _read_dir(path: Path, split: str) -> tuple[list[dict], str]:
             ds = ds[split]
         return ds.to_list(), f"{path} [{split}]"
     raise DataError(f"{path}: no data for split {split!r}: expected {split}.parquet, {split}.jsonl, "
-                    f"{split}.json, parquet shards named {split}-*.parquet, or a datasets save_to_disk folder")
+                    f"{split}.json, {split}.csv, parquet shards named {split}-*.parquet, or a datasets save_to_disk "
+                    f"folder")
 
 
 def _read_file(path: Path, split: str) -> list:
@@ -62,8 +69,10 @@ def _read_file(path: Path, split: str) -> list:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable parquet file: {e}") from e
+    if path.suffix == ".csv":
+        return _read_csv(path)
     if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet, .jsonl or .json")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
     raw = path.read_bytes()
     if path.suffix == ".json" and raw.strip():
         try:
@@ -72,6 +81,17 @@ def _read_file(path: Path, split: str) -> list:
             if not _first_line_is_json(raw):  # else: JSON lines (datasets' to_json writes them into .json too)
                 raise _document_error(raw, path, e) from None
     return [_json_line(n, line) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import pyarrow
+    import pyarrow.csv as pcsv
+    if not path.read_bytes().strip():
+        return []  # an empty file: no rows (pyarrow would call it an error)
+    try:  # quoted cells may hold line breaks, as csv writers (pandas, Python's csv) write multi-line text
+        return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True)).to_pylist()
+    except pyarrow.ArrowInvalid as e:  # a row with the wrong number of cells, text that is not UTF-8, ...
+        raise DataError(f"{path}: not a readable csv file: {e}") from e
 
 
 class Unparsed(str):
@@ -121,5 +141,5 @@ def _read_hub(source: str, split: str) -> tuple[list[dict], str]:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # network, missing data set, missing split: all end here
         raise DataError(f"{origin}: could not load the data set ({type(e).__name__}: {e}); a local "
-                        f"source must be an existing .parquet/.jsonl/.json file or directory") from e
+                        f"source must be an existing .parquet/.jsonl/.json/.csv file or directory") from e
     return ds.to_list(), origin

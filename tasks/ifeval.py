@@ -298,6 +298,9 @@ class IFEvalTask(PreferenceTask):
                                f"with this config first (--stage all does)")
         return str(self.dir)
 
+    def row_schema(self) -> tuple[str, dict[str, str]]:
+        return "helpsteer2", {}  # the task writes its own rows, in that schema, whatever data.format says
+
     def unpaired_prompts(self) -> list[Messages]:
         """Every prompt of the task, paired or not, in the task's order."""
         return [tuple(parse_prompt(t.prompt)[0]) for t in read_prompts(self.dir / PROMPTS_FILE)]

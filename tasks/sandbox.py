@@ -201,6 +201,9 @@ class SandboxTask(PreferenceTask):
     def ood_kind(self, prompt_text: str) -> str:
         return ood_kind(prompt_text, self.cfg.sandbox)
 
+    def row_schema(self) -> tuple[str, dict[str, str]]:
+        return "helpsteer2", {}  # the task writes its own rows, in that schema, whatever data.format says
+
     def gold_judge(self) -> GoldFn | None:
         return gold_score if self.cfg.sandbox.gold_judge else None
 

@@ -54,8 +54,16 @@ DATA_CASES = [
     ("prompt_not_string", "d.jsonl", jsonl(LINES[0], with_field(prompt=["x"])),
      ["row 1", "field 'prompt'", "expected a string"]),
     ("row_not_mapping", "d.jsonl", jsonl(LINES[0], b"[1, 2]"), ["row 1", "field 'row'", "mapping"]),
+    ("standard_answer_not_text", "d.jsonl", jsonl(b'{"prompt": "q", "chosen": "a", "rejected": "b"}',
+                                                  b'{"prompt": "q2", "chosen": "a", "rejected": {"text": "b"}}'),
+     ["row 1", "field 'rejected'", "expected a string", "rows read as standard"]),
+    ("prompt_only_not_text", "d.jsonl", jsonl(b'{"prompt": "q"}', b'{"prompt": 7}'),
+     ["row 1", "field 'prompt'", "a string or a list of messages", "rows read as prompt_only"]),
+    ("row_in_no_format", "d.jsonl", jsonl(b'{"question": "q", "good": "a", "bad": "b"}'),
+     ["row 0", "field 'prompt': missing", "question, good, bad", "data.columns"]),
+    ("csv_ragged", "d.csv", b"prompt,chosen,rejected\nq,a\n", ["not a readable csv file"]),
     ("parquet_garbage", "d.parquet", b"PAR1 this is not parquet", ["not a readable parquet file"]),
-    ("unsupported_suffix", "d.csv", b"prompt,chosen\n", ["unsupported file type '.csv'"]),
+    ("unsupported_suffix", "d.tsv", b"prompt\tchosen\n", ["unsupported file type '.tsv'", ".csv"]),
 ]
 
 

@@ -133,7 +133,7 @@ def test_parse_fixture_pairs_and_quirks():
     assert pairs[1].rejected == "Day 3 could be spent in Porto."  # whitespace stripped
     assert pairs[4].prompt[0]["content"] == "What is the capital of Australia?"
     assert stats.as_dict() == {**DataStats().as_dict(), "rows": 5, "pairs": 5, "multi_turn": 1,
-                               "repeated_user_turn": 7, "equal_ratings": 1}
+                               "repeated_user_turn": 7, "equal_ratings": 1, "format": "helpsteer2"}
     json.dumps(stats.as_dict())
 
 
