@@ -45,7 +45,9 @@ class RunPaths:
         """The trained reward model rl and eval read: reward.path, else the rm stage's output."""
         path = self._reward_path or str(self.reward_out)
         if not Path(path).exists() and self._reward_path == "":
-            raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path")
+            raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path to a trained "
+                                 f"reward model, or reward.functions to reward functions (a prompt-only data set has "
+                                 f"no pairs to train one on)")
         check_model_path(path, "reward.path" if self._reward_path else "the rm stage's reward_model")
         return path
 

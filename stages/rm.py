@@ -21,15 +21,15 @@ from learner.precision import resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
 from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
-from tasks.base import write_data_report
+from tasks.base import Splits, write_data_report
 from tasks.registry import load_task
 
 
 class EncodedPair(NamedTuple):
     chosen: list[int]  # token ids of prompt + chosen response
     rejected: list[int]
-    chosen_rating: float  # the data set's ratings (used by the distributional head's optional rating term)
-    rejected_rating: float
+    chosen_rating: float | None  # the data set's ratings (the distributional head's optional rating term); None
+    rejected_rating: float | None  # for a data set without ratings
 
 
 def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats: data.DataStats) -> list[EncodedPair]:
@@ -58,7 +58,7 @@ def pair_loss(reward: RewardConfig, logits_w: torch.Tensor, logits_l: torch.Tens
         rc, rr = logits_w[:, 0], logits_l[:, 0]
         loss = bradley_terry_loss(rc, rr)
         return loss, {"loss": loss.item(), "accuracy": pairwise_accuracy(rc.detach(), rr.detach()).item()}
-    ratings = [torch.tensor([getattr(p, f) for p in pairs], device=logits_w.device)
+    ratings = [torch.tensor([getattr(p, f) for p in pairs], device=logits_w.device) if reward.rating_coef else None
                for f in ("chosen_rating", "rejected_rating")]
     loss, parts = dist.distributional_loss(logits_w, logits_l, reward.ties, reward.entropy_coef,
                                            reward.rating_coef, *ratings, max_rating=reward.max_rating)
@@ -79,10 +79,24 @@ def evaluate_pairs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
     return pair_metrics(reward.head == "distributional", torch.cat(chosen), torch.cat(rejected), reward.ties)
 
 
+def require_ratings(reward: RewardConfig, splits: Splits) -> None:
+    """The distributional head's rating term needs every pair's ratings: a data set without them is one error."""
+    if reward.head != "distributional" or not reward.rating_coef:
+        return
+    unrated = sum(not p.rated for p in splits.train + splits.val + splits.ood)
+    if unrated:
+        raise data.DataError(f"{splits.stats.origin}: reward.rating_coef={reward.rating_coef} needs each pair's "
+                             f"ratings, and {unrated} pairs have none: set reward.rating_coef=0, or name the data "
+                             f"set's rating columns with data.columns (chosen_rating=COLUMN,rejected_rating=COLUMN)")
+
+
 def run_rm(cfg: Config) -> dict:
     paths = RunPaths(cfg)
     device = prepare(cfg)
-    splits = load_task(cfg).splits()
+    task = load_task(cfg)
+    task.require_pairs("rm")
+    splits = task.splits()
+    require_ratings(cfg.reward, splits)
     init = paths.reward_init
     tokenizer = load_tokenizer(init, cfg.model.tokenizer)
     stats = data.DataStats()
