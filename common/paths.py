@@ -18,6 +18,7 @@ class RunPaths:
     def __init__(self, cfg: Config) -> None:
         self.run_dir = Path(cfg.run_dir)
         self._policy, self._reward_path, self._reward_init = cfg.model.policy, cfg.reward.path, cfg.reward.init
+        self._uses_reward_model = cfg.reward.model_weight > 0
         self.checkpoints = self.run_dir / "checkpoints"  # the rl stage's learner checkpoints
         self.trained_policy = self.run_dir / "policy"  # the rl stage's output
         self.sft_out = self.run_dir / "sft_model"  # what the sft stage writes (the sandbox's tiny policy)
@@ -48,6 +49,12 @@ class RunPaths:
             raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path")
         check_model_path(path, "reward.path" if self._reward_path else "the rm stage's reward_model")
         return path
+
+    @property
+    def scoring_reward_model(self) -> str | None:
+        """The reward model rl and eval score with: `reward_model`, or None with reward.model_weight=0 (the reward is
+        reward.functions' alone; nothing loads a reward model)."""
+        return self.reward_model if self._uses_reward_model else None
 
     @cached_property
     def reward_init(self) -> str:
