@@ -58,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stages_for(stage: str, cfg) -> list[str]:
     """`--stage`'s stages: one, or for `all` the ones the task needs (tasks/: pairs for the ifeval task, sft for
-    the sandbox's tiny policy, then rm, rl, eval)."""
+    the sandbox's tiny policy, then rm (not with reward.model_weight=0), rl, eval)."""
     if stage != "all":
         return [stage]
     from tasks.registry import load_task
-    return list(load_task(cfg).stages())
+    return list(load_task(cfg).planned_stages())
 
 
 def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
@@ -138,6 +138,9 @@ def command_of(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
+    if args.stage != REPORT:  # reward.functions resolve now, before anything is written (a report reads runs only)
+        from actors.reward_functions import check
+        check(cfg)
     experiment = bool(args.seeds or args.grid or args.plan)
     if experiment:
         from experiments.runner import parse_grid, parse_seeds, plan

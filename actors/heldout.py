@@ -2,10 +2,11 @@
 `--stage temperature` share.
 
 A `HeldoutPool` is one held-out split of the task ("val": in-distribution, "ood": out-of-distribution) with its
-scorer (the reward model and the task's gold judge). A policy answers its first `n` prompts with the eval sampling
-seed whatever the policy, so two policies are compared on the same prompts with the same random numbers; the
-answers are described per prompt (reward-head outputs, gold scores, length, EOS), and a trained policy is set
-beside the SFT policy's answers (`compare_on_pool`), with its KL to the reference on its own samples.
+scorer (the reward model and/or the reward functions, and the task's gold judge). A policy answers its first `n`
+prompts with the eval sampling seed whatever the policy, so two policies are compared on the same prompts with the
+same random numbers; the answers are described per prompt (reward-head outputs, reward functions' scores, gold
+scores, length, EOS), and a trained policy is set beside the SFT policy's answers (`compare_on_pool`), with its KL
+to the reference on its own samples.
 """
 
 from __future__ import annotations
@@ -63,31 +64,43 @@ def sequence_kl(policy, reference: torch.nn.Module | TokenLogprobs, batches: lis
 
 
 def describe(batches: list[RolloutBatch], scorer: Scorer, eos_id: int) -> dict:
-    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated), the gold
+    """Per-prompt arrays for one policy: reward-head outputs (a truncated answer scored as truncated; None without a
+    reward model), the reward functions' scores (`functions`, name -> [N], NaN where one returned None), the gold
     judge's scores (gold, and gold_* such as the ifeval task's gold_loose; None without a judge), lengths, EOS
     rate, texts."""
     idx = [i for b in batches for i in b.prompt_index.tolist()]
     texts = [t for b in batches for t in b.response_texts]
     finished = torch.cat([b.finished(eos_id) for b in batches])  # [N] bool
     gold = scorer.gold_scores(idx, texts) or {"gold": None}
-    return {"logits": scorer.head_logits(idx, texts, finished.tolist()),
+    ids = [row for b in batches for row in b.response_tokens()]
+    return {"logits": None if scorer.model is None else scorer.head_logits(idx, texts, finished.tolist()),
+            "functions": scorer.function_scores(idx, texts, ids),
             **{k: None if v is None else v.numpy() for k, v in gold.items()},
             "length": torch.cat([b.response_lengths for b in batches]).float().numpy(),
             "eos": float(finished.float().mean()), "texts": texts}
 
 
-def add_rm_scores(d: dict, scorer: Scorer) -> None:
-    """Per-prompt reward-model figures for both policies, compared with the SFT answer to the same prompt.
+def add_rewards(d: dict, scorer: Scorer) -> None:
+    """Per-prompt reward figures for both policies, the reward model's compared with the SFT answer to the same
+    prompt.
 
-    reward: the reward RL maximised (the scalar head's output or the distribution's reduction; win_prob_vs_ref
-    against the SFT answer, so the SFT policy itself gets 1/2). win_prob_vs_sft: the reward model's probability
-    that the answer beats the SFT answer (sigmoid of the margin for the scalar head), comparable across heads.
-    Distributional heads add the distribution's mean, std and entropy.
+    reward: the reward RL maximised, model_weight x the reward model's (the scalar head's output or the
+    distribution's reduction; win_prob_vs_ref against the SFT answer, so the SFT policy itself gets 1/2) plus the
+    reward functions' weighted sum; each function's own scores as reward_fn/<name>, and with functions the reward
+    model's own as rm_reward. With a reward model: win_prob_vs_sft, its probability that the answer beats the SFT
+    answer (sigmoid of the margin for the scalar head), comparable across heads; distributional heads add the
+    distribution's mean, std and entropy.
     """
     sft = d["sft"]["logits"]
-    ref = dist.score_logprobs(sft) if scorer.head.distributional else None
+    ref = dist.score_logprobs(sft) if sft is not None and scorer.head.distributional else None
     for v in d.values():
-        v["reward"] = scorer.rewards_from_logits(v["logits"], ref).numpy()
+        rm = None if sft is None else scorer.rewards_from_logits(v["logits"], ref)
+        v["reward"] = scorer.combine(rm, v["functions"]).numpy()
+        v.update({f"reward_fn/{k}": x.numpy() for k, x in v["functions"].items()})
+        if rm is None:
+            continue
+        if v["functions"]:
+            v["rm_reward"] = rm.numpy()
         v["win_prob_vs_sft"] = scorer.win_prob(v["logits"], sft).numpy()
         if scorer.head.distributional:
             v.update({k: x.numpy() for k, x in dist.distribution_stats(dist.score_logprobs(v["logits"])).items()})
@@ -127,13 +140,14 @@ class HeldoutPool:
         return [self.prompts[i][-1]["content"] for i in range(self.n)]
 
 
-def heldout_pool(cfg: Config, task: Task, reward_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
-                 split: str, n: int, stage: str) -> HeldoutPool:
+def heldout_pool(cfg: Config, task: Task, reward_path: str | None, tokenizer, device: torch.device,
+                 dtype: torch.dtype, split: str, n: int, stage: str) -> HeldoutPool:
     """The task's held-out `split` as a pool of its first `n` prompts (0 = all); its data counts go to
-    data_<stage>.json. win_prob_vs_ref is measured against the SFT answers (add_rm_scores): no reference sampler."""
+    data_<stage>.json. `reward_path` None: no reward model (the reward functions' reward alone). win_prob_vs_ref is
+    measured against the SFT answers (add_rewards): no reference sampler."""
     prompts, prompt_tokens = task.prompt_pool(tokenizer, split, stage)
     n = min(len(prompts), n or len(prompts))
-    scorer = build_scorer(cfg, reward_path, task.gold_judge(), device, prompts, prompt_tokens, tokenizer) if n else None
+    scorer = build_scorer(cfg, reward_path, task, device, prompts, prompt_tokens, tokenizer) if n else None
     return HeldoutPool(prompts, prompt_tokens, n, scorer, tokenizer, cfg.generator, cfg.eval, device, dtype)
 
 
@@ -143,12 +157,12 @@ def compare_on_pool(pool: HeldoutPool, sft: dict, trained: torch.nn.Module,
     reward-model figures of both, and the per-prompt KL of the trained policy to the reference."""
     batches = pool.answers(trained)
     d = {"sft": dict(sft), "trained": pool.describe(batches)}
-    add_rm_scores(d, pool.scorer)
+    add_rewards(d, pool.scorer)
     return d, sequence_kl(trained, reference, batches, pool.dtype, pool.device)
 
 
 def probe_metrics(d: dict, kl: np.ndarray, prefix: str) -> dict[str, float]:
-    """The RL probe's scalars from compare_on_pool's output: the trained policy's held-out RM reward and gold
+    """The RL probe's scalars from compare_on_pool's output: the trained policy's held-out reward and gold
     (levels, gains over the SFT answers to the same prompts, standard errors), KL, length, truncation rate."""
     t, s = d["trained"], d["sft"]
     se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
@@ -173,11 +187,12 @@ def reference_policy(learner: Learner) -> Iterator[torch.nn.Module]:
 
 class HeldoutProbe:
     """Over-optimisation measured during training (rl.eval_every): the policy answers a fixed held-out subset, the
-    first rl.eval_prompts prompts of each held-out pool with eval.seed, scored by the reward model and the task's
-    gold judge. Tags: eval/ (in-distribution) and eval_ood/ (out-of-distribution). The SFT answers are sampled
-    once, from the reference. Sampling forks the RNG, so a probe does not change the training run."""
+    first rl.eval_prompts prompts of each held-out pool with eval.seed, scored as in training (reward model and/or
+    reward functions) and by the task's gold judge. Tags: eval/ (in-distribution) and eval_ood/
+    (out-of-distribution). The SFT answers are sampled once, from the reference. Sampling forks the RNG, so a probe
+    does not change the training run."""
 
-    def __init__(self, cfg: Config, task: Task, reward_path: str, learner: Learner, tokenizer) -> None:
+    def __init__(self, cfg: Config, task: Task, reward_path: str | None, learner: Learner, tokenizer) -> None:
         self.learner = learner
         pools = [(f"eval{suffix}/", heldout_pool(cfg, task, reward_path, tokenizer, learner.device, learner.dtype,
                                                  split, cfg.rl.eval_prompts, f"probe{suffix}"))

@@ -69,10 +69,11 @@ class InProcessRollouts:
     def build(cls, cfg: Config, paths: RunPaths, task: Task, tokenizer, prompts: list[tuple[dict, ...]],
               prompt_tokens: list[list[int]], policy: torch.nn.Module, reference: torch.nn.Module | None,
               device: torch.device, dtype: torch.dtype) -> InProcessRollouts:
-        """The scorer (the reward model and the task's gold judge) and the generator `generator.backend` picks: hf
+        """The scorer (the reward model and/or reward functions, the task's gold judge) and the generator
+        `generator.backend` picks: hf
         samples from the learner's own `policy` (no copy, no sync), vllm holds its own copy and receives the
         learner's weights before every step."""
-        scorer = build_scorer(cfg, paths.reward_model, task.gold_judge(), device, prompts, prompt_tokens, tokenizer,
+        scorer = build_scorer(cfg, paths.scoring_reward_model, task, device, prompts, prompt_tokens, tokenizer,
                               reference_sampler(cfg, paths.sft_policy, device, reference))
         generator = build_generator(cfg, paths.sft_policy, tokenizer, prompt_tokens, device, shared_policy=policy)
         sleep = cfg.generator.vllm_sleep and not isinstance(generator, Generator)  # vLLM frees its GPU memory

@@ -1,5 +1,5 @@
-"""Scorer: runs the reward model on prompt + response and fills the batch's rewards; `build_scorer` builds it
-from a config for every caller (local loop, eval, Ray scorer actor)."""
+"""Scorer: runs the reward model and the reward functions on prompt + response and fills the batch's rewards;
+`build_scorer` builds it from a config for every caller (local loop, eval, Ray scorer actor)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,23 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.generator import Generator
+from actors.reward_functions import RewardFunctions
+from actors.reward_functions import load as load_reward_functions
 from common import data
 from common.config import Config, DataConfig
 from common.models import load_causal_lm, load_tokenizer, reward_head_logits
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
 from learner import distributional as dist
-from tasks.base import GoldFn  # the task's gold judge (tasks/base.py): (last user message, response) -> score(s)
+from tasks.base import GoldFn, Task  # GoldFn: the task's gold judge, (last user message, response) -> score(s)
 
 SCALAR = RewardHead("scalar", 1)
 
 
 class Scorer:
-    """Scores responses with the reward model, formatting them exactly as in reward-model training.
+    """Scores responses with the reward model, formatting them exactly as in reward-model training, and with the
+    reward functions: reward = model_weight * r_RM + sum_f weight_f * r_f (a function's None adds 0, as in TRL).
+    `model` None = no reward model (reward.model_weight=0): the reward is the functions' alone.
 
     The response text is re-templated with the reward model's own tokenizer (it may differ from the policy's),
     so what the model sees at scoring time is what it saw in training: chat template, left-truncated prompt,
@@ -36,12 +40,16 @@ class Scorer:
     by `reference_generator` (the frozen SFT weights) and cached as its score distribution.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[dict, ...]],
-                 data_cfg: DataConfig, device: torch.device, batch_size: int = 32,
+    def __init__(self, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+                 prompts: list[tuple[dict, ...]], data_cfg: DataConfig, device: torch.device, batch_size: int = 32,
                  gold_fn: GoldFn | None = None, head: RewardHead = SCALAR, reduction: str = "expected",
                  risk_lambda: float = 1.0, reference_generator: Generator | None = None,
-                 reference_seed: int = 0, missing_eos_penalty: float = 0.0) -> None:
-        self.model, self.tokenizer, self.prompts = model.eval(), tokenizer, prompts
+                 reference_seed: int = 0, missing_eos_penalty: float = 0.0,
+                 functions: RewardFunctions | None = None, model_weight: float = 1.0) -> None:
+        if model is None and not functions:
+            raise ValueError("a Scorer needs a reward model or reward functions")
+        self.model, self.tokenizer, self.prompts = None if model is None else model.eval(), tokenizer, prompts
+        self.functions, self.model_weight = functions, model_weight
         self.data_cfg, self.device, self.batch_size, self.gold_fn = data_cfg, device, batch_size, gold_fn
         if reduction != "expected" and not head.distributional:
             raise ValueError(f"reward_reduction={reduction} needs a distributional reward model, not a {head.kind} one")
@@ -125,28 +133,50 @@ class Scorer:
         scores = self.gold_scores(prompt_indices, responses)
         return None if scores is None else scores["gold"]
 
-    def rewards(self, prompt_indices: list[int], responses: list[str],
-                finished: list[bool] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def function_scores(self, prompt_indices: list[int], responses: list[str],
+                        completion_ids: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Each reward function's [N] scores by name (NaN where it returned None); {} without functions."""
+        return self.functions(prompt_indices, responses, completion_ids) if self.functions else {}
+
+    def combine(self, rm: torch.Tensor | None, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N] reward = model_weight * rm (None: no reward model) + the functions' weighted sum."""
+        if not self.functions:
+            return self.model_weight * rm
+        total = self.functions.weighted_sum(scores, alone=rm is None)
+        return total if rm is None else self.model_weight * rm + total
+
+    def rewards(self, prompt_indices: list[int], responses: list[str], finished: list[bool] | None = None,
+                completion_ids: list[list[int]] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The one path from responses to rewards: [N] rewards and [N] per-sample extras (the gold judge's scores;
-        for a distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref).
-        `finished` as in head_logits."""
-        logits = self.head_logits(prompt_indices, responses, finished)
-        extras, ref = {}, None
-        if self.head.distributional:
-            extras.update(dist.distribution_stats(dist.score_logprobs(logits)))
-            if self.reduction == "win_prob_vs_ref":
-                ref = self.reference_distributions(prompt_indices)
-                extras["ref_rm_mean"] = dist.expected_score(ref)
+        with reward functions each one's scores as reward_fn/<name>, and the reward model's own as rm_reward; for a
+        distributional head rm_mean / rm_std / rm_entropy, and ref_rm_mean for win_prob_vs_ref). `finished` as in
+        head_logits; `completion_ids` (the sampled ids, no padding) go to the reward functions."""
+        extras, rm = {}, None
+        if self.model is not None:
+            logits = self.head_logits(prompt_indices, responses, finished)
+            ref = None
+            if self.head.distributional:
+                extras.update(dist.distribution_stats(dist.score_logprobs(logits)))
+                if self.reduction == "win_prob_vs_ref":
+                    ref = self.reference_distributions(prompt_indices)
+                    extras["ref_rm_mean"] = dist.expected_score(ref)
+            rm = self.rewards_from_logits(logits, ref)
+        scores = self.function_scores(prompt_indices, responses, completion_ids)
+        extras.update({f"reward_fn/{k}": v for k, v in scores.items()})
+        if rm is not None and scores:
+            extras["rm_reward"] = rm
         extras.update(self.gold_scores(prompt_indices, responses) or {})
-        return self.rewards_from_logits(logits, ref), extras
+        return self.combine(rm, scores), extras
 
     def score(self, batch: RolloutBatch, eos_token_id: int | None = None) -> RolloutBatch:
         """The batch with its rewards ([B]) and extras filled (see `rewards`); a response without EOS is scored
-        as truncated and loses missing_eos_penalty. `eos_token_id` defaults to the reward tokenizer's (the policy
-        generated with its own tokenizer; they are the same unless model.tokenizer says otherwise)."""
+        as truncated and loses missing_eos_penalty (from the sum of the reward model and the functions).
+        `eos_token_id` defaults to the reward tokenizer's (the policy generated with its own tokenizer; they are the
+        same unless model.tokenizer says otherwise)."""
         eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         finished = batch.finished(eos)  # [B] bool
-        rewards, extras = self.rewards(batch.prompt_index.tolist(), batch.response_texts, finished.tolist())
+        rewards, extras = self.rewards(batch.prompt_index.tolist(), batch.response_texts, finished.tolist(),
+                                       batch.response_tokens())
         rewards = rewards - self.missing_eos_penalty * (~finished).float()
         return batch.with_rewards(rewards, **extras)
 
@@ -161,15 +191,24 @@ def reference_sampler(cfg: Config, sft_path: str, device: torch.device,
     return reference if reference is not None else load_causal_lm(sft_path, device, torch.float32).eval()
 
 
-def build_scorer(cfg: Config, reward_path: str, gold: GoldFn | None, device: torch.device,
+def build_scorer(cfg: Config, reward_path: str | None, task: Task | None, device: torch.device,
                  prompts: list[tuple[dict, ...]], prompt_tokens: list[list[int]], tokenizer,
                  reference: torch.nn.Module | None = None) -> Scorer:
-    """The trained reward model at `reward_path` (head read from its directory) behind a Scorer with the
-    configured reduction and the task's gold judge `gold`; win_prob_vs_ref samples its reference responses from
-    `reference` (the frozen SFT policy). Local mode, eval and the Ray scorer actor all build their scorer here."""
+    """The trained reward model at `reward_path` (head read from its directory; None = no reward model,
+    reward.model_weight=0) and cfg's reward functions behind a Scorer with the configured reduction and the gold
+    judge of `task` (None: no judge, no built-in reward functions, no data columns); win_prob_vs_ref samples its
+    reference responses from `reference` (the frozen SFT policy). Local mode, eval and the Ray scorer actor all build
+    their scorer here (the functions are loaded in the calling process)."""
+    functions = RewardFunctions(load_reward_functions(cfg.reward, task), prompts,
+                                task.prompt_columns(prompts) if task is not None else [{} for _ in prompts], tokenizer)
+    gold = task.gold_judge() if task is not None else None
+    common = dict(gold_fn=gold, reference_seed=cfg.seed, missing_eos_penalty=cfg.rl.missing_eos_penalty,
+                  functions=functions, model_weight=cfg.reward.model_weight)
+    if reward_path is None:
+        return Scorer(None, tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, **common)
     rm_tokenizer = load_tokenizer(reward_path) if not cfg.model.tokenizer else tokenizer
     rm, head = load_trained_reward_model(reward_path, cfg.reward, rm_tokenizer, device, torch.float32)  # as validated
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
-    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, gold_fn=gold, head=head,
+    return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,
-                  reference_seed=cfg.seed, missing_eos_penalty=cfg.rl.missing_eos_penalty)
+                  **common)

@@ -94,14 +94,15 @@ class ScorerActor:
     `put_timeout_s` it raises instead of dropping the shard, and the learner reports the error.
     """
 
-    def __init__(self, cfg: Config, model_path: str, reward_path: str, prompts: list[tuple[dict, ...]], threads: int,
-                 prompt_tokens: list[list[int]] | None = None) -> None:
+    def __init__(self, cfg: Config, model_path: str, reward_path: str | None, prompts: list[tuple[dict, ...]],
+                 threads: int, prompt_tokens: list[list[int]] | None = None) -> None:
         _setup_process(threads)
         device = resolve_device(cfg.device)
         reference = reference_sampler(cfg, model_path, device)  # win_prob_vs_ref: the actor's own frozen SFT copy
         if reference is not None and prompt_tokens is None:
             raise ValueError("rl.reward_reduction=win_prob_vs_ref needs the prompt token ids in the scorer actor")
-        self.scorer = build_scorer(cfg, reward_path, load_task(cfg).gold_judge(), device, prompts, prompt_tokens or [],
+        # reward_path None: no reward model (reward.model_weight=0); reward.functions are loaded here, in the actor
+        self.scorer = build_scorer(cfg, reward_path, load_task(cfg), device, prompts, prompt_tokens or [],
                                    load_tokenizer(model_path, cfg.model.tokenizer), reference)
 
     def info(self) -> dict:

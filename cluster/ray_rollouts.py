@@ -25,9 +25,10 @@ import ray
 from ray.util.placement_group import remove_placement_group
 from ray.util.queue import Queue
 
+from actors.reward_functions import with_absolute_files
 from cluster import placement
 from cluster.ray_actors import RemoteGenerator, RemoteScorer
-from cluster.ray_pipeline import RolloutPipeline
+from cluster.ray_pipeline import RolloutError, RolloutPipeline
 from common import runlock
 from common.config import ClusterConfig, Config
 from common.errors import UserError, brief, raise_on_sigterm
@@ -106,8 +107,9 @@ def connect_watchdog(address: str, timeout_s: float) -> Iterator[None]:
 
 
 def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, prompt_tokens, model_path: str,
-                 reward_path: str) -> tuple[list, list, dict]:
-    """Create the generator and scorer actors in their bundles; wait (bounded) until each is up."""
+                 reward_path: str | None) -> tuple[list, list, dict]:
+    """Create the generator and scorer actors in their bundles; wait (bounded) until each is up. An actor whose
+    constructor failed (a reward function file not readable on its node, say) is one RolloutError naming it."""
     c = cfg.cluster
     generators, scorers = [], []
     for i, b in enumerate(bundles):
@@ -125,7 +127,13 @@ def start_actors(cfg: Config, pg, bundles: list[placement.RoleBundle], prompts, 
         slow = [n for n, r in zip(names, refs) if r in pending]
         raise placement.PlacementError(f"actors not up within cluster.placement_timeout_s={c.placement_timeout_s:g}s: "
                                        f"{', '.join(slow)}")
-    return generators, scorers, dict(zip(names, ray.get(refs)))
+    infos = {}
+    for name, ref in zip(names, refs):
+        try:
+            infos[name] = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            raise RolloutError(f"{name} did not start: {brief(e)}") from e
+    return generators, scorers, infos
 
 
 class RayRollouts:
@@ -133,8 +141,10 @@ class RayRollouts:
     weights are published every cluster.sync_every steps and the steps the staleness bound allows are handed out.
     `summary()` adds the run's drop/retry counts and the actors' placement to rl_metrics.json."""
 
-    def __init__(self, cfg: Config, model_path: str, reward_path: str, prompts, prompt_tokens, tokenizer) -> None:
-        self.cfg, self.model_path, self.reward_path = cfg, model_path, reward_path
+    def __init__(self, cfg: Config, model_path: str, reward_path: str | None, prompts, prompt_tokens,
+                 tokenizer) -> None:
+        # the scorer actors load reward.functions themselves: a FILE.py is passed as the absolute path it has here
+        self.cfg, self.model_path, self.reward_path = with_absolute_files(cfg), model_path, reward_path
         self.prompts, self.prompt_tokens, self.pad_id = prompts, prompt_tokens, tokenizer.pad_token_id
         self.pipeline: RolloutPipeline | None = None
         self.where: dict = {}

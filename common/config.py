@@ -188,6 +188,13 @@ class RewardConfig:
     max_rating: float = opt(4.0, gt=0.0, help="top of the data's rating scale (HelpSteer2: 4)")
     init: str = opt("", help="'' = start from the SFT policy; else a hub id, local directory or .gguf file")
     path: str = opt("", help="where the trained reward model is read by rl/eval; '' = <run_dir>/reward_model")
+    model_weight: float = opt(1.0, ge=0.0, help="weight of the reward model's reward in the RL reward; 0 = no reward "
+                                                "model (the rm stage is skipped and nothing loads one: the reward is "
+                                                "reward.functions' alone)")
+    functions: tuple[str, ...] = opt((), help="Python reward functions added to the reward, in TRL's convention "
+                                              "(docs/rewards.md): FILE.py:NAME, module:NAME or a task's built-in "
+                                              "name (sandbox_gold, ifeval_strict, ifeval_loose)")
+    function_weights: tuple[float, ...] = opt((), help="one weight per reward.functions entry, in order; () = 1 each")
     epochs: int = opt(1, ge=1)
     lr: float = opt(5e-5, gt=0.0)
     batch_size: int = opt(8, ge=1, help="pairs per forward (the memory knob); an update sees batch_size * "
@@ -201,6 +208,20 @@ class RewardConfig:
                               "a GPU that has it, else float16 with loss scaling; float32 on CPU. Validation and "
                               "scoring run the fp32 weights without autocast")
     lora: LoraConfig = section(LoraConfig)
+
+    def __post_init__(self) -> None:
+        for i, spec in enumerate(self.functions):
+            where, sep, name = spec.rpartition(":")
+            if not spec.strip() or (sep and (not where.strip() or not name.isidentifier())):
+                raise ConfigError(f"reward.functions[{i}]: {spec!r} is not FILE.py:NAME, module:NAME or a task's "
+                                  f"built-in name (NAME a Python identifier)")
+        if self.function_weights and len(self.function_weights) != len(self.functions):
+            raise ConfigError(f"reward.function_weights: {len(self.function_weights)} weight(s) for "
+                              f"{len(self.functions)} reward.functions; give one weight per function, in order, or "
+                              f"none (each 1)")
+        if self.model_weight == 0 and not self.functions:
+            raise ConfigError("reward.model_weight=0 leaves no reward: name reward.functions (FILE.py:NAME, "
+                              "module:NAME or a task's built-in) or set reward.model_weight > 0")
 
 
 @dataclass(frozen=True)
@@ -359,6 +380,10 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
                               f"(a scalar reward model has no distribution to reduce); got reward.head="
                               f"{self.reward.head}")
+        if self.rl.reward_reduction != "expected" and self.reward.model_weight == 0:
+            raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} reduces the reward model's "
+                              f"distribution, but reward.model_weight=0 uses no reward model; set "
+                              f"rl.reward_reduction=expected or reward.model_weight > 0")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -18,6 +18,7 @@ class RunPaths:
     def __init__(self, cfg: Config) -> None:
         self.run_dir = Path(cfg.run_dir)
         self._policy, self._reward_path, self._reward_init = cfg.model.policy, cfg.reward.path, cfg.reward.init
+        self._uses_reward_model = cfg.reward.model_weight > 0
         self.checkpoints = self.run_dir / "checkpoints"  # the rl stage's learner checkpoints
         self.trained_policy = self.run_dir / "policy"  # the rl stage's output
         self.sft_out = self.run_dir / "sft_model"  # what the sft stage writes (the sandbox's tiny policy)
@@ -45,11 +46,17 @@ class RunPaths:
         """The trained reward model rl and eval read: reward.path, else the rm stage's output."""
         path = self._reward_path or str(self.reward_out)
         if not Path(path).exists() and self._reward_path == "":
-            raise ModelPathError(f"no reward model at {path}: run --stage rm first or set reward.path to a trained "
-                                 f"reward model, or reward.functions to reward functions (a prompt-only data set has "
-                                 f"no pairs to train one on)")
+            raise ModelPathError(f"no reward model at {path}: run --stage rm first, set reward.path to a trained "
+                                 f"reward model, or reward with functions alone (reward.functions=FILE.py:NAME "
+                                 f"reward.model_weight=0; a prompt-only data set has no pairs to train one on)")
         check_model_path(path, "reward.path" if self._reward_path else "the rm stage's reward_model")
         return path
+
+    @property
+    def scoring_reward_model(self) -> str | None:
+        """The reward model rl and eval score with: `reward_model`, or None with reward.model_weight=0 (the reward is
+        reward.functions' alone; nothing loads a reward model)."""
+        return self.reward_model if self._uses_reward_model else None
 
     @cached_property
     def reward_init(self) -> str:

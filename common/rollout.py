@@ -54,6 +54,11 @@ class RolloutBatch:
         """Which responses ended with EOS; the others were cut at max_new_tokens (truncated, not finished)."""
         return (self.response_ids == eos_token_id).logical_and(self.response_mask.bool()).any(-1)
 
+    def response_tokens(self) -> list[list[int]]:
+        """Each response's sampled token ids without padding (EOS included when produced): what TRL passes reward
+        functions as completion_ids."""
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
+
     def input_ids(self) -> torch.Tensor:  # [B, P+R]
         return torch.cat([self.prompt_ids, self.response_ids], dim=1)
 

@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.reward_functions import check as check_reward_functions
 from common.config import ConfigError, load_config
 from tasks.registry import load_task
 
@@ -128,7 +129,6 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
         variants = grid_variants(variants)
     base = load_config(config, overrides)
     root, task = Path(base.run_dir), load_task(base)
-    task_stages = task.stages()
     shared = task.experiment_overrides(root)  # the ifeval task: built once, in <root>/data, for every run
     by_key: dict[tuple[str, int], Run] = {}
     runs: list[Run] = []
@@ -137,24 +137,34 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
             run_dir = root / v.name / f"seed_{seed}"
             extra, stages, needs = [*shared, *v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
+                # the run's own (a variant may set reward.model_weight=0: no rm stage)
+                task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()
                 skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from}
                 stages = [s for s in task_stages if not skip.get(s)]
                 if "pairs" in task_stages and runs:
                     needs.append((runs[0], "pairs"))
-                for owner, kind in ((v.reward_from, "rm"), (v.policy_from if "sft" in task_stages else None, "sft")):
-                    if owner is not None:
+                for owner, kind in ((v.reward_from, "rm"), (v.policy_from, "sft")):
+                    if owner is not None and kind in task_stages:  # no rm stage: no reward model to share
                         run = by_key[(owner, seed)]
                         extra.append(("reward.path=" if kind == "rm" else "model.policy=")
                                      + str(run.run_dir / ARTIFACT[kind]))
                         needs.append((run, kind))
-            try:
-                load_config(config, overrides + extra)
-            except ConfigError as e:
-                raise ConfigError(f"sweep run {v.name}/seed_{seed}: {e}") from None
+            run_config(config, overrides + extra, v.name, seed)
             run = Run(v.name, seed, run_dir, overrides + extra, stages, depends_on=needs)
             by_key[(v.name, seed)] = run
             runs.append(run)
     return root, runs
+
+
+def run_config(config: str, overrides: list[str], variant: str, seed: int):
+    """One run's config, validated as launch.py validates it (reward.functions resolved too); a ConfigError names
+    the run."""
+    try:
+        cfg = load_config(config, overrides)
+        check_reward_functions(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"sweep run {variant}/seed_{seed}: {e}") from None
+    return cfg
 
 
 def execute(run: Run, config: str, mode: str = "local") -> None:

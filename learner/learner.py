@@ -114,7 +114,9 @@ class Learner:
         }
         if self.update.loss_scale is not None:
             metrics["losses/loss_scale"] = self.update.loss_scale
-        metrics.update({f"rollout/{k}": v.float().mean().item() for k, v in batch.extras.items()})
+        # a reward function's None is NaN in its reward_fn/<name> scores: left out of its mean, as TRL logs it
+        metrics.update({f"rollout/{k}": (v.float().nanmean() if k.startswith("reward_fn/") else v.float().mean()).item()
+                        for k, v in batch.extras.items()})
         if "generator_logprob" in batch.extras:  # the sampler's own log pi_T(y|x): ~0 gap when weights match
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|

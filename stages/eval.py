@@ -1,6 +1,6 @@
-"""`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward model (and the
-data source's gold judge: the sandbox's, or the ifeval task's verifiers) scores both; paired differences get
-bootstrap confidence intervals.
+"""`--stage eval`: the SFT and the trained policy answer the same held-out prompts; the reward RL maximised (the
+reward model and/or reward.functions; eval.json's `reward_components` says which) and the data source's gold judge
+(the sandbox's, or the ifeval task's verifiers) score both; paired differences get bootstrap confidence intervals.
 
 Two held-out pools, reported side by side: in-distribution (new prompts on requests training also asks; the
 top level of eval.json) and, in the sandbox and the ifeval task, out-of-distribution (templates, topics or
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from actors.generator import choose_backend
 from actors.heldout import POOLS, compare_on_pool, heldout_pool
+from actors.reward_functions import describe as describe_reward
 from common.config import Config
 from common.errors import PathNotFound
 from common.models import load_causal_lm, load_tokenizer
@@ -58,7 +59,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     trained = load_causal_lm(trained_path, device, torch.float32).eval()
     result: dict = {}
-    pools = [(split, heldout_pool(cfg, task, paths.reward_model, tokenizer, device, dtype, split,
+    pools = [(split, heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device, dtype, split,
                                   cfg.eval.num_prompts, f"eval{suffix}")) for split, suffix in POOLS]
     pools = [(split, pool) for split, pool in pools if pool.n]
     engine = eval_engine(cfg, sft_path, tokenizer, [t for _, p in pools for t in p.prompt_tokens[:p.n]], device)
@@ -72,8 +73,9 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
             # new_template; ifeval: its held-out instruction type)
             summary["kinds"] = [task.ood_kind(p) for p in pool.prompt_texts]
             result["ood"] = summary
+    result["reward_components"] = describe_reward(cfg.reward)  # what `reward` is made of
     paths.file("eval.json").write_text(json.dumps(result, indent=2))
-    print(format_table(result))
+    print(f"reward = {result['reward_components']['text']}\n" + format_table(result))
     if "ood" in result:
         print("\nout-of-distribution (requests or instruction types never asked in training):\n"
               + format_table(result["ood"]))
@@ -85,13 +87,17 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     comparisons = {"reward": paired_comparison(d["trained"]["reward"], d["sft"]["reward"], e.bootstrap_samples,
                                                e.confidence, e.seed)}
     extra = ["gold", *sorted(k for k in d["sft"] if k.startswith("gold_"))] if d["sft"]["gold"] is not None else []
-    extra += [k for k in ("win_prob_vs_sft", "rm_mean", "rm_std", "rm_entropy") if k in d["sft"]]
+    extra += [k for k in ("rm_reward", "win_prob_vs_sft", "rm_mean", "rm_std", "rm_entropy") if k in d["sft"]]
+    # each reward function's scores: compared where no completion got None; else only their means, None left out
+    fns = sorted(k for k in d["sft"] if k.startswith("reward_fn/"))
+    extra += [k for k in fns if all(np.isfinite(v[k]).all() for v in d.values())]
     for key in extra:
         comparisons[key] = paired_comparison(d["trained"][key], d["sft"][key], e.bootstrap_samples, e.confidence,
                                              e.seed)
     policies = {name: {"reward_mean": float(v["reward"].mean()), "length_mean": float(v["length"].mean()),
                        "eos_rate": float(v["eos"]), "truncation_rate": 1.0 - float(v["eos"]),
-                       **{f"{k}_mean": float(v[k].mean()) for k in extra}}
+                       **{f"{k}_mean": float(v[k].mean()) for k in extra},
+                       **{f"{k}_mean": float(np.nanmean(v[k])) for k in fns if k not in extra}}
                 for name, v in d.items()}
     policies["trained"]["kl_to_ref"] = float(kl.mean())
     policies["sft"]["kl_to_ref"] = 0.0
@@ -111,9 +117,10 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
 def format_table(result: dict) -> str:
     p, c = result["policies"], result["comparisons"]
     pct = int(round(100 * result["confidence"]))
-    labels = {"reward": "reward (RM)", "gold": "gold (judge)", "gold_loose": "gold loose",
+    labels = {"reward": "reward", "rm_reward": "reward (RM)", "gold": "gold (judge)", "gold_loose": "gold loose",
               "win_prob_vs_sft": "RM P(>SFT)",
-              "rm_mean": "RM E[score]", "rm_std": "RM std", "rm_entropy": "RM entropy"}
+              "rm_mean": "RM E[score]", "rm_std": "RM std", "rm_entropy": "RM entropy",
+              **{k: "fn " + k.removeprefix("reward_fn/")[:10] for k in c if k.startswith("reward_fn/")}}
     rows = [(label, f"{key}_mean", key) for key, label in labels.items() if key in c]
     lines = [f"held-out prompts: {result['num_prompts']}",
              f"{'metric':<14}{'SFT':>10}{'trained':>10}{'diff':>10}   {pct}% CI of diff       win rate",

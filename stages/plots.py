@@ -13,7 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
-CURVES = (("rollout/reward", "reward-model reward"), ("rollout/kl", "KL to reference (log-ratio)"),
+from stages.report_runs import reward_name  # noqa: E402
+
+CURVES = (("rollout/reward", "{reward}"), ("rollout/kl", "KL to reference (log-ratio)"),
           ("baseline/value", "baseline (moving average)"), ("rollout/response_len", "response length (tokens)"),
           ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"),
           ("rollout/truncation_rate", "truncated (no EOS) share"))
@@ -53,7 +55,7 @@ def training_curves(runs: list, variant: str, path: Path) -> Path | None:
             if len(x):
                 ax.plot(x, y, color=f"C{i}", alpha=0.2, lw=0.8)
                 ax.plot(x, _smooth(y), color=f"C{i}", lw=1.6, label=f"seed {run.seed}")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(label.format(reward=reward_name(runs)), fontsize=10)
         ax.set_xlabel("RL step")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -80,7 +82,7 @@ def heldout_distribution(runs: list, variant: str, path: Path) -> Path | None:
         ax.set_xticks([3 * i + d for i in range(len(runs)) for d in (0, 1)],
                       [f"SFT\nseed {r.seed}" if d == 0 else f"trained\nseed {r.seed}" for r in runs for d in (0, 1)],
                       fontsize=8)
-        ax.set_title(f"held-out {'reward-model reward' if metric == 'reward' else 'gold reward'} per prompt",
+        ax.set_title(f"held-out {reward_name(runs) if metric == 'reward' else 'gold reward'} per prompt",
                      fontsize=10)
     fig.suptitle(f"held-out distribution: {variant} (bar = mean)", fontsize=11)
     return _save(fig, path)
@@ -153,7 +155,7 @@ def gold_vs_rm(variants: dict[str, list], path: Path) -> Path | None:
                 if len(x):
                     ax.plot(x, _smooth(y), color=f"C{i}", lw=1.2, ls=("-", "--", ":", "-.")[j % 4],
                             label=f"{v} seed {run.seed}")
-    axes[0].set_title("reward-model reward on training rollouts", fontsize=10)
+    axes[0].set_title(f"{reward_name([r for rs in variants.values() for r in rs])} on training rollouts", fontsize=10)
     axes[1].set_title("gold (true) reward on the same rollouts", fontsize=10)
     for ax in axes:
         ax.set_xlabel("RL step")
@@ -180,7 +182,8 @@ def probe_curves(variants: dict[str, list], path: Path) -> Path | None:
                         ax.plot(x, y, color=color, ls=ls, marker="o", ms=2.5, lw=1.0, alpha=0.5 + 0.5 / (1 + j),
                                 label=f"{v} seed {run.seed}" if prefix == "eval/" else None)
         ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
-        ax.set_title(f"held-out {'reward-model reward' if key == 'reward_gain' else 'gold'} gain over SFT "
+        name = reward_name([r for rs in variants.values() for r in rs])
+        ax.set_title(f"held-out {name if key == 'reward_gain' else 'gold'} gain over SFT "
                      "(solid ID, dashed OOD)", fontsize=9)
         ax.set_xlabel("RL step")
     axes.flat[0].legend(fontsize=7)

@@ -16,7 +16,16 @@ import numpy as np
 from common.stats import overoptimisation_check, seed_summary
 from stages import plots
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
-from stages.report_runs import RunData, discover, group, read_json, varying_keys
+from stages.report_runs import (
+    RunData,
+    discover,
+    group,
+    read_json,
+    reward_made_of,
+    reward_name,
+    uses_functions,
+    varying_keys,
+)
 from tasks.registry import task_class
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -66,11 +75,12 @@ def ci(s: dict) -> str:
     return f3(s["mean"]) + ("" if s["n"] < 2 else f" [{f3(s['ci_low'])}, {f3(s['ci_high'])}]")
 
 
-def verdict(variant: str, agg: dict) -> str:
-    """One sentence per metric: did the held-out score rise, and is the rise beyond chance across seeds?"""
+def verdict(variant: str, agg: dict, reward: str = "reward-model reward") -> str:
+    """One sentence per metric: did the held-out score rise, and is the rise beyond chance across seeds? (`reward`:
+    what the reward RL maximised is called, report_runs.reward_name)"""
     pct = int(round(100 * agg["confidence"]))
     lines = []
-    for metric, label in (("reward", "reward-model reward"), ("gold", "gold reward"),
+    for metric, label in (("reward", reward), ("gold", "gold reward"),
                           ("gold_loose", "gold reward (loose)")):
         if metric not in agg:
             continue
@@ -91,7 +101,8 @@ def verdict(variant: str, agg: dict) -> str:
 
 def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> list[str]:
     has_gold = any("gold" in a for a in aggs.values())
-    head = ["variant", "seeds", "RM reward SFT", "RM reward trained", "diff vs SFT [CI]", "win rate [CI]"]
+    name = reward_name([r for runs in variants.values() for r in runs], short=True)
+    head = ["variant", "seeds", f"{name} SFT", f"{name} trained", "diff vs SFT [CI]", "win rate [CI]"]
     head += ["gold SFT", "gold trained", "gold diff [CI]", "gold win rate [CI]"] if has_gold else []
     head += ["KL to SFT", "length SFT -> trained", "truncated SFT -> trained"]
     rows = []
@@ -110,7 +121,8 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
     return _table(head, rows)
 
 
-def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: str = "sandbox") -> list[str]:
+def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: str = "sandbox",
+                    reward: str = "RM") -> list[str]:
     """In-distribution and out-of-distribution held-out gains side by side (mean over seeds [t-CI])."""
     kinds = sorted({k[len("gold_diff_"):] for a in aggs_ood.values() for k in a if k.startswith("gold_diff_")})
     rows = []
@@ -125,7 +137,7 @@ def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: st
                      ci(o["kl_to_ref"]["trained"])])
     if not rows:
         return []
-    head = ["variant", "seeds", "RM diff ID", "RM diff OOD", "gold diff ID", "gold diff OOD",
+    head = ["variant", "seeds", f"{reward} diff ID", f"{reward} diff OOD", "gold diff ID", "gold diff OOD",
             *[f"gold diff OOD {k}" for k in kinds], "gold win ID", "gold win OOD", "KL ID", "KL OOD"]
     n_id, n_ood = next(iter(aggs.values()))["num_prompts"], next(iter(aggs_ood.values()))["num_prompts"]
     text = task_class(source).heldout_text.format(n_id=n_id, n_ood=n_ood)
@@ -142,7 +154,8 @@ def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: st
 def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
     """Over-optimisation measured during training: per run, the held-out probe's gold peak, its last value and
     the flag of common/stats.overoptimisation (RM reward still rising while gold fell beyond probe noise)."""
-    rows = []
+    rows, everyone = [], [r for runs in variants.values() for r in runs]
+    name, short = reward_name(everyone), reward_name(everyone, short=True)
     for v, runs in variants.items():
         for r in runs:
             for prefix, pool in (("eval/", "ID"), ("eval_ood/", "OOD")):
@@ -157,12 +170,12 @@ def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
     flagged = sum(r[-1] != "no" for r in rows)
     return (["## Over-optimisation during training (held-out probe)", "",
             "Every `rl.eval_every` steps the policy answered a fixed held-out subset (same prompts, same sampling "
-            "seed each time), scored by the reward model and the gold judge (curves `eval/` in the training "
+            f"seed each time), scored by the {name} and the gold judge (curves `eval/` in the training "
             "figures). A run is flagged when gold peaked before the end, fell from the peak by more than two "
-            "combined standard errors, and the reward-model reward at the end is above its value at gold's peak. "
+            f"combined standard errors, and the {name} at the end is above its value at gold's peak. "
             f"Flagged: {flagged} of {len(rows)} (run, pool) pairs.", ""]
             + _table(["variant", "seed", "pool", "gold peak: step (gold)", "last: step (gold)", "gold drop",
-                      "drop threshold", "RM rise after peak", "flag"], rows) + [""])
+                      "drop threshold", f"{short} rise after peak", "flag"], rows) + [""])
 
 
 def provenance(paths) -> list[str]:
@@ -223,14 +236,14 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 def examples(variants: dict[str, list[RunData]], k: int = 3) -> list[str]:
     """The first k held-out prompts (the same for every run) with SFT and trained answers of each variant's first
     seed."""
-    out = []
+    out, short = [], "reward" if uses_functions([r for rs in variants.values() for r in rs]) else "RM"
     for v, runs in variants.items():
         run = next((r for r in runs if r.eval), None)
         if run is None:
             continue
         pp = run.eval.get("per_prompt", {})
         for i, ex in enumerate(run.eval["examples"][:k]):
-            scores = {n: f" (RM {f3(pp[n]['reward'][i])}" + (f", gold {f3(pp[n]['gold'][i])})"
+            scores = {n: f" ({short} {f3(pp[n]['reward'][i])}" + (f", gold {f3(pp[n]['gold'][i])})"
                                                           if pp[n].get("gold") else ")") if pp else ""
                       for n in ("sft", "trained")}
             out += [f"**{v}, seed {run.seed}, prompt {i}:** {ex['prompt']!r}", "",
@@ -283,7 +296,9 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
              f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
              f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {kl}, temperature "
              f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
-             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", ""] + provenance(paths)
+             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", "", reward_line(variants), ""]
+    lines += provenance(paths)
+    name, short = reward_name(runs), reward_name(runs, short=True)
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
                                                      for v, d in diffs.items()), ""]
@@ -295,14 +310,16 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
                   + ("the same prompts in every run" if same else "**the runs did not use the same prompts**")
                   + f"). Intervals: `[low, high]` after a mean over seeds is a {pct}% t-interval across seeds; "
                   f"per-seed intervals are {pct}% paired bootstrap intervals over prompts.", ""]
-        lines += [verdict(v, a) for v, a in aggs.items() if a] + [""]
+        lines += [verdict(v, a, name) for v, a in aggs.items() if a] + [""]
         lines += ["## Held-out results per variant (mean over seeds)", ""] + summary_table(variants, aggs) + [""]
-        lines += ["Each seed trains its own reward model, so reward-model rewards are on one scale within a seed "
-                  "(SFT vs trained, and across variants of that seed) but not across seeds: compare the differences, "
-                  "not the levels. The gold reward (the data source's judge) is one fixed scale. KL is the mean of "
+        scale = ("Each seed trains its own reward model, so reward-model rewards are on one scale within a seed "
+                 "(SFT vs trained, and across variants of that seed) but not across seeds: compare the differences, "
+                 "not the levels." if any(r.config["reward"].get("model_weight", 1.0) for r in runs) else
+                 "The reward functions are one fixed scale across seeds (no reward model is trained).")
+        lines += [f"{scale} The gold reward (the data source's judge) is one fixed scale. KL is the mean of "
                   "log pi(y|x) - log pi_ref(y|x) on the trained policy's own held-out samples (nats per response).",
                   ""]
-        lines += id_vs_ood_table(aggs, aggs_ood or {}, c["data"]["source"])
+        lines += id_vs_ood_table(aggs, aggs_ood or {}, c["data"]["source"], short)
         if reference in variants:
             lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
             lines += matched_kl(variants, reference, "gold" if "gold" in first else "reward")
@@ -320,14 +337,24 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
         lines += img(f"training:{v}", f"training curves {v}")
     lines += img("probe", "held-out probe during training") + probe_section(variants)
     if figures.get("gold_vs_rm"):
-        lines += ["## Gold vs reward-model reward during training", "",
-                  "If the reward model's reward keeps rising while the gold reward stalls or falls, the policy is "
-                  "exploiting the reward model (over-optimisation).", ""] + img("gold_vs_rm", "gold vs RM")
+        lines += [f"## Gold vs {name} during training", "",
+                  f"If the {name} keeps rising while the gold reward stalls or falls, the policy is exploiting "
+                  f"{'its reward' if name == 'reward' else 'the reward model'} (over-optimisation).", ""] \
+            + img("gold_vs_rm", "gold vs RM")
     lines += ["## Throughput", ""] + throughput_table(variants) + [""] + img("throughput", "throughput")
     ex = examples(variants)
     if ex:
         lines += ["## Example responses (held-out prompts, eval sampling seed)", ""] + ex
     return "\n".join(lines) + "\n"
+
+
+def reward_line(variants: dict[str, list[RunData]]) -> str:
+    """What the reward RL maximised is made of (reward model, reward functions, weights), per variant if they
+    differ."""
+    made_of = {v: reward_made_of(runs[0].config) for v, runs in variants.items()}
+    if len(set(made_of.values())) == 1:
+        return f"Reward: {next(iter(made_of.values()))}."
+    return "Reward: " + "; ".join(f"**{v}**: {text}" for v, text in made_of.items()) + "."
 
 
 def failed_runs(paths) -> list[str]:

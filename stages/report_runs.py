@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from common.config import flatten
+from actors.reward_functions import describe
+from common.config import RewardConfig, flatten
+from common.config_schema import build
 from common.errors import PathNotFound
 from common.metrics import read_log
 
@@ -67,6 +69,22 @@ def group(runs: list[RunData]) -> dict[str, list[RunData]]:
     for r in runs:
         out.setdefault(r.variant, []).append(r)
     return out
+
+
+def uses_functions(runs: list[RunData]) -> bool:
+    """Whether any run adds reward.functions to its reward (older runs' configs have no such key)."""
+    return any(r.config["reward"].get("functions") for r in runs)
+
+
+def reward_name(runs: list[RunData], short: bool = False) -> str:
+    """What the tables and figures call the reward RL maximised: the reward model's ("RM reward" short) where no run
+    adds reward functions, else "reward" (the report's Reward line says what it is made of)."""
+    return "reward" if uses_functions(runs) else ("RM reward" if short else "reward-model reward")
+
+
+def reward_made_of(config: dict) -> str:
+    """A run's reward in words, from its config (actors/reward_functions.describe; older configs: the defaults)."""
+    return describe(build(RewardConfig, config["reward"], "reward."))["text"]
 
 
 def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, object]]:

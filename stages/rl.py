@@ -1,4 +1,5 @@
-"""`--stage rl`: REINFORCE against the reward model, KL-shaped towards the frozen SFT policy; the ONE RL loop.
+"""`--stage rl`: REINFORCE against the reward (the reward model and/or reward.functions), KL-shaped towards the
+frozen SFT policy; the ONE RL loop.
 
 Local and Ray mode run this same loop; they differ only in their rollout source (actors/rollouts.py): in local
 mode generator, scorer and learner run in this process in sequence (`InProcessRollouts`), in Ray mode generator
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.heldout import HeldoutProbe
+from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
@@ -76,7 +78,7 @@ class RLRecorder:
         self.logger = RunLogger(paths.run_dir, "rl", resume_step=start)
         if start == 0:
             self.logger.hparams(cfg)
-        self.probe = (HeldoutProbe(cfg, task, paths.reward_model, learner, tokenizer) if cfg.rl.eval_every
+        self.probe = (HeldoutProbe(cfg, task, paths.scoring_reward_model, learner, tokenizer) if cfg.rl.eval_every
                       else None)
         if self.probe is not None and start == 0:
             self.logger.log(0, self.probe())  # step 0: the SFT policy itself
@@ -129,7 +131,7 @@ def rollout_source(mode: str, cfg: Config, paths: RunPaths, task: Task, tokenize
     """The source of `--mode`: in-process (local), or the Ray actor pipeline (cluster/, imported only here)."""
     if mode == "ray":
         from cluster.ray_rollouts import RayRollouts
-        return RayRollouts(cfg, paths.sft_policy, paths.reward_model, prompts, prompt_tokens, tokenizer)
+        return RayRollouts(cfg, paths.sft_policy, paths.scoring_reward_model, prompts, prompt_tokens, tokenizer)
     return contextlib.nullcontext(InProcessRollouts.build(cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                           policy, reference, device, dtype))
 
@@ -161,4 +163,5 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
                 on_step(step, source)
         recorder.close()
         summary = source.summary()
-    return finish_rl(paths, cfg.rl.steps, learner, tokenizer, metrics, **summary)
+    return finish_rl(paths, cfg.rl.steps, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
+                     **summary)

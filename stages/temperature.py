@@ -6,9 +6,10 @@ optimises. This stage measures the SFT policy at each of `eval.temperatures` (0 
 training: it answers the first `eval.num_prompts` prompts of each held-out pool (in- and out-of-distribution)
 with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (actors/heldout.py):
 the task's gold judge where it has one (the ifeval task: IFEval's verifiers, strict and loose), the run's reward
-model, EOS within generator.max_new_tokens, length, and distinct-2, the share of
-distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats). It needs the reward
-model (`--stage rm` first) and writes `<run_dir>/temperature.json`.
+model (`rm`) and reward functions (`reward_fn/<name>`), EOS within generator.max_new_tokens, length, and
+distinct-2, the share of distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats).
+It needs the reward model (`--stage rm` first) unless reward.model_weight=0, and writes
+`<run_dir>/temperature.json`.
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ def distinct_2(text: str) -> float:
 
 def answers_at(pool: HeldoutPool, model: torch.nn.Module, temperature: float) -> dict:
     """The pool's answers of `model` at one temperature (0 = greedy), batch k seeded eval.seed + k as in eval,
-    summarised: mean gold scores, reward-model output, EOS rate, length, distinct-2, three example answers."""
+    summarised: mean gold scores, reward-model output, reward functions' scores (a None left out), EOS rate, length,
+    distinct-2, three example answers."""
     gen_cfg = dataclasses.replace(pool.generator_cfg, temperature=temperature or pool.generator_cfg.temperature)
     d = pool.describe(pool.answers(model, gen_cfg, greedy=temperature == 0))
-    head = pool.scorer.head
-    # win_prob_vs_ref needs a reference answer per prompt; the distribution's expected score needs none
-    rm = (dist.expected_score(dist.score_logprobs(d["logits"])) if head.distributional
-          else pool.scorer.rewards_from_logits(d["logits"]))
     out = {k: float(np.mean(v)) for k, v in d.items() if k.startswith("gold") and v is not None}
-    out.update({"rm": float(rm.mean()), "eos_rate": float(d["eos"]), "length": float(d["length"].mean()),
+    if d["logits"] is not None:
+        # win_prob_vs_ref needs a reference answer per prompt; the distribution's expected score needs none
+        rm = (dist.expected_score(dist.score_logprobs(d["logits"])) if pool.scorer.head.distributional
+              else pool.scorer.rewards_from_logits(d["logits"]))
+        out["rm"] = float(rm.mean())
+    out.update({f"reward_fn/{k}": float(np.nanmean(v.numpy())) for k, v in d["functions"].items()})
+    out.update({"eos_rate": float(d["eos"]), "length": float(d["length"].mean()),
                 "distinct_2": float(np.mean([distinct_2(t) for t in d["texts"]])), "examples": d["texts"][:3]})
     return out
 
@@ -59,7 +63,8 @@ def run_temperature(cfg: Config) -> dict:
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
     for split, suffix in POOLS:
-        pool = heldout_pool(cfg, task, paths.reward_model, tokenizer, device, resolve_dtype(cfg.model.dtype, device),
+        pool = heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device,
+                            resolve_dtype(cfg.model.dtype, device),
                             split, cfg.eval.num_prompts, f"temperature{suffix}")
         if pool.n:
             result["pools"][split] = {"num_prompts": pool.n, "prompts": pool.prompt_texts[:3], "by_temperature": {
@@ -73,10 +78,10 @@ def format_table(result: dict) -> str:
     lines = []
     for split, pool in result["pools"].items():
         rows = pool["by_temperature"]
-        cols = [k for k in next(iter(rows.values())) if k.startswith("gold")] + ["rm", "eos_rate", "length",
-                                                                                 "distinct_2"]
+        first = next(iter(rows.values()))
+        cols = [k for k in first if k.startswith(("gold", "rm", "reward_fn/"))] + ["eos_rate", "length", "distinct_2"]
         name = "in-distribution" if split == "val" else "out-of-distribution"
         lines += [f"{name} held-out prompts: {pool['num_prompts']} (T = 0: greedy)",
-                  f"{'T':<6}" + "".join(f"{c:>12}" for c in cols)]
+                  f"{'T':<6}" + "".join(f"{c.removeprefix('reward_fn/')[:11]:>12}" for c in cols)]
         lines += [f"{t:<6}" + "".join(f"{r[c]:>12.3f}" for c in cols) for t, r in rows.items()]
     return "\n".join(lines)

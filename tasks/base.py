@@ -29,7 +29,8 @@ Messages = tuple[dict, ...]  # a prompt: chat messages ending with a user turn
 # (last user message, response) -> the gold judge's score, or named scores among which "gold" (the headline one;
 # the ifeval task adds "gold_loose")
 GoldFn = Callable[[str, str], "float | Mapping[str, float]"]
-# TRL's reward-function convention: (prompts, completions, **columns) -> one float per completion
+# TRL's reward-function convention (actors/reward_functions.py calls it): keyword arguments prompts, completions,
+# completion_ids and the prompt's data columns -> one float (or None) per completion
 RewardFn = Callable[..., list[float]]
 RL_STAGES = ("rm", "rl", "eval")
 
@@ -78,9 +79,15 @@ class Task:
 
     # ------------------------------------------------------------------------------------------- the task
     def stages(self) -> tuple[str, ...]:
-        """The stages `--stage all` runs for this task, in order (then the report): without pairs, rl and eval (the
-        reward from reward.path or reward.functions)."""
+        """The stages this task needs, in order (then the report): without pairs, rl and eval only (the reward from
+        reward.path or reward.functions); what `--stage all` runs is `planned_stages`."""
         return RL_STAGES[1:] if self.prompts_only() else RL_STAGES
+
+    def planned_stages(self) -> tuple[str, ...]:
+        """The stages `--stage all` runs (launch.py, experiments/runner.py): `stages()` without rm when
+        reward.model_weight=0, where the reward is reward.functions' alone and nothing trains or loads a reward
+        model. The one place a run's stage list is filtered."""
+        return tuple(s for s in self.stages() if s != "rm" or self.cfg.reward.model_weight > 0)
 
     def experiment_overrides(self, root: Path) -> list[str]:  # noqa: ARG002 - a task built per run
         """Overrides an experiment under `root` gives every run, so that they share what the task builds once."""
@@ -120,13 +127,14 @@ class Task:
         return None
 
     def reward_functions(self) -> dict[str, RewardFn]:
-        """Rewards the task offers, by name, in TRL's calling convention: the gold judge's headline score."""
+        """Rewards the task offers, by name (reward.functions may name them), in TRL's calling convention: the gold
+        judge's headline score."""
         judge = self.gold_judge()
         if judge is None:
             return {}
 
-        def gold(prompts: list, completions: list[str], **columns) -> list[float]:  # noqa: ARG001 - TRL's columns
-            scores = [judge(last_user_text(p), c) for p, c in zip(prompts, completions)]
+        def gold(prompts: list, completions: list, **kwargs) -> list[float]:  # noqa: ARG001 - completion_ids, columns
+            scores = [judge(last_user_text(p), completion_text(c)) for p, c in zip(prompts, completions)]
             return [float(s["gold"] if isinstance(s, Mapping) else s) for s in scores]
 
         return {f"{self.name}_gold": gold}
@@ -205,6 +213,12 @@ class Task:
 def last_user_text(prompt) -> str:
     """A prompt's last user message: the text itself, or the content of the last message of chat messages."""
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def completion_text(completion) -> str:
+    """A completion's text: TRL's conversational form (a list holding one assistant message), or the text itself
+    (TRL's standard form)."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
 def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: data.DataStats | None = None) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 from common.config import IFEVAL_OFFLINE_TYPES as OFFLINE_TYPES  # noqa: F401 (the table config.py validates)
 from common.config import Config, to_dict
 from common.errors import PathNotFound, UserError
-from tasks.base import RL_STAGES, GoldFn, Messages, RewardFn, last_user_text
+from tasks.base import RL_STAGES, GoldFn, Messages, RewardFn, completion_text, last_user_text
 from tasks.preference import PreferenceTask, parse_prompt
 
 PROMPTS_FILE = "prompts.jsonl"
@@ -314,9 +314,9 @@ class IFEvalTask(PreferenceTask):
     def reward_functions(self) -> dict[str, RewardFn]:
         """IFEval's prompt-level strict and loose accuracy of each completion (1.0 = every instruction followed)."""
         def make(key: str) -> RewardFn:
-            def reward(prompts: list, completions: list[str], **columns) -> list[float]:  # noqa: ARG001
+            def reward(prompts: list, completions: list, **kwargs) -> list[float]:  # noqa: ARG001 - ids, columns
                 judge = IFEvalJudge(self.dir)
-                return [judge(last_user_text(p), c)[key] for p, c in zip(prompts, completions)]
+                return [judge(last_user_text(p), completion_text(c))[key] for p, c in zip(prompts, completions)]
             return reward
         return {"ifeval_strict": make("gold"), "ifeval_loose": make("gold_loose")}
 

@@ -15,8 +15,8 @@ def test_paths_of_a_sandbox_run(tmp_path):
     with pytest.raises(ModelPathError, match=r"model.policy=tiny needs the sandbox SFT model at .*sft_model: run "
                                              r"--stage sft first"):
         _ = paths.sft_policy
-    with pytest.raises(ModelPathError, match="no reward model at .*reward_model: run --stage rm first or set "
-                                             "reward.path"):
+    with pytest.raises(ModelPathError, match="no reward model at .*reward_model: run --stage rm first, set "
+                                             "reward.path .* reward.model_weight=0"):
         _ = paths.reward_model
 
 

@@ -255,3 +255,19 @@ def test_generation_runs_ahead_with_staleness_one_and_two_generators(ray_instanc
     assert result["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     assert [m["sync/staleness"] for m in metrics] == [0, 1, 1], "steps 1 and 2 were generated one version back"
     assert result["placement"]["generator 0"]["pid"] != result["placement"]["generator 1"]["pid"]
+
+
+@pytest.mark.slow
+def test_reward_functions_are_loaded_in_the_scorer_actor_without_a_reward_model(ray_instance, run_copy, monkeypatch):
+    """reward.model_weight=0 and a relative FILE.py: the scorer actor, whose working directory is not the driver's,
+    loads the function itself from the absolute path the driver passes, and no reward model exists."""
+    run_dir = run_copy("functions")
+    shutil.rmtree(run_dir / "reward_model")
+    (run_dir / "ray_rewards.py").write_text("def length(completion_ids, **kwargs):\n"
+                                            "    return [float(len(ids)) for ids in completion_ids]\n")
+    monkeypatch.chdir(run_dir)
+    functions = ["reward.model_weight=0", "reward.functions=ray_rewards.py:length"]
+    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=2) + functions), mode="ray")
+    assert result["steps"] == 2 and result["reward_components"]["text"] == "1 x ray_rewards.py:length (no reward model)"
+    for m in read_metrics(run_dir):
+        assert m["rollout/reward"] == pytest.approx(m["rollout/reward_fn/length"]) and "rollout/rm_reward" not in m

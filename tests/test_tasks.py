@@ -51,16 +51,19 @@ def test_data_source_picks_the_task_and_the_task_its_stages(tmp_path):
 
 
 def test_a_tasks_gold_judge_is_offered_as_a_reward_function_in_trls_convention(tmp_path):
-    """(prompts, completions, **columns) -> one float per completion; prompts as text or as chat messages."""
+    """Keyword arguments prompts, completions, completion_ids and data columns -> one float per completion; TRL's
+    conversational form (chat messages, one assistant message per completion) or its standard form (text)."""
     task = load_task(load_config(None, [f"run_dir={tmp_path}"]))
     (name, reward), = task.reward_functions().items()
     prompt = "Hi, I am Ada. List some fruits."
     completions = ["apple, pear, plum.", "um, red, apple."]
     expected = [sandbox.gold_score(prompt, c) for c in completions]
     assert name == "sandbox_gold" and expected == [3.0, -1.0]
-    assert reward([prompt, prompt], completions) == expected
     messages = [{"role": "user", "content": prompt}]
-    assert reward([messages, messages], completions, prompt_index=[0, 0]) == expected
+    conversational = [[{"role": "assistant", "content": c}] for c in completions]
+    assert reward(prompts=[messages, messages], completions=conversational, completion_ids=[[1, 2], [3]],
+                  solution=["x", "y"]) == expected
+    assert reward(prompts=[prompt, prompt], completions=completions, completion_ids=[[1, 2], [3]]) == expected
 
 
 def test_no_code_outside_tasks_branches_on_the_data_source():

@@ -60,4 +60,4 @@ def test_prompt_only_data_cannot_train_a_reward_model(tmp_path, capsys, stand_in
     run = run_with_sft(tmp_path, stand_ins)
     expect_error(capsys, stage(run, "rm", f"data.source={path}"), str(path), "holds prompts only", "reward.path")
     expect_error(capsys, stage(run, "rl", f"data.source={path}"), "no reward model at", "reward.path",
-                 "reward.functions")
+                 "reward.functions", "reward.model_weight=0")
