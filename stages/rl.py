@@ -68,14 +68,12 @@ def perf_metrics(batch: RolloutBatch, perf: dict[str, float], t_batch: float, t_
 
 
 class RLRecorder:
-    """TensorBoard / jsonl logging, the held-out probe (when rl.eval_every > 0) and periodic checkpoints after each
-    learner step."""
+    """The metrics to the run's logger (jsonl and trackers), the held-out probe (when rl.eval_every > 0) and periodic
+    checkpoints after each learner step."""
 
     def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer) -> None:
         self.rl, self.ckpt_dir = cfg.rl, paths.checkpoints
-        self.logger = RunLogger(paths.run_dir, "rl", resume_step=start)
-        if start == 0:
-            self.logger.hparams(cfg)
+        self.logger = RunLogger(cfg, "rl", resume_step=start)
         self.probe = (HeldoutProbe(cfg, task, paths.reward_model, learner, tokenizer) if cfg.rl.eval_every
                       else None)
         if self.probe is not None and start == 0:
