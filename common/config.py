@@ -229,6 +229,9 @@ class RLConfig:
     missing_eos_penalty: float = opt(0.0, ge=0.0, help="subtracted from the reward of a response cut at "
                                                        "generator.max_new_tokens (no EOS); 0 = off (the paper's "
                                                        "reward; a truncated answer is still scored as unfinished)")
+    sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
+                                           "response of the step's own batch (prompt, response, reward) go to "
+                                           "stdout and to the trackers' rollout/samples; 0 = off")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import launch
 from common import trackers
 from common.config import ConfigError, load_config
 from common.metrics import RunLogger
@@ -153,3 +154,30 @@ def test_a_tracker_that_is_not_installed_stops_the_run_at_its_start(tmp_path, st
                  "tracking.report_to names trackio, which is not installed: pip install trackio", code=2)
     assert not (run / "tensorboard").exists() and not (run / "config.yaml").exists(), "stopped before the stage"
 
+
+@pytest.mark.slow
+def test_the_rl_stage_sends_the_same_tags_to_every_tracker_and_resume_continues_its_runs(tmp_path, stand_ins, capsys):
+    run = run_with_sft(tmp_path, stand_ins)
+    (run / "reward_model").symlink_to(stand_ins / "reward_model")
+    args = [ALL, "tracking.project=t-launch", "rl.save_every=1", "rl.sample_every=2", "generator.backend=hf"]
+    assert launch.main(stage(run, "rl", "rl.steps=2", *args)) == 0
+    assert "[rl step 1] best, median and worst response of the batch by reward:" in capsys.readouterr().out
+    wandb_id = (run / "wandb" / "rl.id").read_text()
+    assert launch.main(["--resume", *stage(run, "rl", "rl.steps=3", *args)]) == 0
+
+    logged = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 1, 2, 3], "step 0: the held-out probe of the SFT policy"
+    tags = set().union(*logged) - {"step"}
+    assert {"rollout/reward", "rollout/kl", "baseline/value", "losses/policy", "perf/step_s", "sync/version",
+            "eval/reward"} <= tags
+    scalars, acc = tensorboard_scalars(run)
+    assert set(scalars) == tags
+    assert [e.step for e in acc.Tensors("rollout/samples/text_summary")] == [1, 2, 3], "first step of each process"
+    runs = wandb_runs(run)
+    assert [r.run_id for r, _ in runs] == [wandb_id] * 2, "--resume continued the wandb run"
+    rows = [row for _, history in runs for row in history]
+    assert {k for row in rows for k in row if not k.startswith(("_", "rollout/samples/"))} - {"step"} == tags
+    assert sorted(r["step"] for r in rows if "rollout/reward" in r) == [1, 2, 3]
+    logs, _ = trackio_logs("t-launch", "run-rl")
+    assert set().union(*logs) - {"step", "timestamp", "rollout/samples"} == tags
+    assert [r["step"] for r in logs if "rollout/reward" in r] == [1, 2, 3], "trackio resumed the run of that name"
