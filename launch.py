@@ -24,6 +24,7 @@ from common import runlock
 from common.config import ConfigError, load_config
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
 from common.metrics import record_invocation, record_stage_time
+from common.trackers import require as require_tracker
 from experiments import PLANS, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
@@ -138,9 +139,11 @@ def command_of(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     args.run_dir = cfg.run_dir  # named by the boundary when a write fails without a file name (a full disk)
-    if args.stage != REPORT:  # reward.functions resolve now, before anything is written (a report reads runs only)
+    if args.stage != REPORT:  # what is missing stops the run now, before anything is written (a report reads runs)
         from actors.reward_functions import check
-        check(cfg)
+        check(cfg)  # reward.functions resolve
+        for tracker in cfg.tracking.report_to:  # a tracker asked for is installed
+            require_tracker(tracker)
     experiment = bool(args.seeds or args.grid or args.plan)
     if experiment:
         from experiments.runner import parse_grid, parse_seeds, plan

@@ -102,7 +102,7 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
            "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0}
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        m = rl_step(learner, source, step, tokenizer.eos_token_id)
+        _, m = rl_step(learner, source, step, tokenizer.eos_token_id)
         inner = timer.take()
         if step < warmup:
             continue

@@ -284,6 +284,9 @@ class RLConfig:
     missing_eos_penalty: float = opt(0.0, ge=0.0, help="subtracted from the reward of a response cut at "
                                                        "generator.max_new_tokens (no EOS); 0 = off (the paper's "
                                                        "reward; a truncated answer is still scored as unfinished)")
+    sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
+                                           "response of the step's own batch (prompt, response, reward) go to "
+                                           "stdout and to the trackers' rollout/samples; 0 = off")
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,33 @@ def parse_resources(items: tuple[str, ...], key: str = "resources") -> dict[str,
     return out
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")  # tracking.report_to's choices (common/trackers.py)
+UNSAFE_NAME_CHARS = "/\\#?%:"  # characters wandb refuses in a project name
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where each stage's metrics go besides <run_dir>/metrics_<stage>.jsonl (common/trackers.py, docs/tracking.md)."""
+    report_to: tuple[str, ...] = opt(("tensorboard",), help="any of tensorboard, wandb, trackio (as TRL's "
+                                                             "report_to); [] = the metrics_<stage>.jsonl files only")
+    project: str = opt("reinforce-rlhf", help="wandb / trackio project that every run's tracker runs go to")
+    run_name: str = opt("", help="'' = the run directory's name; each stage is a tracker run '<run_name>-<stage>' "
+                                 "in group <run_name>; a sweep names its runs '<run_name>/<variant>/seed_<s>'")
+    wandb_mode: str = opt("auto", choices=("auto", "online", "offline"),
+                          help="auto = $WANDB_MODE if set, else online with a wandb API key ($WANDB_API_KEY or "
+                               "`wandb login`), else offline (files under <run_dir>/wandb; `wandb sync` uploads)")
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.report_to):
+            if name not in TRACKERS or name in self.report_to[:i]:
+                why = "is named twice" if name in TRACKERS else "is not a tracker"
+                raise ConfigError(f"tracking.report_to: {name!r} {why}; name any of {', '.join(TRACKERS)} once "
+                                  f"([] for none)")
+        if not self.project.strip() or any(c in self.project for c in UNSAFE_NAME_CHARS):
+            raise ConfigError(f"tracking.project={self.project!r}: expected a non-empty name without any of "
+                              f"{' '.join(UNSAFE_NAME_CHARS)}")
+
+
 @dataclass(frozen=True)
 class Config:
     seed: int = opt(0, help="one seed makes a run reproducible")
@@ -374,6 +404,7 @@ class Config:
     rl: RLConfig = section(RLConfig)
     eval: EvalConfig = section(EvalConfig)
     cluster: ClusterConfig = section(ClusterConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
 
     def __post_init__(self) -> None:
         if self.rl.reward_reduction != "expected" and self.reward.head != "distributional":

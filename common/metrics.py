@@ -1,5 +1,6 @@
-"""Run logging: TensorBoard events (tags grouped rollout/, baseline/, losses/, perf/, sync/, eval/) and a JSONL
-copy of every scalar, both under the run directory."""
+"""Run logging: the one place a stage's metrics go. Every scalar is kept in <run_dir>/metrics_<stage>.jsonl (what the
+report reads) and sent to the trackers of `tracking.report_to` (common/trackers.py: TensorBoard by default, wandb,
+trackio), with the same tags in each, grouped rollout/, baseline/, losses/, perf/, sync/, eval/ (rl), rm/ and sft/."""
 
 from __future__ import annotations
 
@@ -11,41 +12,40 @@ import sys
 import time
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
-from common.config import Config, flatten, to_dict
+from common.config import Config
 from common.errors import UserError
+from common.trackers import open_trackers
 
 
 class RunLogger:
-    """Scalars of one stage. A fresh run (`resume_step=0`) replaces what an earlier run of the stage in this
-    directory logged; a resumed one keeps the steps up to its checkpoint and drops later ones, which a crash
-    after the checkpoint may have left and which the resumed run logs again."""
+    """Metrics of one stage. A fresh run (`resume_step=0`) replaces what an earlier run of the stage in this
+    directory logged and opens new tracker runs, given the hyperparameters; a resumed one keeps the steps up to
+    its checkpoint, drops later ones (which a crash after the checkpoint may have left and which the resumed run
+    logs again) and continues its tracker runs."""
 
-    def __init__(self, run_dir: str | Path, name: str, resume_step: int = 0) -> None:
-        self.dir = Path(run_dir)
-        # TensorBoard hides events of earlier files from purge_step on (0 = all of them)
-        self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard" / name),
-                                    purge_step=resume_step + 1 if resume_step else 0)
+    def __init__(self, cfg: Config, name: str, resume_step: int = 0) -> None:
+        self.dir = Path(cfg.run_dir)
         path = self.dir / f"metrics_{name}.jsonl"
         kept = [line for line in (read_log(path) if resume_step else []) if json.loads(line)["step"] <= resume_step]
+        self.trackers = open_trackers(cfg, name, resume_step)  # after read_log: a damaged log opens nothing
         path.write_text("".join(line + "\n" for line in kept))
         self.jsonl = path.open("a")
 
-    def hparams(self, cfg: Config) -> None:
-        """Hyperparameters logged once, as text (readable in TensorBoard's Text tab)."""
-        lines = [f"| {k} | {v} |" for k, v in flatten(to_dict(cfg)).items()]
-        self.writer.add_text("hparams", "| key | value |\n|---|---|\n" + "\n".join(lines), 0)
-
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        """A few rows (the same keys in each) for the trackers' text or table views; not in the jsonl."""
+        if rows:
+            for tracker in self.trackers:
+                tracker.samples(step, rows)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
         self.jsonl.close()
 
 

@@ -132,10 +132,13 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
     shared = task.experiment_overrides(root)  # the ifeval task: built once, in <root>/data, for every run
     by_key: dict[tuple[str, int], Run] = {}
     runs: list[Run] = []
+    sweep_name = base.tracking.run_name or root.resolve().name  # the runs' tracker names: <sweep>/<variant>/seed_<s>
     for v in variants:
         for seed in seeds:
             run_dir = root / v.name / f"seed_{seed}"
-            extra, stages, needs = [*shared, *v.overrides, f"seed={seed}", f"run_dir={run_dir}"], [stage], []
+            tracked = json.dumps(f"{sweep_name}/{v.name}/seed_{seed}")  # quoted: the name stays a YAML string
+            extra, stages, needs = [*shared, *v.overrides, f"seed={seed}", f"run_dir={run_dir}",
+                                    f"tracking.run_name={tracked}"], [stage], []
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
                 # the run's own (a variant may set reward.model_weight=0: no rm stage)
                 task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()

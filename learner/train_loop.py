@@ -43,7 +43,8 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterable[Any]], num_bat
     model.train()
     step, metrics = 0, {}
     for epoch in range(epochs):
-        bar = tqdm(batches(epoch), total=num_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False)
+        # each epoch's bar stays with its last loss (leave=True); the loss refreshes with the bar, not every step
+        bar = tqdm(batches(epoch), total=num_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}")
         for i, batch in enumerate(bar):
             with autocast(dtype, device):
                 loss, metrics = loss_fn(model, batch)
@@ -56,7 +57,7 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterable[Any]], num_bat
                        "skipped_steps": float(update.skips.total)}
             if update.loss_scale is not None:
                 metrics["loss_scale"] = update.loss_scale
-            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", refresh=False)
             if log is not None:
                 log(step, metrics)
     model.eval()

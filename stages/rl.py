@@ -5,13 +5,15 @@ Local and Ray mode run this same loop; they differ only in their rollout source 
 mode generator, scorer and learner run in this process in sequence (`InProcessRollouts`), in Ray mode generator
 and scorer actors feed a queue (cluster/ray_rollouts.py). Each step (`rl_step`, which the benches time too):
 take step t's scored batch from the source, one learner update, let the source react (Ray: publish the weights),
-assemble the step's metrics; then log, probe held-out prompts and checkpoint (`RLRecorder`).
+assemble the step's metrics; then log, show sample completions, probe held-out prompts and checkpoint
+(`RLRecorder`). The progress bar shows reward, KL, length and EOS rate live.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -31,7 +33,7 @@ from common.runtime import prepare
 from common.stats import overoptimisation_check
 from learner.learner import Learner
 from learner.precision import resolve_dtype
-from tasks.base import Task
+from tasks.base import Task, last_user_text
 from tasks.registry import load_task
 
 StepHook = Callable[[int, RolloutSource], None]  # after every step (tests use it to kill actors mid-run)
@@ -44,9 +46,10 @@ def build_policy(sft_path: str, lora, device: torch.device) -> tuple[torch.nn.Mo
     return apply_lora(policy, lora, "CAUSAL_LM"), reference
 
 
-def rl_step(learner: Learner, source: RolloutSource, step: int, eos_token_id: int) -> dict[str, float]:
+def rl_step(learner: Learner, source: RolloutSource, step: int,
+            eos_token_id: int) -> tuple[RolloutBatch, dict[str, float]]:
     """One step of the loop: step `step`'s batch from the source, one REINFORCE update, the source's after-update
-    work; returns the step's metrics, its perf/ figures assembled here for every mode."""
+    work; returns the scored batch and the step's metrics, its perf/ figures assembled here for every mode."""
     t0 = time.perf_counter()
     batch, perf = source.next_batch(step, learner)
     t1 = time.perf_counter()
@@ -55,7 +58,7 @@ def rl_step(learner: Learner, source: RolloutSource, step: int, eos_token_id: in
     metrics.update({"rollout/eos_rate": eos, "rollout/truncation_rate": 1.0 - eos, "sync/version": learner.version})
     t2 = time.perf_counter()
     perf.update(source.after_update(step, learner))
-    return {**metrics, **perf_metrics(batch, perf, t1 - t0, t2 - t1, time.perf_counter() - t0)}
+    return batch, {**metrics, **perf_metrics(batch, perf, t1 - t0, t2 - t1, time.perf_counter() - t0)}
 
 
 def perf_metrics(batch: RolloutBatch, perf: dict[str, float], t_batch: float, t_learn: float,
@@ -69,27 +72,59 @@ def perf_metrics(batch: RolloutBatch, perf: dict[str, float], t_batch: float, t_
             "perf/generate_tokens_per_s": tokens / max(perf.get("perf/generate_s", 0.0), 1e-9)}
 
 
-class RLRecorder:
-    """TensorBoard / jsonl logging, the held-out probe (when rl.eval_every > 0) and periodic checkpoints after each
-    learner step."""
+def live_postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows after each step: reward-model reward, KL to the reference, mean response length
+    (tokens) and the share of responses that ended with EOS."""
+    return {"reward": f"{metrics['rollout/reward']:.3f}", "kl": f"{metrics['rollout/kl']:.3f}",
+            "len": f"{metrics['rollout/response_len']:.1f}", "eos": f"{metrics['rollout/eos_rate']:.0%}"}
 
-    def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer) -> None:
-        self.rl, self.ckpt_dir = cfg.rl, paths.checkpoints
-        self.logger = RunLogger(paths.run_dir, "rl", resume_step=start)
-        if start == 0:
-            self.logger.hparams(cfg)
+
+def sample_rows(batch: RolloutBatch, prompts: list) -> list[dict]:
+    """The best, median and worst response of the step's own scored batch by reward (nothing is generated for
+    them, so training is unchanged), with its prompt and the task's per-sample scores (e.g. gold)."""
+    rewards = batch.rewards.tolist()
+    order = sorted(range(len(rewards)), key=rewards.__getitem__, reverse=True)
+    picked = dict.fromkeys([order[0], order[len(order) // 2], order[-1]])  # fewer when the batch is smaller
+    return [{"reward": rewards[i], **{k: float(v[i]) for k, v in batch.extras.items()},
+             "prompt": last_user_text(prompts[int(batch.prompt_index[i])]), "response": batch.response_texts[i]}
+            for i in picked]
+
+
+def samples_text(step: int, rows: list[dict]) -> str:
+    """The sample rows as a few short lines for the console: reward, prompt, response (the trackers' tables also
+    hold the per-sample scores)."""
+    def short(text: str) -> str:
+        return textwrap.shorten(text, width=70, placeholder=" ...") or "(empty)"
+
+    lines = [f"[rl step {step}] best, median and worst response of the batch by reward:"]
+    lines += [f"  {row['reward']:+.3f} | {short(row['prompt'])} -> {short(row['response'])}" for row in rows]
+    return "\n".join(lines)
+
+
+class RLRecorder:
+    """After each learner step: the metrics to the run's logger (jsonl and trackers), sample completions every
+    rl.sample_every steps, the held-out probe (when rl.eval_every > 0) and periodic checkpoints."""
+
+    def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer,
+                 prompts: list) -> None:
+        self.rl, self.ckpt_dir, self.start, self.prompts = cfg.rl, paths.checkpoints, start, prompts
+        self.logger = RunLogger(cfg, "rl", resume_step=start)
         self.probe = (HeldoutProbe(cfg, task, paths.scoring_reward_model, learner, tokenizer) if cfg.rl.eval_every
                       else None)
         if self.probe is not None and start == 0:
             self.logger.log(0, self.probe())  # step 0: the SFT policy itself
 
-    def record(self, step: int, metrics: dict[str, float], learner: Learner) -> None:
+    def record(self, step: int, metrics: dict[str, float], learner: Learner, batch: RolloutBatch) -> None:
         rl = self.rl
         probe = self.probe is not None and ((step + 1) % rl.eval_every == 0 or step + 1 == rl.steps)
         if probe:
             metrics.update(self.probe())
         if probe or (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
             self.logger.log(step + 1, metrics)
+        if rl.sample_every and (step == self.start or (step + 1) % rl.sample_every == 0):
+            rows = sample_rows(batch, self.prompts)
+            tqdm.write(samples_text(step + 1, rows))
+            self.logger.samples(step + 1, rows)
         if rl.save_every and (step + 1) % rl.save_every == 0:
             checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
 
@@ -153,14 +188,18 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
                                                     policy, reference, device, dtype))
         learner = Learner(policy, reference, cfg.rl, device, dtype)
         start = resume_learner(learner, resumed) if resumed else 0
-        recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer)
+        recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts)
         source.start(start, learner)
         metrics: dict[str, float] = {}
-        for step in tqdm(range(start, cfg.rl.steps), initial=start, total=cfg.rl.steps, desc=f"rl ({mode})"):
-            metrics = rl_step(learner, source, step, tokenizer.eos_token_id)
-            recorder.record(step, metrics, learner)
+        bar = tqdm(initial=start, total=cfg.rl.steps, desc=f"rl ({mode})")
+        for step in range(start, cfg.rl.steps):
+            batch, metrics = rl_step(learner, source, step, tokenizer.eos_token_id)
+            recorder.record(step, metrics, learner, batch)
+            bar.set_postfix(live_postfix(metrics), refresh=False)
+            bar.update()
             if on_step is not None:
                 on_step(step, source)
+        bar.close()
         recorder.close()
         summary = source.summary()
     return finish_rl(paths, cfg.rl.steps, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),

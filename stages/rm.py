@@ -123,8 +123,7 @@ def run_rm(cfg: Config) -> dict:
     def loss_fn(model, batch):
         return pair_loss(cfg.reward, *pair_logits(model, batch, pad, device), batch)
 
-    logger = RunLogger(cfg.run_dir, "rm")
-    logger.hparams(cfg)
+    logger = RunLogger(cfg, "rm")
     before = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,

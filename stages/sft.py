@@ -67,7 +67,7 @@ def run_sft(cfg: Config) -> dict:
         loss = sft_loss(model, batch)
         return loss, {"loss": loss.item()}
 
-    logger = RunLogger(cfg.run_dir, "sft")
+    logger = RunLogger(cfg, "sft")
     metrics = fit(model, batches, -(-len(encoded) // bs), loss_fn, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                   device=device, warmup_ratio=0.05, desc="sft",
                   log=lambda s, m: logger.log(s, {f"sft/{k}": v for k, v in m.items()}))

@@ -1,7 +1,10 @@
 """Fixtures shared by the test files: the bundled tokenizer and tiny models (CPU, seconds). Plain helpers and
 constants are in helpers.py."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +16,14 @@ from helpers import TINY
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Trackers (common/trackers.py) never go online in a test and write only under a temporary directory: wandb's cache,
+# config and artifact staging, and trackio's store (which trackio reads when first imported, hence here).
+TRACKERS_HOME = tempfile.mkdtemp(prefix="trackers-")
+atexit.register(shutil.rmtree, TRACKERS_HOME, ignore_errors=True)
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.update({"WANDB_MODE": "offline", "WANDB_CACHE_DIR": f"{TRACKERS_HOME}/wandb_cache",
+                   "WANDB_CONFIG_DIR": f"{TRACKERS_HOME}/wandb_config", "WANDB_DATA_DIR": f"{TRACKERS_HOME}/wandb_data",
+                   "TRACKIO_DIR": f"{TRACKERS_HOME}/trackio"})
 
 
 @pytest.fixture(scope="session")

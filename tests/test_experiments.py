@@ -140,3 +140,13 @@ def test_the_ifeval_task_is_built_once_and_shared_by_every_seed(tmp_path):
     assert runs[0].stages == ["pairs", "rm", "rl", "eval"] and not runs[0].depends_on
     assert all(r.stages == ["rm", "rl", "eval"] and r.depends_on == [(runs[0], "pairs")] for r in runs[1:])
     assert all(f"ifeval.dir={tmp_path / 'data'}" in r.overrides for r in runs)
+
+
+def test_every_sweep_run_is_named_for_the_trackers_by_its_sweep_variant_and_seed(tmp_path):
+    """A grid's runs sit side by side in one wandb / trackio project (common/trackers.py: <run_name>-<stage>)."""
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path / 'kl'}"], [0, 1], parse_grid(["rl.kl_coef=0.05,0.2"]),
+                   "all")
+    names = [load_config("configs/tiny.yaml", r.overrides).tracking.run_name for r in runs]
+    assert names == [f"kl/kl_coef={kl}/seed_{s}" for kl in ("0.05", "0.2") for s in (0, 1)]
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}", "tracking.run_name=ablation"], [3], [], "all")
+    assert load_config("configs/tiny.yaml", runs[0].overrides).tracking.run_name == "ablation/default/seed_3"

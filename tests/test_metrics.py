@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common.config import Config
 from common.metrics import RunLogger
 
 
@@ -13,7 +14,7 @@ def test_run_logger_replaces_a_fresh_run_and_trims_a_resumed_one(tmp_path):
         return [json.loads(line)["step"] for line in (tmp_path / "metrics_rl.jsonl").read_text().splitlines()]
 
     for resume_step, logged in ((0, [1, 2, 3, 4]), (0, [1, 2]), (1, [2, 3])):
-        logger = RunLogger(tmp_path, "rl", resume_step=resume_step)
+        logger = RunLogger(Config(run_dir=str(tmp_path)), "rl", resume_step=resume_step)
         for step in logged:
             logger.log(step, {"rollout/reward": float(step)})
         logger.close()
@@ -24,7 +25,7 @@ def test_run_logger_replaces_a_fresh_run_and_trims_a_resumed_one(tmp_path):
 def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
     log = tmp_path / "metrics_rl.jsonl"
     log.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 3, "a"')
-    RunLogger(tmp_path, "rl", resume_step=2).close()
+    RunLogger(Config(run_dir=str(tmp_path)), "rl", resume_step=2).close()
     assert log.read_text() == '{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n'
     assert "dropping its torn last line 3" in capsys.readouterr().err
 
@@ -33,4 +34,4 @@ def test_damaged_metrics_line_before_the_end_is_named(tmp_path):
     log = tmp_path / "metrics_rl.jsonl"
     log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(Exception, match="metrics_rl.jsonl: line 2 is not a metrics record"):
-        RunLogger(tmp_path, "rl", resume_step=3)
+        RunLogger(Config(run_dir=str(tmp_path)), "rl", resume_step=3)

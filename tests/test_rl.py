@@ -14,7 +14,7 @@ from common.models import frozen_copy
 from common.sampling import PromptSampler, generation_seed
 from helpers import CPU, make_generator, prompt_pool
 from learner.learner import Learner
-from stages.rl import rl_step
+from stages.rl import live_postfix, rl_step, sample_rows, samples_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,9 @@ def scored(policy, tokenizer, step):
 def test_rl_step_asks_the_source_in_order_and_assembles_the_metrics(policy, tokenizer):
     source = RecordingSource({0: scored(policy, tokenizer, 0), 1: scored(policy, tokenizer, 1)})
     learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU)
-    first = rl_step(learner, source, 0, tokenizer.eos_token_id)
+    batch, first = rl_step(learner, source, 0, tokenizer.eos_token_id)
     rl_step(learner, source, 1, tokenizer.eos_token_id)
+    assert batch is source.batches[0], "the step's own scored batch (its samples are shown from it)"
     # the batch of step t comes before the update of step t, the source's after-update work after it
     assert source.calls == [("next_batch", 0, 0), ("after_update", 0, 1), ("next_batch", 1, 1), ("after_update", 1, 2)]
     assert first["perf/generate_s"] == 0.5 and first["perf/score_s"] == 0.25 and first["perf/sync_s"] == 0.125
@@ -98,3 +99,23 @@ def test_the_rl_loop_is_written_once():
     for path in (ROOT / "cluster").glob("*.py"):
         imported = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
         assert not {m for m in imported if m and m.startswith("stages")}, f"{path.name} imports stages/"
+
+
+def test_the_bar_shows_reward_kl_length_and_eos_rate():
+    metrics = {"rollout/reward": 0.41234, "rollout/kl": 0.0312, "rollout/response_len": 11.3,
+               "rollout/eos_rate": 0.9375, "losses/policy": 1.0}
+    assert live_postfix(metrics) == {"reward": "0.412", "kl": "0.031", "len": "11.3", "eos": "94%"}
+
+
+def test_samples_are_the_best_median_and_worst_of_the_steps_own_batch(policy, tokenizer):
+    messages, _ = prompt_pool(tokenizer, 8)
+    batch = scored(policy, tokenizer, 0)  # rewards 1, -1, 0.5, 0 for prompts 0..3
+    batch = batch.with_rewards(batch.rewards, gold=torch.tensor([3.0, -2.0, 1.0, 0.0]))
+    rows = sample_rows(batch, messages)
+    assert [(r["reward"], r["gold"]) for r in rows] == [(1.0, 3.0), (0.0, 0.0), (-1.0, -2.0)]
+    assert [r["prompt"] for r in rows] == [messages[i][-1]["content"] for i in (0, 3, 1)]
+    assert [r["response"] for r in rows] == [batch.response_texts[i] for i in (0, 3, 1)]
+    text = samples_text(10, rows).splitlines()
+    assert text[0] == "[rl step 10] best, median and worst response of the batch by reward:" and len(text) == 4
+    assert text[1] == f"  +1.000 | {rows[0]['prompt']} -> {rows[0]['response'] or '(empty)'}"
+    assert len(sample_rows(batch.rows(0, 1), messages)) == 1, "a batch of one: one sample"
