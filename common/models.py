@@ -222,11 +222,49 @@ def unwrap(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full weights for syncing or saving: LoRA adapters merged into a copy, names as in the base model."""
-    if hasattr(model, "merge_and_unload"):
-        merged = copy.deepcopy(model).merge_and_unload()
-        return {k: v.detach() for k, v in merged.state_dict().items()}
-    return {k: v.detach() for k, v in model.state_dict().items()}
+    """The weights the model computes with, under the base model's names: what generators and vLLM load.
+
+    With LoRA each adapted weight is the base weight plus its active adapters' delta as peft computes it
+    (`get_delta_weight`), in a new tensor, so the values are bit for bit what a deep copy's `merge_and_unload()`
+    gives; LoRA's own tensors are left out. The model is never written: peft's in-place
+    `merge_adapter()` then `unmerge_adapter()` is not the identity in floating point and would move the frozen base
+    weights (the reference) by rounding at every sync (measured: bench/bench_sync.py). The only new memory is one
+    copy of the adapted weights; every other tensor is the model's own, detached, not copied (frozen under LoRA).
+    Consumers copy what they receive (vLLM's reload, load_state_dict, ray.put) before the next learner step.
+    """
+    if not hasattr(model, "merge_and_unload"):  # no peft wrapper
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+    base, merged = unwrap(model), {}
+    with torch.no_grad():
+        for layer in base.modules():
+            if isinstance(layer, LoraLayer) and not layer.merged and not layer.disable_adapters:
+                weight = merged_weight(layer)
+                if weight is not None:
+                    merged[storage_key(layer.get_base_layer().weight)] = weight
+    # by storage, so that a weight tied to an adapted one (lm_head to embed_tokens) gets the merged values too
+    return {name.replace(".base_layer.", "."): merged.get(storage_key(v), v).detach()
+            for name, v in base.state_dict().items() if ".lora_" not in name}
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), tuple(t.shape), t.stride()
+
+
+def merged_weight(layer: torch.nn.Module) -> torch.Tensor | None:
+    """A LoRA layer's base weight plus the delta of each of its active adapters, in a new tensor; None when no
+    adapter is active. Bit for bit peft's merge (LoraLayer.merge) of plain LoRA, not assigned to the layer: the
+    delta peft computes (`get_delta_weight`, a new tensor) takes the base weight in place (W + d = d + W exactly)."""
+    weight, merged = layer.get_base_layer().weight.detach(), None
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A and adapter not in layer.lora_embedding_A:
+            continue
+        if adapter in getattr(layer, "lora_variant", {}) or layer.lora_bias.get(adapter):
+            raise ValueError(f"{type(layer).__name__}: adapter {adapter!r} is a DoRA or lora_bias adapter, whose "
+                             f"merge this sync does not compute (model.lora builds plain LoRA adapters)")
+        delta = layer.get_delta_weight(adapter).to(weight.dtype)
+        merged = delta.add_(weight) if merged is None else merged.add_(delta)
+    return merged
 
 
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:

@@ -144,7 +144,8 @@ class Learner:
         return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
 
     def policy_state(self) -> dict[str, torch.Tensor]:
-        """Full policy weights (LoRA merged) for the generators."""
+        """Full policy weights for the generators, base-model names: with LoRA the adapted weights merged into new
+        tensors, the policy itself untouched (common/models.merged_state_dict)."""
         return merged_state_dict(self.policy)
 
     def state_dict(self) -> dict:

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import launch
-from common.config import Config, ConfigError, load_config, save_config
+from common.config import Config, ConfigError, flatten, load_config, save_config, to_dict
 from common.models import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +77,23 @@ def test_launch_exits_nonzero_on_bad_config(capsys):
     assert "rl.kl_coef: expected a number" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smollm2_helpsteer2", "smollm2_helpsteer2_distributional"])
+@pytest.mark.parametrize("name", ["smollm2_helpsteer2", "smollm2_helpsteer2_distributional", "smollm2_helpsteer2_lora",
+                                  "smollm2_helpsteer2_distributional_lora"])
 def test_real_configs_ask_for_the_gpu(name):
     assert load_config(ROOT / "configs" / f"{name}.yaml").device == "cuda"
+
+
+@pytest.mark.parametrize("name", ["smollm2_helpsteer2", "smollm2_helpsteer2_distributional"])
+def test_lora_configs_are_the_real_configs_with_lora_adapters_and_their_lr(name):
+    """A *_lora.yaml changes only model.lora, rl.lr and run_dir of its full fine-tuning config (the notebook's
+    USE_LORA compares like with like), the same way for both levels."""
+    full, lora = (flatten(to_dict(load_config(ROOT / "configs" / f"{n}.yaml"))) for n in (name, f"{name}_lora"))
+    changed = {k for k in full if full[k] != lora[k]}
+    assert changed == {"run_dir", "rl.lr", "model.lora.enabled", "model.lora.target_modules"}
+    assert lora["model.lora.enabled"] and lora["rl.lr"] == pytest.approx(10 * full["rl.lr"])
+    level1 = flatten(to_dict(load_config(ROOT / "configs" / "smollm2_helpsteer2_lora.yaml")))
+    assert {k: v for k, v in lora.items() if k.startswith("model.lora")} == {
+        k: v for k, v in level1.items() if k.startswith("model.lora")}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where torch sees no GPU")

@@ -87,3 +87,47 @@ def test_lora_policy_uses_disabled_adapters_as_reference(policy, tokenizer):
         for k, v in lora.get_base_model().state_dict().items():
             if "lora_" not in k:
                 assert torch.equal(v, base[k.replace(".base_layer", "")]), f"reference weight {k} changed"
+
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def test_lora_sync_writes_nothing_and_equals_the_deep_copy_merge(policy, tokenizer):
+    """policy_state() with LoRA (common/models.merged_state_dict): every tensor of the policy, adapters and frozen
+    base weights alike, is bit for bit what it was; the synced weights are bit for bit a deep copy's
+    merge_and_unload() (the sync before this change); only the adapted weights are new tensors; the next update is
+    the one a learner that never synced makes."""
+    import copy
+
+    from common.config import LoraConfig
+    from common.models import apply_lora, merged_state_dict
+    lora = apply_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=ALL_LINEAR), "CAUSAL_LM")
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # trained adapters: merged weights differ from the base in every element
+    twin = copy.deepcopy(lora)
+    batch = make_generator(lora, tokenizer).generate(list(range(8)), seed=0).with_rewards(torch.randn(8))
+    synced, unsynced = (Learner(m, None, RLConfig(lr=1e-2, kl_coef=0.1), CPU) for m in (lora, twin))
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+
+    state = synced.policy_state()
+    for k, v in lora.state_dict().items():
+        assert torch.equal(v, before[k]), f"the sync changed {k}"
+    deep_copy_merge = copy.deepcopy(lora).merge_and_unload().state_dict()
+    assert state.keys() == deep_copy_merge.keys()
+    for k, v in deep_copy_merge.items():
+        assert torch.equal(state[k], v), k
+    live = {p.data_ptr() for p in lora.parameters()}
+    adapted = {k for k in state if k.endswith(tuple(f"{m}.weight" for m in ALL_LINEAR))}
+    assert adapted and all(state[k].data_ptr() not in live for k in adapted), "merged weights are new tensors"
+    assert all(v.data_ptr() in live for k, v in state.items() if k not in adapted), "the rest is not copied"
+    with lora.disable_adapter():  # what the module computes with its adapters off: the base weights
+        off = merged_state_dict(lora)
+    assert all(torch.equal(off[k], before[f"base_model.model.{k}".replace(".weight", ".base_layer.weight")])
+               for k in adapted)
+
+    synced.step(batch)
+    unsynced.step(batch)
+    for (k, v), w in zip(lora.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(v, w), f"the sync changed the next update of {k}"

@@ -66,7 +66,7 @@ def bench_line(capsys, tmp_path, tokenizer, *overrides):
 
 def activations(out, step):
     import re
-    return float(re.search(rf"{step} step: .*activations ([\d.]+) GiB", out)[1])
+    return float(re.search(rf"{step} step[^:]*: .*activations ([\d.]+) GiB", out)[1])
 
 
 def test_bench_memory_counts_what_the_knobs_save(capsys, tmp_path, tokenizer):
@@ -79,3 +79,47 @@ def test_bench_memory_counts_what_the_knobs_save(capsys, tmp_path, tokenizer):
     for step in ("rm", "rl"):
         assert activations(micro, step) < activations(full, step) / 2, step
         assert activations(ckpt, step) < activations(full, step), step
+
+
+def phase_total(out, phase):
+    import re
+    return float(re.search(rf"rl step, {phase} phase: .* = ([\d.]+) GiB", out)[1])
+
+
+def test_bench_memory_counts_backend_auto_as_vllm_on_a_gpu(capsys, tmp_path, tokenizer):
+    """The CPU count is for a 16 GiB GPU: auto counts vLLM's reservation (0.3 x 16 GiB) while the learner runs, as
+    backend=vllm does; a sized KV cache shrinks it; vllm_sleep moves it out of the learner phase."""
+    _, auto_peak, auto = bench_line(capsys, tmp_path, tokenizer)
+    _, hf_peak, hf = bench_line(capsys, tmp_path, tokenizer, "generator.backend=hf")
+    _, sized_peak, sized = bench_line(capsys, tmp_path, tokenizer, "generator.kv_cache_gb=1")
+    _, _, asleep = bench_line(capsys, tmp_path, tokenizer, "generator.vllm_sleep=true")
+    assert "generator: vllm (auto" in auto and "generator: hf (generator.backend=hf)" in hf
+    assert "generator (vllm) 4.80 GiB" in auto and "generator (vllm)" not in hf
+    assert auto_peak == pytest.approx(hf_peak + 4.80, abs=0.011)
+    assert sized_peak == pytest.approx(hf_peak + 1.0, abs=0.011)  # 1 GiB + the tiny model's 16-bit weights
+    assert phase_total(asleep, "learner") == phase_total(hf, "learner")
+    assert phase_total(asleep, "generation") == phase_total(auto, "generation")
+
+
+def test_bench_memory_counts_lora_adapters_and_no_reference(tokenizer):
+    """With model.lora the bench's policy carries the adapters: gradients and AdamW moments of the adapters only, the
+    frozen base in fp32, no reference copy; without it, all of the policy's and a reference."""
+    from bench.bench_memory import build, rl_step_cpu
+    from common.config import load_config
+    from common.models import tiny_llama_config
+    from helpers import CONFIG
+
+    small = ["device=cpu", "data.max_prompt_tokens=8", "generator.max_new_tokens=4", "rl.micro_batch_size=2"]
+    phases = {}
+    for lora in (False, True):
+        cfg = load_config(CONFIG, [*small, f"model.lora.enabled={str(lora).lower()}"])
+        policy, rm = build(cfg, tiny_llama_config(TINY, tokenizer), CPU)
+        phases[lora] = rl_step_cpu(cfg, policy, rm, torch.float32, "hf")["learner phase"]
+        adapters = sum(p.numel() * 4 for n, p in policy.named_parameters() if "lora_" in n)
+        base = sum(p.numel() * 4 for n, p in policy.named_parameters() if "lora_" not in n)
+        assert bool(adapters) == lora
+        trained = adapters if lora else base
+        assert phases[lora]["policy weights"] == base + adapters
+        assert phases[lora]["policy grads"] == trained and phases[lora]["policy adam"] == 2 * trained
+        assert phases[lora]["reference weights"] == (0 if lora else base)
+        assert phases[lora]["reward model weights"] == rm.num_parameters() * 4

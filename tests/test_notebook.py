@@ -14,12 +14,13 @@ import yaml
 from IPython.core.inputtransformer2 import TransformerManager
 from tqdm import tqdm
 
+from common.config import load_config
 from helpers import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = json.loads((ROOT / "notebooks" / "colab.ipynb").read_text())
 CODE = [("".join(c["source"]), c["metadata"].get("tags", [])) for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
-PARAMETERS = {"REPO_URL", "LEVEL1_CONFIG", "LEVEL2_CONFIG", "OVERRIDES", "RUN_ROOT"}
+PARAMETERS = {"REPO_URL", "USE_LORA", "LEVEL1_CONFIG", "LEVEL2_CONFIG", "OVERRIDES", "RUN_ROOT"}
 # the notebook's OVERRIDES here: FAST (tests/helpers.py), 40 out-of-distribution pairs (not 400), 3 RL steps sampled
 # with hf
 RUN_OVERRIDES = [*FAST, "sandbox.num_ood_pairs=40", "rl.steps=3", "eval.bootstrap_samples=100", "generator.backend=hf"]
@@ -33,6 +34,19 @@ def test_the_first_code_cell_holds_exactly_the_parameters_the_test_replaces():
     source, tags = CODE[0]
     assert tags == ["parameters"] and assigned_names(source) == PARAMETERS
     assert "configs/smollm2_helpsteer2.yaml" in source and "configs/smollm2_helpsteer2_distributional.yaml" in source
+
+
+def test_use_lora_picks_the_lora_configs_of_both_levels():
+    """USE_LORA (off by default) switches both levels to their LoRA configs (tests/test_config.py: the same runs with
+    LoRA adapters; tests/test_vllm.py runs their LoRA settings on the tiny model)."""
+    source, _ = CODE[0]
+    assert source.count("USE_LORA = False\n") == 1
+    for use_lora in (False, True):
+        namespace = {}
+        exec(source.replace("USE_LORA = False\n", f"USE_LORA = {use_lora}\n"), namespace)
+        level1, level2 = (load_config(ROOT / namespace[k]) for k in ("LEVEL1_CONFIG", "LEVEL2_CONFIG"))
+        assert level1.model.lora.enabled is level2.model.lora.enabled is use_lora
+        assert (level1.reward.head, level2.reward.head) == ("scalar", "distributional")
 
 
 def test_colab_only_cells_parse_and_install_with_the_install_script():

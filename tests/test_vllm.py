@@ -218,6 +218,20 @@ def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
     assert "perf/sync_s" not in steps[0] and all(m["perf/sync_s"] > 0 for m in steps[1:])  # step 0: SFT weights
 
 
+def test_local_rl_run_with_lora_syncs_the_merged_weights(tokenizer, tmp_path):
+    """The LoRA settings of configs/smollm2_helpsteer2_lora.yaml on the tiny model, vLLM sampling: every step syncs
+    the merged weights (common/models.merged_state_dict) and samples on-policy, while the adapters have moved the
+    policy away from the reference (its adapters off) by far more than the sampler's gap. A large lr (1e-2, not the
+    config's 1e-5) makes two updates move the adapters that far."""
+    lora = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2_helpsteer2_lora.yaml").model.lora
+    targets = ",".join(lora.target_modules)
+    run_rl(vllm_run_config(tokenizer, tmp_path / "run", "model.lora.enabled=true", f"model.lora.r={lora.r}",
+                           f"model.lora.alpha={lora.alpha}", f"model.lora.target_modules={targets}", "rl.lr=1e-2"))
+    steps = on_policy_steps(tmp_path / "run")
+    assert all(m["perf/sync_s"] > 0 for m in steps[1:])
+    assert steps[-1]["rollout/kl"] > 100 * steps[-1]["perf/logprob_mismatch"], steps[-1]
+
+
 @pytest.mark.slow
 def test_ray_rl_run_with_vllm_generator_actor(tokenizer, tmp_path):
     """launch.py --stage rl --mode ray with generator.backend=vllm: the generator actor hosts its own engine, loads
