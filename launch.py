@@ -21,7 +21,8 @@ import time
 import traceback
 
 from common import runlock
-from common.config import ConfigError, load_config
+from common.config import Config, ConfigError, load_config
+from common.config_schema import keys_help
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
 from common.metrics import record_invocation, record_stage_time
 from experiments import PLANS, plan_variants
@@ -32,7 +33,10 @@ TEMPERATURE = "temperature"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = ("config keys, set in the YAML file or as key=value after the flags (defaults shown; the YAML file "
+              "overrides them):\n" + keys_help(Config))
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
@@ -52,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of expected errors too (or set REINFORCE_DEBUG=1)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rl.kl_coef=0.1")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value config overrides, e.g. rl.kl_coef=0.1 (every key: below)")
     return parser.parse_args(argv)
 
 

@@ -9,6 +9,7 @@ import torch
 
 import launch
 from common import checkpoint
+from common.config import Config, flatten, to_dict
 from helpers import FAST
 
 # FAST (tests/helpers.py) with what this end-to-end run checks on top: 16 held-out prompts in and out of distribution
@@ -82,3 +83,18 @@ def test_resume_without_checkpoint_names_the_directory(tmp_path, capsys):
     assert run(tmp_path, "--stage", "rl", "--resume") == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path) in last
+
+
+def test_help_lists_every_config_key_with_its_default_and_help(capsys):
+    """--help is generated from the schema (common/config.py): every key, its default, its help and what it allows."""
+    with pytest.raises(SystemExit) as done:
+        launch.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    lines = out.splitlines()
+    for key in flatten(to_dict(Config())):
+        assert any(line.startswith(f"    {key}=") for line in lines), key
+    assert "    rl.kl_coef=0.05  beta in the shaped reward r - beta * (log pi - log pi_ref) (>= 0)" in lines
+    assert "    rl.baseline=moving_average  moving_average = the paper's mean" in out
+    assert "    rl.lr=1e-06  (> 0)" in lines and "    model.tokenizer=''  '' = the policy's own" in out
+    assert "  rl:" in lines and "  model.lora:" in lines, "grouped by section"
