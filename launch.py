@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
-from common import runlock
+from common import checkpoint, runlock
 from common.config import Config, ConfigError, load_config
 from common.config_schema import keys_help
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
@@ -29,6 +30,7 @@ from experiments import PLANS, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
+EXPERIMENT = "experiment"  # what `running` holds while a sweep runs its runs' stages as child processes
 TEMPERATURE = "temperature"
 
 
@@ -53,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
     parser.add_argument("--no-report", action="store_true", help="all: do not end with the report")
-    parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --stage rl: continue from the latest checkpoint (the only stage that keeps "
+                             "checkpoints; sft and rm start over when rerun)")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of expected errors too (or set REINFORCE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*",
@@ -111,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail(disk_error(e, e.filename or f"under {getattr(args, 'run_dir', 'the run directory')}"), 1, debug)
     except KeyboardInterrupt:
-        return fail(interrupted_text(signal.SIGINT), 128 + signal.SIGINT, debug)
+        return fail(interrupted_text(signal.SIGINT, *running(args)), 128 + signal.SIGINT, debug)
     except Interrupted as e:
-        return fail(interrupted_text(e.signum), 128 + e.signum, debug)
+        return fail(interrupted_text(e.signum, *running(args)), 128 + e.signum, debug)
     finally:
         runlock.release_all()
         if previous is not None:
@@ -127,9 +131,43 @@ def fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
-def interrupted_text(signum: int) -> str:
-    return (f"interrupted by {signal.Signals(signum).name}; checkpoints already written are intact "
-            f"(--stage rl --resume continues from the latest)")
+def running(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the stage that was running, the run directory) when the run stopped; None before any stage started."""
+    return getattr(args, "running", None), getattr(args, "run_dir", None)
+
+
+def interrupted_text(signum: int, stage: str | None = None, run_dir: str | None = None) -> str:
+    """What an interruption left behind and what rerunning does for the stage it stopped: only the rl stage keeps
+    checkpoints to continue from; the others start over when rerun."""
+    head = f"interrupted by {signal.Signals(signum).name}"
+    if stage is None:
+        return f"{head}; the files already written are intact"
+    if stage == EXPERIMENT:
+        return (f"{head}; rerunning the same command skips the stages each run has finished and starts the "
+                f"interrupted ones over")
+    if stage == "rl":
+        latest = checkpoint.latest(Path(run_dir) / "checkpoints") if run_dir else None
+        if latest is None:
+            return (f"{head} in the rl stage before its first checkpoint (rl.save_every): rerunning it (--stage rl) "
+                    f"starts it over")
+        return (f"{head} in the rl stage; its checkpoints are intact: --stage rl --resume continues from the latest, "
+                f"{latest}")
+    return (f"{head} in the {stage} stage, which keeps no checkpoints: rerunning it (--stage {stage}) starts it "
+            f"over; what the stages before it wrote is intact")
+
+
+def check_resume(args: argparse.Namespace, experiment: bool) -> None:
+    """--resume continues the rl stage from its latest checkpoint; no other stage keeps checkpoints, so asking
+    another one to resume is refused before anything runs instead of silently starting it over."""
+    if not args.resume:
+        return
+    if experiment:
+        raise ConfigError("--resume does not apply to --seeds/--grid/--plan: rerunning the experiment's command "
+                          "skips the stages each run has finished; leave out --resume")
+    if args.stage != "rl":
+        raise ConfigError(f"--resume continues the rl stage only (--stage rl --resume); --stage {args.stage} would "
+                          f"run stages that keep no checkpoints and start over: leave out --resume, or use "
+                          f"--stage rl --resume")
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -147,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         from actors.reward_functions import check
         check(cfg)
     experiment = bool(args.seeds or args.grid or args.plan)
+    check_resume(args, experiment)
     if experiment:
         from experiments.runner import parse_grid, parse_seeds, plan
         if args.plan and args.grid:
@@ -158,11 +197,13 @@ def run(args: argparse.Namespace) -> int:
         plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.stage == REPORT:
+        args.running = REPORT
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return 0
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
         record_invocation(cfg.run_dir, command_of(args))
     if experiment:
+        args.running = EXPERIMENT
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
                                reference)
@@ -171,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if any(r.status == "failed" for r in runs) else 0
     t_start = time.perf_counter()
     for name in stages_for(args.stage, cfg):
+        args.running = name
         t0 = time.perf_counter()
         result = run_stage(name, cfg, args.resume, args.mode)
         record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)
@@ -181,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{name}] done in {time.perf_counter() - t0:.1f}s {summary}", flush=True)
     print(f"all stages done in {time.perf_counter() - t_start:.1f}s; run directory: {cfg.run_dir}")
     if args.stage == "all" and not args.no_report:
+        args.running = REPORT
         write_report([cfg.run_dir], args.report_dir)
     return 0
 
