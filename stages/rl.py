@@ -23,8 +23,10 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
+from common.export import save_trained
 from common.metrics import RunLogger, read_log
-from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer, save_model
+from common.model_card import training_record
+from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, eos_rate
 from common.runtime import prepare
@@ -34,6 +36,9 @@ from learner.precision import resolve_dtype
 from tasks.base import Task
 from tasks.registry import load_task
 
+# the last step's figures the policy's card shows (its training batch: the held-out ones come from the eval stage)
+FINAL_FIGURES = {"rollout/reward": "last step's mean reward (training batch)", "rollout/kl": "last step's mean KL to "
+                 "the SFT policy (training batch)"}
 StepHook = Callable[[int, RolloutSource], None]  # after every step (tests use it to kill actors mid-run)
 
 
@@ -114,13 +119,17 @@ def resume_learner(learner: Learner, resumed: tuple) -> int:
     return int(state["step"])
 
 
-def finish_rl(paths: RunPaths, steps: int, learner: Learner, tokenizer, metrics: dict[str, float], **extra) -> dict:
-    """Final checkpoint, the trained policy and rl_metrics.json."""
+def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics: dict[str, float],
+              **extra) -> dict:
+    """Final checkpoint, the trained policy (policy/, with its card) and rl_metrics.json."""
+    steps = cfg.rl.steps
     checkpoint.save(paths.checkpoints, steps, learner.state_dict())
-    save_model(learner.policy, tokenizer, paths.trained_policy)
     rows = [json.loads(line) for line in read_log(paths.file("metrics_rl.jsonl"))]
     if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
         metrics = {k: v for k, v in rows[-1].items() if k != "step"}
+    figures = {"steps": steps, **{label: metrics[key] for key, label in FINAL_FIGURES.items() if key in metrics}}
+    save_trained(learner.policy, tokenizer, paths.trained_policy,
+                 training_record("policy", cfg, paths.run_dir, figures))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     paths.file("rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
@@ -163,5 +172,5 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
                 on_step(step, source)
         recorder.close()
         summary = source.summary()
-    return finish_rl(paths, cfg.rl.steps, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
+    return finish_rl(cfg, paths, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
                      **summary)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import launch
 from common import checkpoint
@@ -58,6 +59,19 @@ def test_all_stages_write_their_outputs(demo_run):
         assert tags >= {"perf/logprob_mismatch", "perf/sync_s"}
     events = list((demo_run / "tensorboard" / "rl").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_every_model_directory_carries_its_card(demo_run):
+    """sft_model/, reward_model/ and policy/ carry a model card; the eval stage put its figures into the policy's."""
+    for name, kind in (("sft_model", "sft"), ("reward_model", "reward"), ("policy", "policy")):
+        card = ModelCard.load(demo_run / name / "README.md")
+        assert card.data.library_name == "transformers", name
+        assert json.loads((demo_run / name / "training_run.json").read_text())["kind"] == kind
+        assert "python launch.py --config configs/tiny.yaml" in card.text, "the command, from invocation.json"
+    policy_card = (demo_run / "policy" / "README.md").read_text()
+    assert "## Evaluation" in policy_card and "| out-of-distribution | 16 |" in policy_card
+    assert (demo_run / "policy" / "eval.json").read_text() == (demo_run / "eval.json").read_text()
 
 
 @pytest.mark.slow
