@@ -1,6 +1,6 @@
 """Trained model directories, as users load and push them: the full weights (LoRA merged) and the tokenizer, which
-`from_pretrained` reads; training_run.json (what trained it) and the model card README.md built from it
-(common/model_card.py).
+`from_pretrained` reads; the LoRA adapter alone in `adapter/` when the model trained one; training_run.json (what
+trained it) and the model card README.md built from it (common/model_card.py).
 
 Every directory is written whole into a temporary directory beside its place and then renamed into it, so a
 crash or a full disk mid-save leaves the previous directory intact and never half a model; single files inside it
@@ -26,6 +26,7 @@ from common.models import save_model
 RECORD_FILE = "training_run.json"  # common/model_card.training_record: the card's inputs, kept beside the weights
 EVAL_FILE = "eval.json"  # the policy's held-out evaluation, a copy of the run's eval.json
 CARD_FILE = "README.md"
+ADAPTER_DIR = "adapter"
 
 
 @contextlib.contextmanager
@@ -76,15 +77,26 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_trained(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, record: dict,
                  extra: Callable[[Path], None] | None = None) -> Path:
     """Write a trained model directory at `path` in one piece: full weights (LoRA merged, save_model) and
-    tokenizer, what `extra` writes into it (e.g. reward_head.json), `record` (training_run.json) and its card."""
+    tokenizer, the adapter alone in adapter/ when `model` has LoRA adapters, what `extra` writes into it (e.g.
+    reward_head.json), `record` (training_run.json) and its card."""
     path = Path(path)
     with replacing_dir(path) as tmp:
         save_model(model, tokenizer, tmp)
+        if hasattr(model, "merge_and_unload"):  # a peft model: its adapters, as common/models.save_model
+            save_adapter(model, tmp / ADAPTER_DIR)
         if extra is not None:
             extra(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
         write_card(tmp, model_id=str(path))
     return path
+
+
+def save_adapter(model: torch.nn.Module, path: Path) -> None:
+    """peft's adapter-only save (adapter_config.json and the adapter weights), loadable with
+    PeftModel.from_pretrained on the base model its config names. peft also writes a template README with
+    placeholders in every field: removed, the directory's own card documents the adapter."""
+    model.save_pretrained(path)
+    (path / CARD_FILE).unlink(missing_ok=True)
 
 
 def write_card(model_dir: str | Path, model_id: str | None = None) -> bool:
@@ -97,7 +109,7 @@ def write_card(model_dir: str | Path, model_id: str | None = None) -> bool:
         return False
     record = json.loads(record_file.read_text())
     evaluation = json.loads((model_dir / EVAL_FILE).read_text()) if (model_dir / EVAL_FILE).is_file() else None
-    card = build_card(record, evaluation, model_id or str(model_dir))
+    card = build_card(record, evaluation, model_id or str(model_dir), adapter=(model_dir / ADAPTER_DIR).is_dir())
     write_text_atomic(model_dir / CARD_FILE, str(card))
     return True
 

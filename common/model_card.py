@@ -80,10 +80,10 @@ def base_model(record: dict) -> str:
     return (c["reward"]["init"] or c["model"]["policy"]) if record["kind"] == "reward" else c["model"]["policy"]
 
 
-def card_data(record: dict) -> ModelCardData:
+def card_data(record: dict, adapter: bool) -> ModelCardData:
     kind, c = record["kind"], record["config"]
     dataset = hub_id(c["data"]["source"])
-    tags = list(TAGS[kind])
+    tags = TAGS[kind] + (["lora", "peft"] if adapter else [])
     if kind == "reward":
         tags.append("bradley-terry" if c["reward"]["head"] == "scalar" else "distributional-reward-model")
     return ModelCardData(base_model=hub_id(base_model(record)), library_name="transformers", tags=tags,
@@ -91,15 +91,15 @@ def card_data(record: dict) -> ModelCardData:
                          pipeline_tag="text-classification" if kind == "reward" else "text-generation")
 
 
-def build_card(record: dict, evaluation: dict | None = None, model_id: str = ".") -> ModelCard:
+def build_card(record: dict, evaluation: dict | None = None, model_id: str = ".", adapter: bool = False) -> ModelCard:
     """The card of a model directory: metadata, what it is, how to load it, how it was trained, its figures (the
     policy's held-out evaluation when there is one), the command, the full config, the citation."""
     kind = record["kind"]
-    sections = [f"# {TITLES[kind]}", summary(record), usage(record, model_id), training(record),
+    sections = [f"# {TITLES[kind]}", summary(record), usage(record, model_id, adapter), training(record),
                 results(record, evaluation), reproduce(record),
                 "## Citation\n\nThe method:\n\n```bibtex\n" + CITATION + "\n```"]
     body = "\n\n".join(s for s in sections if s)
-    return ModelCard(f"---\n{card_data(record).to_yaml()}\n---\n\n{body}\n")
+    return ModelCard(f"---\n{card_data(record, adapter).to_yaml()}\n---\n\n{body}\n")
 
 
 def describe_model(name: str, c: dict, warmed_up: bool = True) -> str:
@@ -154,7 +154,7 @@ def summary(record: dict) -> str:
             f"the preference pairs of {describe_data(c)}.")
 
 
-def usage(record: dict, model_id: str) -> str:
+def usage(record: dict, model_id: str, adapter: bool) -> str:
     c = record["config"]
     if record["kind"] == "reward":
         code = REWARD_USAGE.format(model_id=model_id)
@@ -167,6 +167,10 @@ def usage(record: dict, model_id: str) -> str:
                                    max_new_tokens=c["generator"]["max_new_tokens"])
         note = (f"The rl stage samples at temperature {c['generator']['temperature']} (generator.temperature, part "
                 f"of the policy it trains), with no top-k or top-p.")
+    if adapter:
+        note += (f" The weights here are the full model with the LoRA adapter merged in; `adapter/` holds the adapter "
+                 f"alone (peft): `PeftModel.from_pretrained(base, \"{model_id}\", subfolder=\"adapter\")` on the "
+                 f"base model that its adapter_config.json names.")
     return f"## How to use\n\n```python\n{code}```\n\n{note}"
 
 
