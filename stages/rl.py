@@ -76,10 +76,12 @@ def perf_metrics(batch: RolloutBatch, perf: dict[str, float], t_batch: float, t_
 
 class RLRecorder:
     """TensorBoard / jsonl logging, the held-out probe (when rl.eval_every > 0) and periodic checkpoints after each
-    learner step."""
+    learner step: the learner's state (step_*.pt, for --resume) and the policy at that step as a Hugging Face
+    directory (checkpoints/latest_policy/, for from_pretrained mid-run)."""
 
     def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer) -> None:
-        self.rl, self.ckpt_dir = cfg.rl, paths.checkpoints
+        self.cfg, self.rl, self.paths, self.tokenizer = cfg, cfg.rl, paths, tokenizer
+        self.ckpt_dir = paths.checkpoints
         self.logger = RunLogger(paths.run_dir, "rl", resume_step=start)
         if start == 0:
             self.logger.hparams(cfg)
@@ -97,6 +99,8 @@ class RLRecorder:
             self.logger.log(step + 1, metrics)
         if rl.save_every and (step + 1) % rl.save_every == 0:
             checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
+            save_trained(learner.policy, self.tokenizer, self.paths.latest_policy,
+                         training_record("checkpoint", self.cfg, self.paths.run_dir, step=step + 1))
 
     def close(self) -> None:
         self.logger.close()

@@ -107,12 +107,13 @@ def test_lora_runs_save_adapters_beside_the_merged_models(tmp_path, stand_ins):
     """The rm and rl stages with LoRA on, through launch.py: each output loads with from_pretrained, carries its
     card, and holds its adapter in adapter/."""
     run = run_with_sft(tmp_path, stand_ins)
-    lora = ["reward.lora.enabled=true", "model.lora.enabled=true", "rl.steps=2"]
+    lora = ["reward.lora.enabled=true", "model.lora.enabled=true", "rl.steps=2", "rl.save_every=1"]
     assert launch.main(stage(run, "rm", *lora)) == 0
     assert launch.main(stage(run, "rl", *lora)) == 0
-    for name in ("reward_model", "policy"):
+    for name in ("reward_model", "policy", "checkpoints/latest_policy"):
         out = run / name
         assert (out / ADAPTER_DIR / "adapter_config.json").is_file() and (out / "README.md").is_file(), name
         assert json.loads((out / ADAPTER_DIR / "adapter_config.json").read_text())["r"] == 16
     AutoModelForCausalLM.from_pretrained(run / "policy")
     assert (run / "reward_model" / "reward_head.json").is_file()
+    assert json.loads((run / "checkpoints" / "latest_policy" / RECORD_FILE).read_text())["step"] == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
 
 import launch
 from common import checkpoint
@@ -62,9 +63,11 @@ def test_all_stages_write_their_outputs(demo_run):
 
 
 @pytest.mark.slow
-def test_every_model_directory_carries_its_card(demo_run):
-    """sft_model/, reward_model/ and policy/ carry a model card; the eval stage put its figures into the policy's."""
-    for name, kind in (("sft_model", "sft"), ("reward_model", "reward"), ("policy", "policy")):
+def test_every_model_directory_carries_its_card_and_the_latest_checkpoint_loads(demo_run):
+    """sft_model/, reward_model/, policy/ and checkpoints/latest_policy/ load with from_pretrained and carry a model
+    card; the eval stage put its figures into the policy's; latest_policy/ is the policy of the latest checkpoint."""
+    for name, kind in (("sft_model", "sft"), ("reward_model", "reward"), ("policy", "policy"),
+                       ("checkpoints/latest_policy", "checkpoint")):
         card = ModelCard.load(demo_run / name / "README.md")
         assert card.data.library_name == "transformers", name
         assert json.loads((demo_run / name / "training_run.json").read_text())["kind"] == kind
@@ -72,6 +75,11 @@ def test_every_model_directory_carries_its_card(demo_run):
     policy_card = (demo_run / "policy" / "README.md").read_text()
     assert "## Evaluation" in policy_card and "| out-of-distribution | 16 |" in policy_card
     assert (demo_run / "policy" / "eval.json").read_text() == (demo_run / "eval.json").read_text()
+    latest = AutoModelForCausalLM.from_pretrained(demo_run / "checkpoints" / "latest_policy").state_dict()
+    saved = checkpoint.load(demo_run / "checkpoints" / "step_000004.pt")["learner"]["policy"]
+    assert "step 4 of 4" in (demo_run / "checkpoints" / "latest_policy" / "README.md").read_text()
+    for k, v in saved.items():
+        assert torch.equal(latest[k], v), k
 
 
 @pytest.mark.slow
