@@ -2,7 +2,8 @@
 
 Stages: pairs (data.source=ifeval only), sft (offline sandbox only), rm, rl, eval; `all` runs them in order (pairs
 only for the ifeval task, sft only for model.policy=tiny) and ends with `report`. `--stage report [--runs DIR ...]`
-writes report.md and plots for one or more runs or sweeps.
+writes report.md and plots for one or more runs or sweeps. `--push-to-hub REPO` uploads the run's policy to REPO and
+its reward model to REPO-reward-model after the stages (`--stage push`: alone, from a finished run directory).
 Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
 in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
 
@@ -30,6 +31,7 @@ from experiments import PLANS, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
+PUSH = "push"
 EXPERIMENT = "experiment"  # what `running` holds while a sweep runs its runs' stages as child processes
 TEMPERATURE = "temperature"
 
@@ -42,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE),
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE, PUSH),
                         help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
-                             "all; needs the rm stage's reward model)")
+                             "all; needs the rm stage's reward model); push: only the upload of --push-to-hub")
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
@@ -58,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="with --stage rl: continue from the latest checkpoint (the only stage that keeps "
                              "checkpoints; sft and rm start over when rerun)")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="after the stages (or alone: --stage push), upload policy/ to the hub repository REPO "
+                             "(USER/NAME, or NAME under your account) and the run's reward_model/ to "
+                             "REPO-reward-model; needs a write token (hf auth login or HF_TOKEN), checked first")
+    parser.add_argument("--hub-public", action="store_true",
+                        help="--push-to-hub: create the repositories public (default: private; an existing "
+                             "repository keeps its visibility)")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of expected errors too (or set REINFORCE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*",
@@ -186,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         check(cfg)
     experiment = bool(args.seeds or args.grid or args.plan)
     check_resume(args, experiment)
+    repo_id = hub_target(args, experiment)  # token, network and namespace checked before any stage runs
     if experiment:
         from experiments.runner import parse_grid, parse_seeds, plan
         if args.plan and args.grid:
@@ -196,10 +206,12 @@ def run(args: argparse.Namespace) -> int:
         variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
         plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.stage == PUSH:
+        return push(args, cfg, repo_id)
     if args.stage == REPORT:
         args.running = REPORT
         write_report(args.runs or [cfg.run_dir], args.report_dir)
-        return 0
+        return push(args, cfg, repo_id)
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
         record_invocation(cfg.run_dir, command_of(args))
     if experiment:
@@ -225,6 +237,29 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "all" and not args.no_report:
         args.running = REPORT
         write_report([cfg.run_dir], args.report_dir)
+    return push(args, cfg, repo_id)
+
+
+def hub_target(args: argparse.Namespace, experiment: bool) -> str | None:
+    """The repository --push-to-hub names, as USER/NAME, once the hub accepts the token for it (stages/push.py);
+    None without the flag."""
+    if args.stage == PUSH and not args.push_to_hub:
+        raise ConfigError("--stage push uploads a finished run: name the repository with --push-to-hub REPO")
+    if not args.push_to_hub:
+        return None
+    if experiment:
+        raise ConfigError("--push-to-hub pushes one run, not an experiment: push the run you want with --stage push "
+                          "--push-to-hub REPO run_dir=DIR (DIR: one <variant>/seed_<s> of the experiment)")
+    from stages.push import check_access
+    return check_access(args.push_to_hub)
+
+
+def push(args: argparse.Namespace, cfg, repo_id: str | None) -> int:
+    """--push-to-hub's upload of the run's policy and reward model, when the flag is given."""
+    if repo_id is not None:
+        args.running = PUSH
+        from stages.push import push_run
+        push_run(cfg, repo_id, private=not args.hub_public)
     return 0
 
 
