@@ -78,15 +78,20 @@ def test_lora_policy_saves_the_merged_model_and_the_adapter_alone(tmp_path, toke
 
 
 def test_lora_reward_model_saves_the_merged_model_and_the_adapter_alone(tmp_path, tokenizer, stand_ins):
-    base = str(stand_ins / "reward_model")
+    """As in the rm stage, the reward model starts from the SFT policy (a causal LM) with a new head; the adapter
+    carries that trained head (peft's modules_to_save), so it loads onto a base whose head is another random one."""
+    base = str(stand_ins / "sft_model")
+    torch.manual_seed(0)
     rm = trained_lora(load_reward_model(base, 1, tokenizer, CPU), "SEQ_CLS")
     with torch.no_grad():
         want = rm(input_ids=IDS).logits
     card = record(tmp_path, "reward", "reward.lora.enabled=true")
     path = save_trained(rm, tokenizer, tmp_path / "reward_model", card)
+    torch.manual_seed(1)
+    other_head = load_reward_model(base, 1, tokenizer, CPU)
     with torch.no_grad():
         merged = AutoModelForSequenceClassification.from_pretrained(path).eval()(input_ids=IDS).logits
-        adapter = PeftModel.from_pretrained(load_reward_model(base, 1, tokenizer, CPU), path / ADAPTER_DIR).eval()
+        adapter = PeftModel.from_pretrained(other_head, str(path), subfolder=ADAPTER_DIR).eval()
         torch.testing.assert_close(adapter(input_ids=IDS).logits, want)
     torch.testing.assert_close(merged, want, rtol=1e-4, atol=1e-4)
 
