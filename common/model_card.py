@@ -52,15 +52,16 @@ HYPERPARAMETERS["checkpoint"] = HYPERPARAMETERS["policy"]
 
 
 def training_record(kind: str, cfg: Config, run_dir: str | Path, results: dict | None = None,
-                    step: int | None = None) -> dict:
+                    step: int | None = None, reward: dict | None = None) -> dict:
     """What trained a model, kept beside it (training_run.json): its kind, the resolved config, the run's command
-    (invocation.json, when the run directory has one), the stage's results and, for a checkpoint, its step."""
+    (invocation.json, when the run directory has one), the stage's results, for a checkpoint its step, and for a
+    policy what its reward was made of (`reward`: actors/reward_functions.describe's reward_components)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
     invocation = Path(run_dir) / "invocation.json"
     command = json.loads(invocation.read_text()) if invocation.is_file() else {}
     return {"kind": kind, "config": to_dict(cfg), "command": command.get("command"),
-            "command_started": command.get("started"), "results": results or {}, "step": step,
+            "command_started": command.get("started"), "results": results or {}, "step": step, "reward": reward,
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
@@ -86,6 +87,8 @@ def card_data(record: dict, adapter: bool) -> ModelCardData:
     tags = TAGS[kind] + (["lora", "peft"] if adapter else [])
     if kind == "reward":
         tags.append("bradley-terry" if c["reward"]["head"] == "scalar" else "distributional-reward-model")
+    if kind in ("policy", "checkpoint") and c["reward"].get("functions"):
+        tags.append("reward-functions")
     return ModelCardData(base_model=hub_id(base_model(record)), library_name="transformers", tags=tags,
                          datasets=[dataset] if dataset else None,
                          pipeline_tag="text-classification" if kind == "reward" else "text-generation")
@@ -150,8 +153,20 @@ def summary(record: dict) -> str:
     what = (f"An intermediate checkpoint (step {record['step']} of {c['rl']['steps']}, not evaluated) of a policy"
             if kind == "checkpoint" else "A policy")
     return (f"{what} trained from {describe_model(base_model(record), c)} with REINFORCE with a moving-average "
-            f"baseline and a KL penalty to the SFT policy, as in {PAPER}, against {describe_reward(c)} trained on "
-            f"the preference pairs of {describe_data(c)}.")
+            f"baseline and a KL penalty to the SFT policy, as in {PAPER}, against {policy_reward(record)}.")
+
+
+def policy_reward(record: dict) -> str:
+    """What the policy was trained against: the reward model, Python reward functions, or their weighted sum."""
+    c = record["config"]
+    parts = record.get("reward") or {"reward_model": 1.0, "functions": {}, "text": "reward model"}
+    model = (f"{describe_reward(c)} read from `{c['reward']['path']}` (reward.path)" if c["reward"]["path"] else
+             f"{describe_reward(c)} trained on the preference pairs of {describe_data(c)}")
+    if not parts["functions"]:
+        return model
+    if not parts["reward_model"]:
+        return f"Python reward functions alone ({parts['text']}) on the prompts of {describe_data(c)}"
+    return f"the weighted sum {parts['text']}, the reward model being {model}"
 
 
 def usage(record: dict, model_id: str, adapter: bool) -> str:
@@ -203,6 +218,8 @@ def training(record: dict) -> str:
     kind, c = record["kind"], record["config"]
     flat = flatten(c)
     keys = [k for k in HYPERPARAMETERS[kind] if not (k == "reward.num_bins" and c["reward"]["head"] == "scalar")]
+    if kind in ("policy", "checkpoint") and c["reward"].get("functions"):
+        keys += ["reward.model_weight", "reward.functions", "reward.function_weights"]
     lora = c["reward"]["lora"] if kind == "reward" else c["model"]["lora"]
     if lora["enabled"] and kind != "sft":
         prefix = "reward.lora" if kind == "reward" else "model.lora"
@@ -225,7 +242,7 @@ def method(record: dict) -> str:
     lora = (" LoRA adapters were trained; the reference is the policy with its adapters off."
             if c["model"]["lora"]["enabled"] else "")
     return (f"REINFORCE with a moving-average baseline ({PAPER}). Each step samples one response per prompt at "
-            f"temperature {c['generator']['temperature']}; its reward r from the reward model is shaped as "
+            f"temperature {c['generator']['temperature']}; its reward r (above) is shaped as "
             f"R = r - beta (log pi - log pi_ref) with beta = rl.kl_coef = {rl['kl_coef']} and pi_ref the frozen "
             f"SFT policy; the baseline b is {baseline}; the loss is -(R - b) log pi(y|x), one optimizer step per "
             f"batch: no ratio, no clipping of the objective, no value network.{lora}")

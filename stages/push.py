@@ -95,8 +95,9 @@ def check_access(repo: str) -> str:
 
 
 def push_run(cfg: Config, repo_id: str, private: bool = True) -> list[str]:
-    """Upload the run's policy/ to `repo_id` and its reward_model/ (when this run trained it) to
-    `repo_id`-reward-model; each card is rewritten first with the id its usage code loads. Returns the URLs."""
+    """Upload the run's policy/ to `repo_id` and its reward_model/ (when this run trained it and the policy's
+    reward used it) to `repo_id`-reward-model; each card is rewritten first with the id its usage code loads.
+    Returns the URLs."""
     paths = RunPaths(cfg)
     if not (paths.trained_policy / "config.json").is_file():
         raise PathNotFound(f"--push-to-hub {repo_id}: no trained policy at {paths.trained_policy}: run --stage rl "
@@ -104,7 +105,10 @@ def push_run(cfg: Config, repo_id: str, private: bool = True) -> list[str]:
                            f"finished run")
     runlock.acquire(cfg.run_dir)  # no stage may replace policy/ while it uploads
     targets = [(paths.trained_policy, repo_id, "policy")]
-    if cfg.reward.path:
+    if not cfg.reward.model_weight:
+        print("[push] no reward model pushed: reward.model_weight=0 (the policy's reward is reward.functions')",
+              flush=True)
+    elif cfg.reward.path:
         print(f"[push] reward model not pushed: reward.path={cfg.reward.path} was not trained by this run",
               flush=True)
     elif (paths.reward_out / "config.json").is_file():

@@ -98,9 +98,15 @@ class RLRecorder:
         if probe or (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
             self.logger.log(step + 1, metrics)
         if rl.save_every and (step + 1) % rl.save_every == 0:
-            checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
-            save_trained(learner.policy, self.tokenizer, self.paths.latest_policy,
-                         training_record("checkpoint", self.cfg, self.paths.run_dir, step=step + 1))
+            self.checkpoint(step + 1, learner)
+
+    def checkpoint(self, step: int, learner: Learner) -> None:
+        """The learner's state (step_*.pt, for --resume) and the policy at this step as a Hugging Face directory
+        (checkpoints/latest_policy/, replaced whole, for from_pretrained while the run goes on)."""
+        checkpoint.save(self.ckpt_dir, step, learner.state_dict())
+        record = training_record("checkpoint", self.cfg, self.paths.run_dir, step=step,
+                                 reward=describe_reward(self.cfg.reward))
+        save_trained(learner.policy, self.tokenizer, self.paths.latest_policy, record)
 
     def close(self) -> None:
         self.logger.close()
@@ -133,7 +139,7 @@ def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics
         metrics = {k: v for k, v in rows[-1].items() if k != "step"}
     figures = {"steps": steps, **{label: metrics[key] for key, label in FINAL_FIGURES.items() if key in metrics}}
     save_trained(learner.policy, tokenizer, paths.trained_policy,
-                 training_record("policy", cfg, paths.run_dir, figures))
+                 training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     paths.file("rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result

@@ -79,6 +79,18 @@ def test_distributional_reward_card_names_its_head(tmp_path):
     assert "rl.reward_reduction=risk_averse" in build_card(training_record("policy", cfg, tmp_path)).text
 
 
+def test_a_reward_of_functions_is_named_in_the_card(tmp_path):
+    """reward.functions (actors/reward_functions.py): alone, or added to the reward model's reward."""
+    from actors.reward_functions import describe
+    alone = load_config(None, ["reward.model_weight=0", "reward.functions=sandbox_gold"])
+    card = build_card(training_record("policy", alone, tmp_path, reward=describe(alone.reward)))
+    assert "against Python reward functions alone (1 x sandbox_gold (no reward model))" in card.text
+    assert "reward-functions" in card.data.tags and "| `reward.functions` | `['sandbox_gold']` |" in card.text
+    both = load_config(None, ["reward.model_weight=0.5", "reward.functions=sandbox_gold"])
+    text = build_card(training_record("policy", both, tmp_path, reward=describe(both.reward))).text
+    assert "the weighted sum 0.5 x reward model + 1 x sandbox_gold, the reward model being a scalar" in text
+
+
 def usage_code(model_dir) -> str:
     return re.search(r"## How to use\n\n```python\n(.*?)```", (model_dir / "README.md").read_text(), re.DOTALL).group(1)
 

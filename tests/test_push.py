@@ -129,6 +129,14 @@ def test_hub_public_and_an_organisation(hub, finished_run):
         ("team", "demo", "public"), ("team", "demo-reward-model", "public")]
 
 
+def test_a_run_without_a_reward_model_pushes_the_policy_alone(hub, finished_run, capsys):
+    """reward.model_weight=0: the policy's reward is reward.functions' alone; a reward_model/ left by an earlier
+    run is not the one it was trained against, so it stays."""
+    assert push(finished_run, "reward.model_weight=0", "reward.functions=sandbox_gold") == 0
+    assert set(hub.fake.commits) == {"alice/demo"}
+    assert "no reward model pushed: reward.model_weight=0" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fault,needles", [
     ("no_token", ["--push-to-hub demo: no Hugging Face token", "hf auth login", "HF_TOKEN"]),
     ("rejected", ["--push-to-hub demo: the hub rejected the token (401)", "hf auth login"]),
