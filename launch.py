@@ -2,7 +2,8 @@
 
 Stages: pairs (data.source=ifeval only), sft (offline sandbox only), rm, rl, eval; `all` runs them in order (pairs
 only for the ifeval task, sft only for model.policy=tiny) and ends with `report`. `--stage report [--runs DIR ...]`
-writes report.md and plots for one or more runs or sweeps.
+writes report.md and plots for one or more runs or sweeps. `--push-to-hub REPO` uploads the run's policy to REPO and
+its reward model to REPO-reward-model after the stages (`--stage push`: alone, from a finished run directory).
 Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
 in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
 
@@ -19,9 +20,11 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
-from common import runlock
-from common.config import ConfigError, load_config
+from common import checkpoint, runlock
+from common.config import Config, ConfigError, load_config
+from common.config_schema import keys_help
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
 from common.metrics import record_invocation, record_stage_time
 from common.trackers import require as require_tracker
@@ -29,17 +32,22 @@ from experiments import PLANS, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
+PUSH = "push"
+EXPERIMENT = "experiment"  # what `running` holds while a sweep runs its runs' stages as child processes
 TEMPERATURE = "temperature"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = ("config keys, set in the YAML file or as key=value after the flags (defaults shown; the YAML file "
+              "overrides them):\n" + keys_help(Config))
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE),
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE, PUSH),
                         help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
-                             "all; needs the rm stage's reward model)")
+                             "all; needs the rm stage's reward model); push: only the upload of --push-to-hub")
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
@@ -50,10 +58,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
     parser.add_argument("--no-report", action="store_true", help="all: do not end with the report")
-    parser.add_argument("--resume", action="store_true", help="rl: continue from the latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --stage rl: continue from the latest checkpoint (the only stage that keeps "
+                             "checkpoints; sft and rm start over when rerun)")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="after the stages (or alone: --stage push), upload policy/ to the hub repository REPO "
+                             "(USER/NAME, or NAME under your account) and the run's reward_model/ to "
+                             "REPO-reward-model; needs a write token (hf auth login or HF_TOKEN), checked first")
+    parser.add_argument("--hub-public", action="store_true",
+                        help="--push-to-hub: create the repositories public (default: private; an existing "
+                             "repository keeps its visibility)")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of expected errors too (or set REINFORCE_DEBUG=1)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. rl.kl_coef=0.1")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value config overrides, e.g. rl.kl_coef=0.1 (every key: below)")
     return parser.parse_args(argv)
 
 
@@ -107,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail(disk_error(e, e.filename or f"under {getattr(args, 'run_dir', 'the run directory')}"), 1, debug)
     except KeyboardInterrupt:
-        return fail(interrupted_text(signal.SIGINT), 128 + signal.SIGINT, debug)
+        return fail(interrupted_text(signal.SIGINT, *running(args)), 128 + signal.SIGINT, debug)
     except Interrupted as e:
-        return fail(interrupted_text(e.signum), 128 + e.signum, debug)
+        return fail(interrupted_text(e.signum, *running(args)), 128 + e.signum, debug)
     finally:
         runlock.release_all()
         if previous is not None:
@@ -123,9 +141,43 @@ def fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
-def interrupted_text(signum: int) -> str:
-    return (f"interrupted by {signal.Signals(signum).name}; checkpoints already written are intact "
-            f"(--stage rl --resume continues from the latest)")
+def running(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the stage that was running, the run directory) when the run stopped; None before any stage started."""
+    return getattr(args, "running", None), getattr(args, "run_dir", None)
+
+
+def interrupted_text(signum: int, stage: str | None = None, run_dir: str | None = None) -> str:
+    """What an interruption left behind and what rerunning does for the stage it stopped: only the rl stage keeps
+    checkpoints to continue from; the others start over when rerun."""
+    head = f"interrupted by {signal.Signals(signum).name}"
+    if stage is None:
+        return f"{head}; the files already written are intact"
+    if stage == EXPERIMENT:
+        return (f"{head}; rerunning the same command skips the stages each run has finished and starts the "
+                f"interrupted ones over")
+    if stage == "rl":
+        latest = checkpoint.latest(Path(run_dir) / "checkpoints") if run_dir else None
+        if latest is None:
+            return (f"{head} in the rl stage before its first checkpoint (rl.save_every): rerunning it (--stage rl) "
+                    f"starts it over")
+        return (f"{head} in the rl stage; its checkpoints are intact: --stage rl --resume continues from the latest, "
+                f"{latest}")
+    return (f"{head} in the {stage} stage, which keeps no checkpoints: rerunning it (--stage {stage}) starts it "
+            f"over; what the stages before it wrote is intact")
+
+
+def check_resume(args: argparse.Namespace, experiment: bool) -> None:
+    """--resume continues the rl stage from its latest checkpoint; no other stage keeps checkpoints, so asking
+    another one to resume is refused before anything runs instead of silently starting it over."""
+    if not args.resume:
+        return
+    if experiment:
+        raise ConfigError("--resume does not apply to --seeds/--grid/--plan: rerunning the experiment's command "
+                          "skips the stages each run has finished; leave out --resume")
+    if args.stage != "rl":
+        raise ConfigError(f"--resume continues the rl stage only (--stage rl --resume); --stage {args.stage} would "
+                          f"run stages that keep no checkpoints and start over: leave out --resume, or use "
+                          f"--stage rl --resume")
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
@@ -145,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         for tracker in cfg.tracking.report_to:  # a tracker asked for is installed
             require_tracker(tracker)
     experiment = bool(args.seeds or args.grid or args.plan)
+    check_resume(args, experiment)
+    repo_id = hub_target(args, experiment)  # token, network and namespace checked before any stage runs
     if experiment:
         from experiments.runner import parse_grid, parse_seeds, plan
         if args.plan and args.grid:
@@ -155,12 +209,16 @@ def run(args: argparse.Namespace) -> int:
         variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
         plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.stage == PUSH:
+        return push(args, cfg, repo_id)
     if args.stage == REPORT:
+        args.running = REPORT
         write_report(args.runs or [cfg.run_dir], args.report_dir)
-        return 0
+        return push(args, cfg, repo_id)
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
         record_invocation(cfg.run_dir, command_of(args))
     if experiment:
+        args.running = EXPERIMENT
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
                                reference)
@@ -169,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if any(r.status == "failed" for r in runs) else 0
     t_start = time.perf_counter()
     for name in stages_for(args.stage, cfg):
+        args.running = name
         t0 = time.perf_counter()
         result = run_stage(name, cfg, args.resume, args.mode)
         record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)
@@ -179,7 +238,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{name}] done in {time.perf_counter() - t0:.1f}s {summary}", flush=True)
     print(f"all stages done in {time.perf_counter() - t_start:.1f}s; run directory: {cfg.run_dir}")
     if args.stage == "all" and not args.no_report:
+        args.running = REPORT
         write_report([cfg.run_dir], args.report_dir)
+    return push(args, cfg, repo_id)
+
+
+def hub_target(args: argparse.Namespace, experiment: bool) -> str | None:
+    """The repository --push-to-hub names, as USER/NAME, once the hub accepts the token for it (stages/push.py);
+    None without the flag."""
+    if args.stage == PUSH and not args.push_to_hub:
+        raise ConfigError("--stage push uploads a finished run: name the repository with --push-to-hub REPO")
+    if not args.push_to_hub:
+        return None
+    if experiment:
+        raise ConfigError("--push-to-hub pushes one run, not an experiment: push the run you want with --stage push "
+                          "--push-to-hub REPO run_dir=DIR (DIR: one <variant>/seed_<s> of the experiment)")
+    from stages.push import check_access
+    return check_access(args.push_to_hub)
+
+
+def push(args: argparse.Namespace, cfg, repo_id: str | None) -> int:
+    """--push-to-hub's upload of the run's policy and reward model, when the flag is given."""
+    if repo_id is not None:
+        args.running = PUSH
+        from stages.push import push_run
+        push_run(cfg, repo_id, private=not args.hub_public)
     return 0
 
 

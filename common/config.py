@@ -272,7 +272,9 @@ class RLConfig:
                                    "own mean (default, learner/baseline.py says why); zero = the empty average as 0")
     max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
     weight_decay: float = opt(0.0, ge=0.0)
-    save_every: int = opt(50, ge=0, help="checkpoint every N steps; 0 = only at the end")
+    save_every: int = opt(50, ge=0, help="checkpoint every N steps: the learner's state (for --resume) and the policy "
+                                         "at that step in checkpoints/latest_policy/ (for from_pretrained); 0 = only "
+                                         "the learner's state at the end")
     log_every: int = opt(1, ge=1)
     reward_reduction: str = opt("expected", choices=("expected", "risk_averse", "win_prob_vs_ref"),
                                 help="distributional RM -> scalar reward: expected = E[score]; risk_averse = "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import textwrap
 import types
 import typing
 from dataclasses import field
@@ -154,3 +155,46 @@ def flatten(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(section, dotted key, default as an override would write it, help with the allowed values) for every key of
+    `cls`, in declaration order; a nested section's keys follow its parent's plain keys."""
+    hints = typing.get_type_hints(cls)
+    rows, nested = [], []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested += describe(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        allowed = _allowed(f.metadata)
+        text = " ".join(x for x in (f.metadata.get("help", ""), f"({allowed})" if allowed else "") if x)
+        rows.append((prefix.rstrip("."), f"{prefix}{f.name}", _cli_value(f.default), text))
+    return rows + nested
+
+
+def _allowed(meta: typing.Mapping) -> str:
+    if meta.get("choices") is not None:
+        return "one of " + ", ".join(map(_cli_value, meta["choices"]))
+    signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    return ", ".join(f"{sign} {meta[name]:g}" for name, sign in signs if meta.get(name) is not None)
+
+
+def _cli_value(value: Any) -> str:
+    """A value as `key=value` writes it (YAML): true, null, [a, b], ''."""
+    if isinstance(value, float):
+        return repr(value)  # 1e-06, not YAML's 1.0e-06
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def keys_help(cls: type, width: int = 118) -> str:
+    """Every key of `cls` with its default and help, grouped by section: the `launch.py --help` listing, generated
+    from the schema so that it never disagrees with what load_config accepts."""
+    lines = []
+    for section, key, default, text in describe(cls):
+        if not lines or lines[-1][0] != section:
+            lines.append((section, []))
+        lines[-1][1].append(textwrap.fill(f"{key}={default}  {text}".rstrip(), width, initial_indent="    ",
+                                          subsequent_indent="        ", break_on_hyphens=False))
+    return "\n".join(f"  {section or 'top level'}:\n" + "\n".join(entries) for section, entries in lines)

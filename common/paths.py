@@ -20,6 +20,7 @@ class RunPaths:
         self._policy, self._reward_path, self._reward_init = cfg.model.policy, cfg.reward.path, cfg.reward.init
         self._uses_reward_model = cfg.reward.model_weight > 0
         self.checkpoints = self.run_dir / "checkpoints"  # the rl stage's learner checkpoints
+        self.latest_policy = self.checkpoints / "latest_policy"  # the policy at the latest one, for from_pretrained
         self.trained_policy = self.run_dir / "policy"  # the rl stage's output
         self.sft_out = self.run_dir / "sft_model"  # what the sft stage writes (the sandbox's tiny policy)
         self.reward_out = self.run_dir / "reward_model"  # what the rm stage writes

@@ -25,8 +25,10 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
+from common.export import save_trained
 from common.metrics import RunLogger, read_log
-from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer, save_model
+from common.model_card import training_record
+from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, eos_rate
 from common.runtime import prepare
@@ -36,6 +38,9 @@ from learner.precision import resolve_dtype
 from tasks.base import Task, last_user_text
 from tasks.registry import load_task
 
+# the last step's figures the policy's card shows (its training batch: the held-out ones come from the eval stage)
+FINAL_FIGURES = {"rollout/reward": "last step's mean reward (training batch)", "rollout/kl": "last step's mean KL to "
+                 "the SFT policy (training batch)"}
 StepHook = Callable[[int, RolloutSource], None]  # after every step (tests use it to kill actors mid-run)
 
 
@@ -103,11 +108,14 @@ def samples_text(step: int, rows: list[dict]) -> str:
 
 class RLRecorder:
     """After each learner step: the metrics to the run's logger (jsonl and trackers), sample completions every
-    rl.sample_every steps, the held-out probe (when rl.eval_every > 0) and periodic checkpoints."""
+    rl.sample_every steps, the held-out probe (when rl.eval_every > 0) and periodic checkpoints: the learner's state
+    (step_*.pt, for --resume) and the policy at that step as a Hugging Face directory (checkpoints/latest_policy/,
+    for from_pretrained mid-run)."""
 
     def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer,
                  prompts: list) -> None:
-        self.rl, self.ckpt_dir, self.start, self.prompts = cfg.rl, paths.checkpoints, start, prompts
+        self.cfg, self.rl, self.paths, self.tokenizer = cfg, cfg.rl, paths, tokenizer
+        self.ckpt_dir, self.start, self.prompts = paths.checkpoints, start, prompts
         self.logger = RunLogger(cfg, "rl", resume_step=start)
         self.probe = (HeldoutProbe(cfg, task, paths.scoring_reward_model, learner, tokenizer) if cfg.rl.eval_every
                       else None)
@@ -126,7 +134,15 @@ class RLRecorder:
             tqdm.write(samples_text(step + 1, rows))
             self.logger.samples(step + 1, rows)
         if rl.save_every and (step + 1) % rl.save_every == 0:
-            checkpoint.save(self.ckpt_dir, step + 1, learner.state_dict())
+            self.checkpoint(step + 1, learner)
+
+    def checkpoint(self, step: int, learner: Learner) -> None:
+        """The learner's state (step_*.pt, for --resume) and the policy at this step as a Hugging Face directory
+        (checkpoints/latest_policy/, replaced whole, for from_pretrained while the run goes on)."""
+        checkpoint.save(self.ckpt_dir, step, learner.state_dict())
+        record = training_record("checkpoint", self.cfg, self.paths.run_dir, step=step,
+                                 reward=describe_reward(self.cfg.reward))
+        save_trained(learner.policy, self.tokenizer, self.paths.latest_policy, record)
 
     def close(self) -> None:
         self.logger.close()
@@ -149,13 +165,17 @@ def resume_learner(learner: Learner, resumed: tuple) -> int:
     return int(state["step"])
 
 
-def finish_rl(paths: RunPaths, steps: int, learner: Learner, tokenizer, metrics: dict[str, float], **extra) -> dict:
-    """Final checkpoint, the trained policy and rl_metrics.json."""
+def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics: dict[str, float],
+              **extra) -> dict:
+    """Final checkpoint, the trained policy (policy/, with its card) and rl_metrics.json."""
+    steps = cfg.rl.steps
     checkpoint.save(paths.checkpoints, steps, learner.state_dict())
-    save_model(learner.policy, tokenizer, paths.trained_policy)
     rows = [json.loads(line) for line in read_log(paths.file("metrics_rl.jsonl"))]
     if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
         metrics = {k: v for k, v in rows[-1].items() if k != "step"}
+    figures = {"steps": steps, **{label: metrics[key] for key, label in FINAL_FIGURES.items() if key in metrics}}
+    save_trained(learner.policy, tokenizer, paths.trained_policy,
+                 training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     paths.file("rl_metrics.json").write_text(json.dumps(result, indent=2))
     return result
@@ -202,5 +222,5 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         bar.close()
         recorder.close()
         summary = source.summary()
-    return finish_rl(paths, cfg.rl.steps, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
+    return finish_rl(cfg, paths, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
                      **summary)

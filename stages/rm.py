@@ -10,8 +10,10 @@ import torch
 
 from common import data
 from common.config import Config, RewardConfig
+from common.export import save_trained
 from common.metrics import RunLogger
-from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits, save_model
+from common.model_card import training_record
+from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits
 from common.paths import RunPaths
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
@@ -135,11 +137,20 @@ def run_rm(cfg: Config) -> dict:
     logger.log(len(train), {f"rm/val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
                | {"rm/val_ece": val_metrics["calibration"]["ece"]})
     logger.close()
-    save_model(model, tokenizer, paths.reward_out)
-    save_head(head, paths.reward_out)
     result = {"head": head.kind, "num_bins": head.num_bins, "val": val_metrics, "val_before_training": before,
               "data": report}
     if ood:  # the same metrics on pairs whose requests no training pair uses
         result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
+    record = training_record("reward", cfg, paths.run_dir, card_figures(result))
+    save_trained(model, tokenizer, paths.reward_out, record, extra=lambda tmp: save_head(head, tmp))
     paths.file("rm_metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def card_figures(result: dict) -> dict:
+    """The validation figures the reward model's card shows."""
+    figures = {"validation pairs": result["val"]["pairs"], "validation accuracy": result["val"]["accuracy"],
+               "validation loss": result["val"]["loss"]}
+    if "val_ood" in result:  # pairs whose requests no training pair uses
+        figures["out-of-distribution validation accuracy"] = result["val_ood"]["accuracy"]
+    return figures

@@ -9,8 +9,10 @@ import torch
 
 from common import data
 from common.config import Config, ConfigError
+from common.export import save_trained
 from common.metrics import RunLogger
-from common.models import TINY, build_tiny_policy, load_tokenizer, save_model
+from common.model_card import training_record
+from common.models import TINY, build_tiny_policy, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, pad_left, pad_right
 from common.runtime import prepare
@@ -72,7 +74,8 @@ def run_sft(cfg: Config) -> dict:
                   device=device, warmup_ratio=0.05, desc="sft",
                   log=lambda s, m: logger.log(s, {f"sft/{k}": v for k, v in m.items()}))
     logger.close()
-    save_model(model, tokenizer, paths.sft_out)
     result = {"examples": len(encoded), "final_loss": metrics.get("loss"), "encode": stats.as_dict()}
+    figures = {"demonstrations": len(encoded), "final training loss": metrics.get("loss")}
+    save_trained(model, tokenizer, paths.sft_out, training_record("sft", cfg, paths.run_dir, figures))
     paths.file("sft_metrics.json").write_text(json.dumps(result, indent=2))
     return result

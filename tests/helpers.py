@@ -112,6 +112,25 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+# ----------------------------------------------------------------------------------------- model cards
+
+
+def comparison(mean: float, low: float, high: float) -> dict:
+    return {"diff_mean": mean, "diff_ci_low": low, "diff_ci_high": high}
+
+
+def eval_result(gold: bool = True) -> dict:
+    """An eval.json (stages/eval.py summarize) with the fields a model card reads: 204 in- and 281
+    out-of-distribution prompts, reward (and gold) differences with their intervals, the KL."""
+    def pool(n, shift):
+        comps = {"reward": comparison(0.5 + shift, 0.1 + shift, 0.9 + shift)}
+        if gold:
+            comps["gold"] = comparison(1.25 + shift, 0.75 + shift, 1.75 + shift)
+        return {"num_prompts": n, "confidence": 0.95, "comparisons": comps,
+                "policies": {"trained": {"kl_to_ref": 1.5 + shift}, "sft": {"kl_to_ref": 0.0}}}
+    return {**pool(204, 0.0), "ood": pool(281, 0.25)}
+
+
 # ---------------------------------------------------------------------- the failure contract (test_failures_*)
 # Every expected failure ends with a non-zero exit and exactly one stderr line `error: ...`, the last one, naming
 # the problem; no traceback anywhere in the output.

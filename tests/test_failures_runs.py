@@ -113,13 +113,37 @@ def test_signal_stops_a_stage_cleanly(sig, code, tmp_path):
         time.sleep(0.1)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    check_one_line(proc.returncode, out, err, f"interrupted by {sig.name}", code=code)
+    # the sft stage keeps no checkpoints: the message says so instead of promising a --resume
+    check_one_line(proc.returncode, out, err, f"interrupted by {sig.name} in the sft stage",
+                   "rerunning it (--stage sft) starts it over", code=code)
     assert (tmp_path / runlock.LOCK_NAME).read_text() == "", "the lock was released"
     for line in log.read_text().splitlines():
         json.loads(line)  # every logged line is whole
 
 
+def test_interruption_of_the_rl_stage_names_the_checkpoint_resume_continues_from(tmp_path):
+    assert "before its first checkpoint (rl.save_every): rerunning it (--stage rl) starts it over" in \
+        launch.interrupted_text(signal.SIGTERM, "rl", str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4):
+        (tmp_path / "checkpoints" / f"step_00000{step}.pt").write_bytes(b"")
+    text = launch.interrupted_text(signal.SIGINT, "rl", str(tmp_path))
+    assert text == (f"interrupted by SIGINT in the rl stage; its checkpoints are intact: --stage rl --resume "
+                    f"continues from the latest, {tmp_path / 'checkpoints' / 'step_000004.pt'}")
+    assert "rerunning it (--stage rm) starts it over" in launch.interrupted_text(signal.SIGINT, "rm", str(tmp_path))
+
+
 # ----------------------------------------------------------------------------------- resume through launch
+
+
+@pytest.mark.parametrize("stage_name,extra,needle", [("rm", [], "--stage rm would run stages that keep no checkpoints"),
+                                                     ("sft", [], "--stage sft would run"),
+                                                     ("all", [], "--stage all would run"),
+                                                     ("rl", ["--seeds", "0,1"], "does not apply to --seeds")])
+def test_resume_outside_the_rl_stage_is_refused_before_anything_runs(stage_name, extra, needle, tmp_path, capsys):
+    """Only the rl stage keeps checkpoints: --resume elsewhere would silently start over, so it is refused."""
+    expect_error(capsys, [*stage(tmp_path, stage_name), "--resume", *extra], "--resume", needle, code=2)
+    assert list(tmp_path.iterdir()) == [], "nothing was written"
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
 
 import launch
 from common import checkpoint
+from common.config import Config, flatten, to_dict
 from helpers import FAST
 
 # FAST (tests/helpers.py) with what this end-to-end run checks on top: 16 held-out prompts in and out of distribution
@@ -60,6 +63,26 @@ def test_all_stages_write_their_outputs(demo_run):
 
 
 @pytest.mark.slow
+def test_every_model_directory_carries_its_card_and_the_latest_checkpoint_loads(demo_run):
+    """sft_model/, reward_model/, policy/ and checkpoints/latest_policy/ load with from_pretrained and carry a model
+    card; the eval stage put its figures into the policy's; latest_policy/ is the policy of the latest checkpoint."""
+    for name, kind in (("sft_model", "sft"), ("reward_model", "reward"), ("policy", "policy"),
+                       ("checkpoints/latest_policy", "checkpoint")):
+        card = ModelCard.load(demo_run / name / "README.md")
+        assert card.data.library_name == "transformers", name
+        assert json.loads((demo_run / name / "training_run.json").read_text())["kind"] == kind
+        assert "python launch.py --config configs/tiny.yaml" in card.text, "the command, from invocation.json"
+    policy_card = (demo_run / "policy" / "README.md").read_text()
+    assert "## Evaluation" in policy_card and "| out-of-distribution | 16 |" in policy_card
+    assert (demo_run / "policy" / "eval.json").read_text() == (demo_run / "eval.json").read_text()
+    latest = AutoModelForCausalLM.from_pretrained(demo_run / "checkpoints" / "latest_policy").state_dict()
+    saved = checkpoint.load(demo_run / "checkpoints" / "step_000004.pt")["learner"]["policy"]
+    assert "step 4 of 4" in (demo_run / "checkpoints" / "latest_policy" / "README.md").read_text()
+    for k, v in saved.items():
+        assert torch.equal(latest[k], v), k
+
+
+@pytest.mark.slow
 def test_resume_continues_exactly(demo_run, tmp_path):
     """4 steps then --resume to 6 trains the same policy as 6 steps at once (RNG, optimizer, baseline restored)."""
     straight = tmp_path / "straight"
@@ -82,3 +105,18 @@ def test_resume_without_checkpoint_names_the_directory(tmp_path, capsys):
     assert run(tmp_path, "--stage", "rl", "--resume") == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path) in last
+
+
+def test_help_lists_every_config_key_with_its_default_and_help(capsys):
+    """--help is generated from the schema (common/config.py): every key, its default, its help and what it allows."""
+    with pytest.raises(SystemExit) as done:
+        launch.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    lines = out.splitlines()
+    for key in flatten(to_dict(Config())):
+        assert any(line.startswith(f"    {key}=") for line in lines), key
+    assert "    rl.kl_coef=0.05  beta in the shaped reward r - beta * (log pi - log pi_ref) (>= 0)" in lines
+    assert "    rl.baseline=moving_average  moving_average = the paper's mean" in out
+    assert "    rl.lr=1e-06  (> 0)" in lines and "    model.tokenizer=''  '' = the policy's own" in out
+    assert "  rl:" in lines and "  model.lora:" in lines, "grouped by section"

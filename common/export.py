@@ -1,0 +1,124 @@
+"""Trained model directories, as users load and push them: the full weights (LoRA merged) and the tokenizer, which
+`from_pretrained` reads; the LoRA adapter alone in `adapter/` when the model trained one; training_run.json (what
+trained it) and the model card README.md built from it (common/model_card.py).
+
+Every directory is written whole into a temporary directory beside its place and then renamed into it, so a
+crash or a full disk mid-save leaves the previous directory intact and never half a model; single files inside it
+(the card, eval.json) are replaced the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from common.model_card import build_card
+from common.models import save_model
+
+RECORD_FILE = "training_run.json"  # common/model_card.training_record: the card's inputs, kept beside the weights
+EVAL_FILE = "eval.json"  # the policy's held-out evaluation, a copy of the run's eval.json
+CARD_FILE = "README.md"
+ADAPTER_DIR = "adapter"
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `path`; when the block ends without an error it becomes `path` (an
+    earlier `path` is replaced: a symlink there is replaced, never followed); on an error (an interruption
+    included) it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is read by others (Ray actors, vLLM)
+        swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Two renames: `path` aside to .<name>.old, `new` into place, then the old copy removed. A crash between the
+    renames leaves the old copy in .<name>.old, which the next save removes once its new copy is in place."""
+    old = path.with_name(f".{path.name}.old")
+    if path.exists() or path.is_symlink():
+        remove(old)
+        os.replace(path, old)
+    os.replace(new, path)
+    remove(old)
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_trained(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, record: dict,
+                 extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a trained model directory at `path` in one piece: full weights (LoRA merged, save_model) and
+    tokenizer, the adapter alone in adapter/ when `model` has LoRA adapters, what `extra` writes into it (e.g.
+    reward_head.json), `record` (training_run.json) and its card."""
+    path = Path(path)
+    with replacing_dir(path) as tmp:
+        save_model(model, tokenizer, tmp)
+        if hasattr(model, "merge_and_unload"):  # a peft model: its adapters, as common/models.save_model
+            save_adapter(model, tmp / ADAPTER_DIR)
+        if extra is not None:
+            extra(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
+        write_card(tmp, model_id=str(path))
+    return path
+
+
+def save_adapter(model: torch.nn.Module, path: Path) -> None:
+    """peft's adapter-only save (adapter_config.json and the adapter weights), loadable with
+    PeftModel.from_pretrained on the base model its config names. peft also writes a template README with
+    placeholders in every field: removed, the directory's own card documents the adapter."""
+    model.save_pretrained(path)
+    (path / CARD_FILE).unlink(missing_ok=True)
+
+
+def write_card(model_dir: str | Path, model_id: str | None = None) -> bool:
+    """(Re)write the card of a model directory from its training_run.json and, when present, its eval.json;
+    `model_id` (default: the directory) is what the card's usage code loads. False when the directory has no
+    training record (a model this project did not save), whose card is left alone."""
+    model_dir = Path(model_dir)
+    record_file = model_dir / RECORD_FILE
+    if not record_file.is_file():
+        return False
+    record = json.loads(record_file.read_text())
+    evaluation = json.loads((model_dir / EVAL_FILE).read_text()) if (model_dir / EVAL_FILE).is_file() else None
+    card = build_card(record, evaluation, model_id or str(model_dir), adapter=(model_dir / ADAPTER_DIR).is_dir())
+    write_text_atomic(model_dir / CARD_FILE, str(card))
+    return True
+
+
+def attach_evaluation(model_dir: str | Path, evaluation: dict) -> bool:
+    """The eval stage's figures for a policy this project saved: eval.json beside its weights, and its card
+    rewritten with the table. False (nothing written) for a directory without a training record."""
+    model_dir = Path(model_dir)
+    if not (model_dir / RECORD_FILE).is_file():
+        return False
+    write_text_atomic(model_dir / EVAL_FILE, json.dumps(evaluation, indent=2))
+    return write_card(model_dir)
