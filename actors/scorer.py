@@ -12,7 +12,8 @@ from actors.generator import Generator
 from actors.reward_functions import RewardFunctions
 from actors.reward_functions import load as load_reward_functions
 from common import data
-from common.config import Config, DataConfig
+from common.config import Config
+from common.config_data import DataConfig
 from common.models import load_causal_lm, load_tokenizer, reward_head_logits
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right

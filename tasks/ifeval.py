@@ -30,8 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import IFEVAL_OFFLINE_TYPES as OFFLINE_TYPES  # noqa: F401 (the table config.py validates)
 from common.config import Config, to_dict
+from common.config_data import IFEVAL_OFFLINE_TYPES as OFFLINE_TYPES  # noqa: F401 (the table config.py validates)
 from common.errors import PathNotFound, UserError
 from tasks.base import RL_STAGES, GoldFn, Messages, RewardFn, completion_text, last_user_text
 from tasks.preference import PreferenceTask, parse_prompt

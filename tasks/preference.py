@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from common.config import DataConfig, parse_columns
+from common.config_data import DataConfig, parse_columns
 from common.data import DataError, DataStats, PreferencePair, messages_key
 from tasks import formats
 from tasks.base import Messages, Task

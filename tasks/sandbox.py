@@ -23,7 +23,7 @@ import random
 import re
 from pathlib import Path
 
-from common.config import SandboxConfig
+from common.config_data import SandboxConfig
 from common.models import TINY
 from tasks.base import RL_STAGES, GoldFn
 from tasks.preference import PreferenceTask

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import DataConfig, load_config
+from common.config import load_config
+from common.config_data import DataConfig
 from helpers import CONFIG, ROOT, expect_error, run_with_sft, stage
 from tasks.preference import load_pairs
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from common.config import ConfigError, DataConfig, load_config
+from common.config import ConfigError, load_config
+from common.config_data import DataConfig
 from common.data import DataError, DataStats, PreferencePair, messages_key, validation_keys
 from tasks.files import read_rows
 from tasks.formats import detect_schema

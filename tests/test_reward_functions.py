@@ -20,7 +20,8 @@ from actors.reward_functions import (
     with_absolute_files,
 )
 from actors.scorer import Scorer
-from common.config import ConfigError, DataConfig, RewardConfig, load_config
+from common.config import ConfigError, RewardConfig, load_config
+from common.config_data import DataConfig
 from common.errors import UserError
 from common.models import load_causal_lm
 from experiments.runner import parse_grid, plan

@@ -9,7 +9,8 @@ import torch
 
 from actors.rollouts import InProcessRollouts
 from actors.scorer import Scorer
-from common.config import DataConfig, RLConfig
+from common.config import RLConfig
+from common.config_data import DataConfig
 from common.models import frozen_copy
 from common.sampling import PromptSampler, generation_seed
 from helpers import CPU, make_generator, prompt_pool

@@ -4,7 +4,7 @@ answer is scored as unfinished (no end-of-turn tokens appended) and pays rl.miss
 import torch
 
 from actors.scorer import Scorer
-from common.config import DataConfig
+from common.config_data import DataConfig
 from helpers import CPU, make_generator, prompt_pool
 
 

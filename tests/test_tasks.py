@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.config import DataConfig, SandboxConfig, load_config
+from common.config import load_config
+from common.config_data import DataConfig, SandboxConfig
 from common.data import DataError, DataStats, unique_prompts
 from helpers import PAIRS, SPLIT, fixture_pairs
 from tasks import sandbox
