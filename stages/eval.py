@@ -24,12 +24,12 @@ from actors.heldout import POOLS, compare_on_pool, heldout_pool
 from actors.reward_functions import describe as describe_reward
 from common.config import Config
 from common.errors import PathNotFound
-from common.export import attach_evaluation
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.runtime import prepare
 from common.stats import paired_comparison
 from learner.precision import resolve_dtype
+from stages.export import attach_evaluation
 from tasks.registry import load_task
 
 

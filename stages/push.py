@@ -25,8 +25,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from common import runlock
 from common.config import Config
 from common.errors import PathNotFound, UserError, brief
-from common.export import write_card
 from common.paths import RunPaths
+from stages.export import write_card
 
 REWARD_SUFFIX = "-reward-model"
 

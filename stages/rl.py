@@ -25,9 +25,7 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
-from common.export import save_trained
 from common.metrics import RunLogger, read_log
-from common.model_card import training_record
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, eos_rate
@@ -35,6 +33,8 @@ from common.runtime import prepare
 from common.stats import overoptimisation_check
 from learner.learner import Learner
 from learner.precision import resolve_dtype
+from stages.export import save_trained
+from stages.model_card import training_record
 from tasks.base import Task, last_user_text
 from tasks.registry import load_task
 

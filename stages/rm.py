@@ -10,9 +10,7 @@ import torch
 
 from common import data
 from common.config import Config, RewardConfig
-from common.export import save_trained
 from common.metrics import RunLogger
-from common.model_card import training_record
 from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits
 from common.paths import RunPaths
 from common.reward_head import head_from_config, save_head
@@ -23,6 +21,8 @@ from learner.precision import resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
 from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
+from stages.export import save_trained
+from stages.model_card import training_record
 from tasks.base import Splits, write_data_report
 from tasks.registry import load_task
 

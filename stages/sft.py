@@ -9,15 +9,15 @@ import torch
 
 from common import data
 from common.config import Config, ConfigError
-from common.export import save_trained
 from common.metrics import RunLogger
-from common.model_card import training_record
 from common.models import TINY, build_tiny_policy, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, pad_left, pad_right
 from common.runtime import prepare
 from learner.learner import response_token_logprobs
 from learner.train_loop import fit
+from stages.export import save_trained
+from stages.model_card import training_record
 from tasks.registry import load_task
 
 

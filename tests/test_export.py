@@ -1,4 +1,4 @@
-"""common/export.py: trained model directories written in one piece (a failed save leaves the previous one), the
+"""stages/export.py: trained model directories written in one piece (a failed save leaves the previous one), the
 LoRA adapter saved alone beside the merged weights, the eval stage's figures attached to the policy; and the sft,
 rm and rl stages' outputs with LoRA on, through launch.py."""
 
@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import launch
 from common.config import LoraConfig, load_config
-from common.export import ADAPTER_DIR, RECORD_FILE, attach_evaluation, save_trained
-from common.model_card import training_record
 from common.models import apply_lora, build_tiny_policy, load_reward_model
 from helpers import CPU, TINY, eval_result, run_with_sft, stage
+from stages.export import ADAPTER_DIR, RECORD_FILE, attach_evaluation, save_trained
+from stages.model_card import training_record
 
 IDS = torch.tensor([[1, 2, 3, 4, 5, 6]])
 

@@ -1,4 +1,4 @@
-"""common/model_card.py: the card every saved model directory carries: its hub metadata, its text (method, data,
+"""stages/model_card.py: the card every saved model directory carries: its hub metadata, its text (method, data,
 hyperparameters, command, full config, the policy's held-out figures), and usage code that runs."""
 
 import contextlib
@@ -12,10 +12,10 @@ import yaml
 from huggingface_hub import ModelCard
 
 from common.config import load_config, to_dict
-from common.export import save_trained
-from common.model_card import build_card, hub_id, training_record
 from common.models import build_tiny_policy, load_reward_model, reward_head_logits
 from helpers import CPU, TINY, eval_result
+from stages.export import save_trained
+from stages.model_card import build_card, hub_id, training_record
 
 REAL = ["model.policy=HuggingFaceTB/SmolLM2-135M-Instruct", "data.source=esfrankel17/HelpSteer2_binarized",
         "rl.kl_coef=0.07", "generator.temperature=0.7"]

@@ -15,10 +15,10 @@ from packaging.version import Version
 
 import launch
 from common.config import load_config
-from common.export import save_trained
-from common.model_card import training_record
 from common.models import build_tiny_policy, load_reward_model
 from helpers import CONFIG, CPU, TINY, check_one_line, eval_result
+from stages.export import save_trained
+from stages.model_card import training_record
 
 # huggingface_hub 2.x sends through httpx2, 1.x through httpx: the fake answers through the one it uses
 http = importlib.import_module("httpx2" if Version(huggingface_hub.__version__).major >= 2 else "httpx")

@@ -1,6 +1,6 @@
 """Trained model directories, as users load and push them: the full weights (LoRA merged) and the tokenizer, which
 `from_pretrained` reads; the LoRA adapter alone in `adapter/` when the model trained one; training_run.json (what
-trained it) and the model card README.md built from it (common/model_card.py).
+trained it) and the model card README.md built from it (stages/model_card.py).
 
 Every directory is written whole into a temporary directory beside its place and then renamed into it, so a
 crash or a full disk mid-save leaves the previous directory intact and never half a model; single files inside it
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from common.model_card import build_card
 from common.models import save_model
+from stages.model_card import build_card
 
-RECORD_FILE = "training_run.json"  # common/model_card.training_record: the card's inputs, kept beside the weights
+RECORD_FILE = "training_run.json"  # stages/model_card.training_record: the card's inputs, kept beside the weights
 EVAL_FILE = "eval.json"  # the policy's held-out evaluation, a copy of the run's eval.json
 CARD_FILE = "README.md"
 ADAPTER_DIR = "adapter"

@@ -3,7 +3,7 @@ reward_model/, policy/, checkpoints/latest_policy/), built with huggingface_hub'
 it and reads its metadata (base model, library, tags, data sets).
 
 A card is built from a training record (`training_record`: what trained the model: its kind, the resolved config,
-the command, its results), which common/export.py keeps beside the weights as training_run.json, and, for the
+the command, its results), which stages/export.py keeps beside the weights as training_run.json, and, for the
 policy once the eval stage has run, from eval.json (the held-out comparison with the SFT policy). So a card can be
 rebuilt at any time without the run: the eval stage rebuilds the policy's with its figures, --push-to-hub with the
 repository id in the usage code.
