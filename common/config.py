@@ -7,6 +7,7 @@ back to a default.
 
 from __future__ import annotations
 
+import hashlib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,3 +330,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_hash(cfg: Config) -> str:
+    """A short fingerprint of the resolved config (every key, defaults included): equal configs, equal hashes. Run
+    directories, checkpoints and sweeps compare it to tell one run's settings from another's."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import launch
-from common.config import Config, ConfigError, flatten, load_config, save_config, to_dict
+from common.config import Config, ConfigError, config_hash, flatten, load_config, save_config, to_dict
 from common.models import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +100,11 @@ def test_lora_configs_are_the_real_configs_with_lora_adapters_and_their_lr(name)
 def test_device_cuda_without_a_gpu_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"^device: cuda, but torch .* sees no GPU: .*device=cpu"):
         resolve_device("cuda")
+
+
+def test_config_hash_changes_with_any_value_and_only_then():
+    base = load_config()
+    assert config_hash(base) == config_hash(load_config())
+    assert config_hash(load_config(overrides=["rl.lr=0.5"])) != config_hash(base)
+    assert config_hash(load_config(overrides=[f"rl.lr={base.rl.lr}"])) == config_hash(base)
+    assert len(config_hash(base)) == 16
