@@ -48,9 +48,10 @@ class ModelConfig:
                                    "warms it up and later stages read <run_dir>/sft_model)")
     tokenizer: str = opt("", help="'' = the policy's own; the tiny model uses the bundled SmolLM2 tokenizer")
     dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
-                     help="autocast dtype of generation and policy/reference forwards (fp32 master weights; vLLM "
-                          "runs in it; learner/precision.py): auto = bfloat16 on a GPU that has it (compute "
-                          "capability >= 8.0), else float16 with loss scaling; float32 on CPU")
+                     help="autocast dtype of generation, scoring and policy/reference forwards (fp32 master "
+                          "weights; vLLM runs in it; learner/precision.py): auto = bfloat16 on a GPU that has it "
+                          "(compute capability >= 8.0), else float16 with loss scaling; on CPU bfloat16 where it "
+                          "has AMX, else float32")
     tiny: TinyModelConfig = section(TinyModelConfig)
     lora: LoraConfig = section(LoraConfig)
 
@@ -93,8 +94,9 @@ class RewardConfig:
     warmup_ratio: float = opt(0.03, ge=0.0, lt=1.0)
     precision: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"),
                          help="training autocast, resolved as model.dtype is (learner/precision.py): auto = bf16 on "
-                              "a GPU that has it, else float16 with loss scaling; float32 on CPU. Validation and "
-                              "scoring run the fp32 weights without autocast")
+                              "a GPU that has it, else float16 with loss scaling; on CPU bf16 where it has AMX, else "
+                              "float32. Validation runs the fp32 weights without autocast; RL scoring and eval run "
+                              "under model.dtype's")
     lora: LoraConfig = section(LoraConfig)
 
     def __post_init__(self) -> None:

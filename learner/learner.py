@@ -14,7 +14,7 @@ from common.numerics import is_finite
 from common.rollout import RolloutBatch
 from learner import losses
 from learner.baseline import make_baseline
-from learner.precision import GuardedUpdate, autocast
+from learner.precision import GuardedUpdate, adamw, autocast, use_attention
 
 
 def response_token_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
@@ -63,12 +63,15 @@ class Learner:
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
         self.policy, self.reference, self.cfg, self.device, self.dtype = policy, reference, cfg, device, dtype
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
+        for model in (policy, reference):  # the same implementation in both: the KL is 0 before the first update
+            if model is not None:
+                use_attention(model, device, dtype)
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(policy, "enable_input_require_grads"):  # LoRA: frozen embeddings would cut the graph
                 policy.enable_input_require_grads()
         params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(params, cfg.lr, cfg.weight_decay, device)
         self.baseline = make_baseline(cfg.baseline, cfg.ema_decay, cfg.baseline_start)
         self.update = GuardedUpdate(self.optimizer, params, dtype, device, cfg.max_grad_norm, "rl learner",
                                     "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, or run in "
@@ -143,10 +146,14 @@ class Learner:
         logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
         return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
 
-    def policy_state(self) -> dict[str, torch.Tensor]:
+    def policy_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Full policy weights for the generators, base-model names: with LoRA the adapted weights merged into new
-        tensors, the policy itself untouched (common/models.merged_state_dict)."""
-        return merged_state_dict(self.policy)
+        tensors, the policy itself untouched (common/models.merged_state_dict). `dtype` (a vLLM generator's 16-bit
+        weights) casts them here, so the sync moves half the bytes; None keeps fp32 (an hf generator's copy)."""
+        state = merged_state_dict(self.policy)
+        if dtype is None or dtype == torch.float32:
+            return state
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),

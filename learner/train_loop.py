@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from learner.precision import GuardedUpdate, autocast
+from learner.precision import GuardedUpdate, adamw, autocast, use_attention
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -34,7 +34,8 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterable[Any]], num_bat
     micro-batches the update is the one of their concatenation), so batch_size is the memory knob and
     batch_size * grad_accum the algorithm's batch."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    use_attention(model, device, dtype)
+    optimizer = adamw(params, lr, weight_decay, device)
     total = math.ceil(num_batches / grad_accum) * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     update = GuardedUpdate(optimizer, params, dtype, device, max_grad_norm, desc, hint)

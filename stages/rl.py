@@ -32,7 +32,7 @@ from common.rollout import RolloutBatch, eos_rate
 from common.runtime import prepare
 from common.stats import overoptimisation_check
 from learner.learner import Learner
-from learner.precision import resolve_dtype
+from learner.precision import precision_line, resolve_dtype
 from stages.export import save_trained
 from stages.model_card import training_record
 from tasks.base import Task, last_user_text
@@ -197,6 +197,7 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
     resumed = resume_checkpoint(paths, cfg.rl.steps) if resume else None  # refuses before anything is written
     device = prepare(cfg)
     dtype = resolve_dtype(cfg.model.dtype, device)
+    tqdm.write(precision_line(cfg.model.dtype, device, dtype))
     with contextlib.ExitStack() as stack:
         if mode == "ray":  # connect first: a wrong cluster address fails in seconds, before any model loads
             from cluster.ray_rollouts import ray_session

@@ -7,6 +7,7 @@ import random
 from typing import NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from common import data
 from common.config import Config, RewardConfig
@@ -17,7 +18,7 @@ from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import prepare
 from learner import distributional as dist
-from learner.precision import resolve_dtype
+from learner.precision import precision_line, resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
 from learner.reward_metrics import pair_metrics
 from learner.train_loop import fit
@@ -126,10 +127,12 @@ def run_rm(cfg: Config) -> dict:
         return pair_loss(cfg.reward, *pair_logits(model, batch, pad, device), batch)
 
     logger = RunLogger(cfg, "rm")
+    dtype = resolve_dtype(cfg.reward.precision, device, "reward.precision")
+    tqdm.write(precision_line(cfg.reward.precision, device, dtype, "reward.precision"))
     before = evaluate_pairs(model, val, pad, device, 2 * bs, cfg.reward)
     fit(model, batches, -(-len(train) // bs), loss_fn, epochs=cfg.reward.epochs, lr=cfg.reward.lr, device=device,
         warmup_ratio=cfg.reward.warmup_ratio, weight_decay=cfg.reward.weight_decay, grad_accum=cfg.reward.grad_accum,
-        dtype=resolve_dtype(cfg.reward.precision, device, "reward.precision"),
+        dtype=dtype,
         log=lambda s, m: logger.log(s, {f"rm/train_{k}": v for k, v in m.items()}), desc="reward model",
         gradient_checkpointing=cfg.reward.gradient_checkpointing,
         hint="lower reward.lr, or train in float32 (reward.precision=float32)")

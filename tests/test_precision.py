@@ -2,15 +2,18 @@
 (loss scaling under CPU autocast), non-finite losses and gradients skipped then stopping the run, in the learner
 and in fit (learner/train_loop.py). That no stage saves non-finite weights is in test_checkpoint.py."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from common.config import ConfigError, RLConfig
-from common.models import frozen_copy
+from common.models import frozen_copy, unwrap
 from common.numerics import MAX_CONSECUTIVE_SKIPS, NonFiniteError
 from helpers import scored_batch
+from learner import precision
 from learner.learner import Learner
-from learner.precision import resolve_dtype
+from learner.precision import attention_for, precision_line, resolve_dtype
 from learner.train_loop import fit
 
 CPU = torch.device("cpu")
@@ -22,9 +25,19 @@ def fake_gpu(monkeypatch, capability):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
 
 
-def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch):
-    """One rule for every precision setting: model.dtype and reward.precision resolve alike."""
+def test_auto_dtype_is_bf16_only_where_the_gpu_or_the_cpu_has_it(monkeypatch):
+    """One rule for every precision setting: model.dtype and reward.precision resolve alike; on CPU bf16 only
+    where AMX makes it fast, with one line saying which and why."""
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
     assert resolve_dtype("auto", CPU) == torch.float32
+    assert precision_line("auto", CPU, torch.float32) == ("model.dtype=auto: float32 autocast on cpu (this CPU has "
+                                                          "no AMX, where bf16 is no faster than float32)")
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    assert resolve_dtype("auto", CPU) == torch.bfloat16
+    assert resolve_dtype("auto", CPU, "reward.precision") == torch.bfloat16
+    assert "bfloat16 autocast on cpu, fp32 master weights (this CPU has AMX" in precision_line(
+        "auto", CPU, torch.bfloat16)
+    assert resolve_dtype("float32", CPU) == torch.float32
     fake_gpu(monkeypatch, (7, 5))  # T4
     assert resolve_dtype("auto", CUDA) == torch.float16
     with pytest.raises(ConfigError, match=r"model.dtype=bfloat16: Tesla T4 \(compute capability 7.5\).*float16"):
@@ -130,3 +143,64 @@ def test_fit_fp16_on_cpu_uses_a_grad_scaler():
     init = torch.nn.Linear(4, 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(model.weight, init.weight)
+
+
+def test_cpu_has_amx_agrees_with_the_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "amx_bf16" not in flags:
+        pytest.skip("no /proc/cpuinfo AMX flag to compare with")
+    assert precision.cpu_has_amx()
+
+
+def grads(policy, batch, dtype):
+    """The learner's accumulated gradient of one batch under `dtype`, flattened (no update applied)."""
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, dtype)
+    with precision.autocast(dtype, CPU):
+        learner._accumulate_gradients(batch, baseline=float(batch.rewards.mean()))
+    return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]), learner
+
+
+def test_bf16_learner_gradient_agrees_with_fp32(policy, tokenizer):
+    """bf16 autocast (eager attention, fp32 master weights) against fp32 (SDPA) on the same batch: the gradient's
+    direction agrees to cosine >= 0.999 and its norm to 2% (bf16 keeps 8 bits of mantissa: ~0.4% per element)."""
+    batch = scored_batch(policy, tokenizer)
+    g32, l32 = grads(policy, batch, torch.float32)
+    policy.zero_grad(set_to_none=True)
+    g16, l16 = grads(policy, batch, torch.bfloat16)
+    assert unwrap(l32.policy).config._attn_implementation == "eager"  # the bf16 learner switched the same module
+    assert torch.isfinite(g16).all()
+    cos = torch.nn.functional.cosine_similarity(g32, g16, dim=0).item()
+    assert cos >= 0.999, cos
+    assert abs(g16.norm() / g32.norm() - 1) <= 0.02
+
+
+def test_eager_and_sdpa_attention_give_the_same_fp32_gradient(policy, tokenizer):
+    """The switch to eager attention changes speed, not the math: in fp32 both give the same gradient."""
+    batch = scored_batch(policy, tokenizer)
+    g_sdpa, learner = grads(policy, batch, torch.float32)
+    assert unwrap(policy).config._attn_implementation == attention_for(CPU, torch.float32) == "sdpa"
+    policy.zero_grad(set_to_none=True)
+    unwrap(policy).set_attn_implementation("eager")
+    learner.reference.set_attn_implementation("eager")
+    with precision.autocast(torch.float32, CPU):
+        learner._accumulate_gradients(batch, baseline=float(batch.rewards.mean()))
+    g_eager = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+    torch.testing.assert_close(g_eager, g_sdpa, rtol=1e-4, atol=1e-6)
+
+
+def test_learner_and_fit_use_fused_adamw_on_cpu(policy):
+    learner = Learner(policy, frozen_copy(policy), RLConfig(), CPU, torch.float32)
+    assert learner.optimizer.defaults["fused"] is True
+    assert precision.adamw([torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0, torch.device("meta")).defaults[
+        "fused"] is False  # no fused kernel for that device: the for-loop
+
+
+def test_policy_state_in_the_generators_dtype(policy):
+    """A vLLM generator's 16-bit weights receive 16-bit tensors (half the bytes); None keeps fp32 exactly."""
+    learner = Learner(policy, frozen_copy(policy), RLConfig(), CPU, torch.float32)
+    full, half = learner.policy_state(), learner.policy_state(torch.bfloat16)
+    assert full.keys() == half.keys()
+    for k, v in full.items():
+        assert v.dtype == torch.float32 and half[k].dtype == torch.bfloat16
+        assert torch.equal(half[k], v.to(torch.bfloat16))
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in full.items())
