@@ -53,7 +53,8 @@ def sync_generator(generator, learner: Learner) -> dict[str, float]:
     if generator.version == learner.version:
         return {}
     start = time.perf_counter()
-    generator.load_weights(learner.policy_state(), learner.version)  # full weights, LoRA merged
+    # full weights, LoRA merged, in the generator's own weight dtype (vLLM: 16-bit where model.dtype is)
+    generator.load_weights(learner.policy_state(getattr(generator, "weights_dtype", None)), learner.version)
     return {"perf/sync_s": time.perf_counter() - start, "perf/sync_load_s": generator.last_sync_s}
 
 

@@ -18,6 +18,7 @@ from common.models import load_causal_lm, load_tokenizer, reward_head_logits
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
 from learner import distributional as dist
+from learner.precision import autocast, resolve_dtype
 from tasks.base import GoldFn, Task  # GoldFn: the task's gold judge, (last user message, response) -> score(s)
 
 SCALAR = RewardHead("scalar", 1)
@@ -46,7 +47,8 @@ class Scorer:
                  gold_fn: GoldFn | None = None, head: RewardHead = SCALAR, reduction: str = "expected",
                  risk_lambda: float = 1.0, reference_generator: Generator | None = None,
                  reference_seed: int = 0, missing_eos_penalty: float = 0.0,
-                 functions: RewardFunctions | None = None, model_weight: float = 1.0) -> None:
+                 functions: RewardFunctions | None = None, model_weight: float = 1.0,
+                 dtype: torch.dtype = torch.float32) -> None:
         if model is None and not functions:
             raise ValueError("a Scorer needs a reward model or reward functions")
         self.model, self.tokenizer, self.prompts = None if model is None else model.eval(), tokenizer, prompts
@@ -57,6 +59,7 @@ class Scorer:
         self.head, self.reduction, self.risk_lambda = head, reduction, risk_lambda
         self.reference_generator, self.reference_seed = reference_generator, reference_seed
         self.missing_eos_penalty = missing_eos_penalty
+        self.dtype = dtype  # the reward model's forward runs under model.dtype's autocast, as policy and reference do
         self.reference_logp: dict[int, torch.Tensor] = {}  # prompt index -> [K] log p of the reference response
         self.reference_texts: dict[int, str] = {}
 
@@ -81,7 +84,8 @@ class Scorer:
             rows = slice(start, start + self.batch_size)
             seqs = [self._encode(i, r, f) for i, r, f in zip(prompt_indices[rows], responses[rows], finished[rows])]
             ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
-            logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, L]
+            with autocast(self.dtype, self.device):
+                logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, L]
             out.append(logits.float().cpu())
         return torch.cat(out)
 
@@ -204,7 +208,8 @@ def build_scorer(cfg: Config, reward_path: str | None, task: Task | None, device
                                 task.prompt_columns(prompts) if task is not None else [{} for _ in prompts], tokenizer)
     gold = task.gold_judge() if task is not None else None
     common = dict(gold_fn=gold, reference_seed=cfg.seed, missing_eos_penalty=cfg.rl.missing_eos_penalty,
-                  functions=functions, model_weight=cfg.reward.model_weight)
+                  functions=functions, model_weight=cfg.reward.model_weight,
+                  dtype=resolve_dtype(cfg.model.dtype, device))
     if reward_path is None:
         return Scorer(None, tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, **common)
     rm_tokenizer = load_tokenizer(reward_path) if not cfg.model.tokenizer else tokenizer

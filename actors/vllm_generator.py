@@ -158,7 +158,8 @@ class VLLMGenerator:
                               "generator.vllm_sleep=false")
         self.cfg, self.tokenizer, self.prompt_tokens, self.device = gen, tokenizer, prompt_tokens, device
         self.version, self.asleep, self.last_sync_s = 0, False, 0.0
-        dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+        self.weights_dtype = resolve_dtype(cfg.model.dtype, device)  # the engine's weights: syncs arrive in it
+        dtype = str(self.weights_dtype).removeprefix("torch.")
         memory = ({"gpu_memory_utilization": gen.gpu_memory_utilization} if device.type == "cuda"
                   else {"kv_cache_memory_bytes": int((gen.kv_cache_gb or CPU_KV_CACHE_GB) * 2**30)})
         if device.type == "cuda" and gen.kv_cache_gb:

@@ -63,7 +63,9 @@ class GeneratorActor:
         self.generator = build_generator(cfg, model_path, tokenizer, prompt_tokens, self.device)
 
     def info(self) -> dict:
-        return {**actor_info(), "version": self.generator.version}
+        weights_dtype = getattr(self.generator, "weights_dtype", None)  # vLLM's 16-bit weights; None: an hf copy
+        return {**actor_info(), "version": self.generator.version,
+                "weights_dtype": None if weights_dtype is None else str(weights_dtype).removeprefix("torch.")}
 
     def load_weights(self, weights: list[ray.ObjectRef], version: int) -> float:
         """Load `weights[0]` (a published state dict) unless already at `version`; returns seconds spent."""

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import ray
+import torch
 from ray.util.placement_group import remove_placement_group
 from ray.util.queue import Queue
 
@@ -148,6 +149,7 @@ class RayRollouts:
         self.prompts, self.prompt_tokens, self.pad_id = prompts, prompt_tokens, tokenizer.pad_token_id
         self.pipeline: RolloutPipeline | None = None
         self.where: dict = {}
+        self.sync_dtype: torch.dtype | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> RayRollouts:
@@ -159,6 +161,9 @@ class RayRollouts:
             generators, scorers, self.where = start_actors(cfg, pg, bundles, self.prompts, self.prompt_tokens,
                                                            self.model_path, self.reward_path)
             (Path(cfg.run_dir) / "ray_placement.json").write_text(json.dumps(self.where, indent=2))
+            # published weights travel in the generators' own dtype (vLLM in 16 bits: half the object-store bytes)
+            dtypes = {info.get("weights_dtype") for name, info in self.where.items() if name.startswith("generator")}
+            self.sync_dtype = getattr(torch, dtypes.pop()) if len(dtypes) == 1 and None not in dtypes else None
             queue = Queue(maxsize=cfg.cluster.queue_size)
             stack.callback(queue.shutdown)
             sampler = PromptSampler(len(self.prompts), cfg.rl.batch_size, cfg.seed)
@@ -174,7 +179,7 @@ class RayRollouts:
         self._stack.close()
 
     def start(self, step: int, learner: Learner) -> None:
-        self.pipeline.publish(learner.policy_state(), learner.version)
+        self.pipeline.publish(learner.policy_state(self.sync_dtype), learner.version)
         self.pipeline.start_at(step)
 
     def next_batch(self, step: int, learner: Learner) -> tuple[RolloutBatch, dict[str, float]]:
@@ -193,7 +198,7 @@ class RayRollouts:
         pipeline, steps = self.pipeline, self.cfg.rl.steps
         sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
         if learner.version % self.cfg.cluster.sync_every == 0 and step + 1 < steps:
-            sync_s, sync_bytes = pipeline.publish(learner.policy_state(), learner.version)
+            sync_s, sync_bytes = pipeline.publish(learner.policy_state(self.sync_dtype), learner.version)
             pipeline.fill(steps)
         return {"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
                 "sync/published_version": pipeline.version,
