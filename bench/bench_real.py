@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from actors.scorer import Scorer
+from bench import floor as bench_floor
 from bench.bench_rl import run_trl, trl_available
 from bench.shared import (
     bench_generator,
@@ -48,6 +49,7 @@ from bench.shared import (
 from common.config import load_config
 from common.models import load_reward_model, load_tokenizer
 from common.runtime import prepare
+from learner.precision import resolve_dtype
 from stages.rl import build_policy
 
 CPU = torch.device("cpu")
@@ -87,7 +89,7 @@ def setup(args, workdir: Path) -> dict:
     load_reward_model(str(weights), 1, tokenizer, CPU).save_pretrained(rm_dir)  # fresh scalar head, seeded
     tokenizer.save_pretrained(rm_dir)
     rm = load_reward_model(str(rm_dir), 1, tokenizer, CPU)
-    scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch)
+    scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch, dtype=resolve_dtype(cfg.model.dtype, CPU))
     return {"cfg": cfg, "overrides": overrides, "weights": weights, "rm_dir": rm_dir, "tokenizer": tokenizer,
             "prompts": prompts, "prompt_tokens": prompt_tokens, "scorer": scorer, "policy_dir": weights}
 
@@ -167,6 +169,24 @@ def print_results(rows: list[dict]) -> None:
             print(f"{r['system']} / {trl['system']} samples/s: {r['samples_per_s'] / trl['samples_per_s']:.2f}x")
 
 
+def add_floor(args, s: dict, rows: list[dict]) -> None:
+    """Each row's share of the step's floor on this machine (bench/floor.py), measured once for the run."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(s["weights"])
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    prompt_len = sum(map(len, s["prompt_tokens"])) / len(s["prompt_tokens"])
+    weight_bytes = bench_floor.parameters(config) * dtype.itemsize  # vLLM holds the weights in the run's dtype
+    f = bench_floor.floor(config, args.batch, prompt_len, args.new_tokens, dtype, weight_bytes)
+    print(f"\nfloor of one step on this machine ({args.dtype}, torch threads {torch.get_num_threads()}): "
+          f"{f['flops'] / 1e12:.2f} TFLOP at {f['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s + "
+          f"{f['decode_bytes'] / 1e9:.1f} GB of decode weight reads at {f['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+          f"= {f['floor_s']:.2f} s  (" + ", ".join(f"{k} {v / 1e9:.0f} GF" for k, v in f["flops_by_phase"].items())
+          + ")")
+    for r in rows:
+        r["floor_s"], r["floor_share"] = f["floor_s"], f["floor_s"] / r["s_per_step"]
+        print(f"{r['system']}: {r['s_per_step']:.2f} s/step, {100 * r['floor_share']:.0f}% of the floor")
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -186,7 +206,8 @@ def main(argv=None) -> list[dict]:
                    if system == "ray" else run_ours(args, s, system))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print_results(rows)
+        print_results(rows)
+        add_floor(args, s, rows)
     write_json(args.json, vars(args), rows)
     return rows
 
