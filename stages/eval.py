@@ -57,8 +57,8 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     if not (Path(trained_path) / "config.json").is_file():
         raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
-    sft = load_causal_lm(sft_path, device, torch.float32).eval()
-    trained = load_causal_lm(trained_path, device, torch.float32).eval()
+    sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
+    trained = load_causal_lm(trained_path, device, torch.float32, tokenizer, key="the trained policy").eval()
     result: dict = {}
     pools = [(split, heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device, dtype, split,
                                   cfg.eval.num_prompts, f"eval{suffix}")) for split, suffix in POOLS]

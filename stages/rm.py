@@ -111,7 +111,8 @@ def run_rm(cfg: Config) -> dict:
                              f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
                              f"data.max_length or use data.overlong=truncate_left")
     head = head_from_config(cfg.reward)
-    model = load_reward_model(init, head.num_labels, tokenizer, device)
+    model = load_reward_model(init, head.num_labels, tokenizer, device,
+                              key="reward.init" if cfg.reward.init else "model.policy")
     model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
     model = apply_lora(model, cfg.reward.lora, "SEQ_CLS")
     pad, bs = tokenizer.pad_token_id, cfg.reward.batch_size

@@ -60,7 +60,7 @@ def run_temperature(cfg: Config) -> dict:
     device = prepare(cfg)
     sft_path = paths.sft_policy
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
-    sft = load_causal_lm(sft_path, device, torch.float32).eval()
+    sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
     for split, suffix in POOLS:
         pool = heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device,

@@ -18,7 +18,7 @@ import pytest
 
 import launch
 from common import runlock
-from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, stage
+from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, snapshot, stage
 
 # ------------------------------------------------------------------------------------------- run directory
 
@@ -160,11 +160,6 @@ def copy_run(src: Path, dst: Path) -> Path:
     import shutil
     shutil.copytree(src, dst, symlinks=True)
     return dst
-
-
-def snapshot(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and not p.is_symlink() and "tensorboard" not in p.parts}
 
 
 @pytest.mark.parametrize("steps,needle", [(4, "end of a finished run (rl.steps=4)"), (3, "past rl.steps=3")])

@@ -1,0 +1,99 @@
+"""Failure battery, models: model files that cannot be loaded or used, each refused at load in one named line.
+
+Every bad model is built in tmp_path from the tiny model (save_pretrained, then corrupted); the stage that loads it
+stops with one `error:` line naming the key and path, and what the run directory already held is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+from common.models import BUNDLED_TOKENIZER, build_tiny_policy, tiny_llama_config
+from helpers import TINY, expect_error, snapshot, stage, unchanged
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory, tokenizer) -> Path:
+    """A tiny policy directory as the sft stage leaves it (weights, config, tokenizer)."""
+    path = tmp_path_factory.mktemp("good") / "model"
+    build_tiny_policy(TINY, tokenizer, 0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def copy_model(good: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(good, tmp_path / "model"))
+
+
+def truncated(model: Path, tokenizer) -> None:
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def pickled(model: Path, tokenizer) -> None:
+    """pytorch_model.bin holding a pickled object besides tensors (what torch.load(weights_only=True) refuses)."""
+    state = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save({**state, "extra": argparse.Namespace(a=1)}, model / "pytorch_model.bin")  # not on the allow-list
+
+
+def with_nan(model: Path, tokenizer) -> None:
+    state = load_file(model / "model.safetensors")
+    state["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+
+
+def small_vocab(model: Path, tokenizer) -> None:
+    """A model with 1000 embedding rows beside the tokenizer's 49152 tokens."""
+    config = tiny_llama_config(TINY, tokenizer)
+    config.vocab_size = 1000
+    LlamaForCausalLM(config).save_pretrained(model)
+
+
+def t5(model: Path, tokenizer) -> None:
+    (model / "model.safetensors").unlink()
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    T5ForConditionalGeneration(config).save_pretrained(model)
+
+
+# (case, corruption, stage, key, needles besides the key=path)
+CASES = [
+    ("truncated_safetensors", truncated, "rl", "model.policy", ["model.safetensors", "truncated or corrupt"]),
+    ("pickle_bin", pickled, "rl", "model.policy", ["pytorch_model.bin is a pickle", "convert it to safetensors"]),
+    ("nan_weights", with_nan, "rl", "model.policy",
+     ["holds non-finite weights (1 tensors, e.g. model.layers.0.mlp.up_proj.weight)", "the model file is corrupt"]),
+    ("vocab_smaller_than_tokenizer", small_vocab, "rl", "model.policy",
+     ["has 1000 embedding rows but the tokenizer", "49152 tokens"]),
+    ("t5_policy", t5, "rl", "model.policy", ["is a t5 model (T5ForConditionalGeneration), an encoder-decoder",
+                                             "supported: decoder-only causal LMs"]),
+    ("t5_reward_init", t5, "rm", "reward.init", ["is a t5 model", "decoder-only causal LMs"]),
+]
+
+
+@pytest.mark.parametrize("case,corrupt,stage_name,key,needles", CASES, ids=[c[0] for c in CASES])
+def test_unusable_model_is_one_line_naming_key_and_path(case, corrupt, stage_name, key, needles, good_model,
+                                                        tokenizer, tmp_path, capsys):
+    model = copy_model(good_model, tmp_path)
+    corrupt(model, tokenizer)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rl_metrics.json").write_text(json.dumps({"steps": 3}))  # an earlier result, to keep
+    if stage_name == "rm":
+        shutil.copytree(good_model, run / "sft_model")
+    before, model_before = snapshot(run), snapshot(model)
+    line = expect_error(capsys, stage(run, stage_name, f"{key}={model}"), f"{key}={model}", *needles, code=1)
+    assert "learning rate" not in line
+    assert unchanged(before, snapshot(run)) and snapshot(model) == model_before
