@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import os
 import pickle
@@ -137,7 +138,31 @@ def gguf_file(name: str) -> Path | None:
         path = Path(name)
     if not path.is_file():
         raise ModelPathError(f"not found: {path} (a GGUF file); check the path")
+    check_gguf_magic(path)
     return path
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_magic(path: Path) -> None:
+    """A file named .gguf must start with the GGUF magic bytes; checked before transformers parses it, whose error
+    for anything else (an HTML page saved by a download, a truncated copy) is a traceback."""
+    with open(path, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r}); download it "
+                             f"again, or point model.policy / reward.init at the model's directory")
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's contents, read in 1 MiB blocks (the 98 MB SmolLM2 GGUF: ~0.07 s from the page
+    cache, so it is not cached itself)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_model_path(name: str) -> str:
@@ -148,13 +173,15 @@ def resolve_model_path(name: str) -> str:
 
 
 def dequantized_dir(path: Path) -> Path:
-    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<size>/ with its tokenizer.
+    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<sha256[:16]>/ with its tokenizer.
 
+    Keyed by the file's contents, not its name and size: another file of the same name and size (a corrupt or
+    zeroed copy, a re-quantisation) must never resolve to the weights cached for the first.
     transformers refuses `save_pretrained` on a GGUF-loaded model, so its state dict goes into a fresh model of
     the same class and config. Written to a temporary directory and renamed: concurrent stages never read half.
     """
     target = Path(os.environ.get("GGUF_CACHE", Path.home() / ".cache" / "reinforce_rlhf" / "gguf"))
-    target = target / f"{path.stem}-{path.stat().st_size}"
+    target = target / f"{path.stem}-{file_sha256(path)[:16]}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

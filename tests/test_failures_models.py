@@ -97,3 +97,39 @@ def test_unusable_model_is_one_line_naming_key_and_path(case, corrupt, stage_nam
     line = expect_error(capsys, stage(run, stage_name, f"{key}={model}"), f"{key}={model}", *needles, code=1)
     assert "learning rate" not in line
     assert unchanged(before, snapshot(run)) and snapshot(model) == model_before
+
+
+# ------------------------------------------------------------------------------------------------- GGUF files
+
+
+@pytest.mark.parametrize("content", [b"\0" * 4096, b"<!DOCTYPE html><html>not found</html>"], ids=["zeros", "html"])
+def test_file_named_gguf_that_is_not_gguf_is_one_line(content, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GGUF_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path.write_bytes(content)
+    expect_error(capsys, stage(tmp_path / "run", "rl", f"model.policy={path}"), f"{path} is not a GGUF file",
+                 f"starts with {content[:4]!r}", "download it again", code=1)
+    assert not (tmp_path / "cache").exists(), "nothing de-quantised, nothing cached"
+
+
+def test_gguf_cache_is_keyed_by_contents_not_name_and_size(tmp_path, monkeypatch):
+    """A file of the same name and size as one already de-quantised, with other bytes, is not served the cached
+    weights: it is de-quantised itself (here: the attempt is what the test sees)."""
+    import common.models as models
+    monkeypatch.setenv("GGUF_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path, fill in ((first, b"\1"), (second, b"\2")):
+        path.parent.mkdir()
+        path.write_bytes(b"GGUF" + fill * 1000)
+    cached = tmp_path / "cache" / f"m-{models.file_sha256(first)[:16]}"
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")  # as a finished de-quantisation of `first` leaves it
+    assert models.dequantized_dir(first) == cached
+
+    class Dequantising:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise RuntimeError("de-quantising")
+    monkeypatch.setattr(models, "AutoModelForCausalLM", Dequantising)
+    with pytest.raises(RuntimeError, match="de-quantising"):
+        models.dequantized_dir(second)
