@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from common.config import ConfigError, LoraConfig, TinyModelConfig
 from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, UserError, brief
+from common.files import disk_full, no_space
 from common.numerics import check_finite_weights, non_finite_names
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -191,9 +192,15 @@ def dequantized_dir(path: Path) -> Path:
     fresh = type(loaded)(config)
     fresh.load_state_dict(loaded.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
-    fresh.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+        fresh.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    except BaseException as e:  # not replacing_dir: a finished cache entry is never replaced (others may read it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if no_space(e):
+            raise disk_full(target) from e
+        raise
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first

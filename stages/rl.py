@@ -25,6 +25,7 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
+from common.files import write_text_atomic
 from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
@@ -179,7 +180,7 @@ def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics
     save_trained(learner.policy, tokenizer, paths.trained_policy,
                  training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
-    paths.file("rl_metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("rl_metrics.json"), json.dumps(result, indent=2))
     return result
 
 

@@ -10,6 +10,7 @@ import torch
 
 from common import data
 from common.config import Config, RewardConfig
+from common.files import write_text_atomic
 from common.metrics import RunLogger
 from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits
 from common.paths import RunPaths
@@ -144,7 +145,7 @@ def run_rm(cfg: Config) -> dict:
         result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
     record = training_record("reward", cfg, paths.run_dir, card_figures(result))
     save_trained(model, tokenizer, paths.reward_out, record, extra=lambda tmp: save_head(head, tmp))
-    paths.file("rm_metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("rm_metrics.json"), json.dumps(result, indent=2))
     return result
 
 

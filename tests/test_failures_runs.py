@@ -74,8 +74,9 @@ def test_unusable_run_dir_is_one_line(kind, tmp_path, capsys):
 # errno from the kernel, not a monkeypatch).
 
 
-@pytest.mark.parametrize("name,stage_name", [("config.yaml", "rm"), ("data_rm.json", "rm"),
-                                             ("metrics_sft.jsonl", "sft"), ("sft_metrics.json", "sft")])
+# Files replaced whole (common/files.py) are written under .<name>.tmp first: that name is the one linked to it.
+@pytest.mark.parametrize("name,stage_name", [("config.yaml", "rm"), (".data_rm.json.tmp", "rm"),
+                                             ("metrics_sft.jsonl", "sft"), (".sft_metrics.json.tmp", "sft")])
 def test_full_disk_writing_run_files_says_no_space(name, stage_name, tmp_path, capsys, stand_ins):
     run = run_with_sft(tmp_path, stand_ins)
     (run / name).symlink_to("/dev/full")
