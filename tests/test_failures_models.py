@@ -133,3 +133,54 @@ def test_gguf_cache_is_keyed_by_contents_not_name_and_size(tmp_path, monkeypatch
     monkeypatch.setattr(models, "AutoModelForCausalLM", Dequantising)
     with pytest.raises(RuntimeError, match="de-quantising"):
         models.dequantized_dir(second)
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+
+
+def full_disk_after(nbytes: int):
+    """A safetensors writer that writes `nbytes` of the file and then fails as safetensors' Rust writer does on a
+    full disk (a SafetensorError whose text carries the OS error, not an OSError)."""
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * nbytes)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    return save_file
+
+
+@pytest.mark.parametrize("stage_name,out,overrides", [
+    ("sft", "sft_model", []),
+    ("rm", "reward_model", []),
+    ("rl", "policy", ["rl.steps=1", "rl.save_every=0", "rl.eval_every=0"]),
+])
+def test_full_disk_saving_a_model_replaces_nothing(stage_name, out, overrides, good_model, tmp_path, capsys,
+                                                   monkeypatch, stand_ins):
+    import transformers.modeling_utils
+    run = tmp_path / "run"
+    for name in ("sft_model", "reward_model", "policy"):  # earlier results, real directories: to keep
+        shutil.copytree(stand_ins / name if name != "policy" else good_model, run / name)
+    before = snapshot(run)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk_after(4096))
+    expect_error(capsys, stage(run, stage_name, *overrides),
+                 f"no space left on device writing {run / out}; free space and rerun: nothing was replaced", code=1)
+    assert unchanged(before, snapshot(run))
+    assert not [p for p in run.iterdir() if ".tmp" in p.name], "no temporary directory is left"
+
+
+@pytest.mark.parametrize("name", ["eval.json", "report.md", "data_rm.json", "rl_metrics.json"])
+def test_full_disk_replacing_a_file_keeps_the_old_one(name, tmp_path, monkeypatch):
+    from common import files
+    path = tmp_path / name
+    path.write_text("old")
+    real_write = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(files.DiskFullError, match=f"no space left on device writing {path}; free space and rerun: "
+                                                  f"nothing was replaced"):
+        files.write_text_atomic(path, "new contents " * 100)
+    monkeypatch.undo()
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [name]
