@@ -8,7 +8,6 @@ latest checkpoint is named and the previous one (save keeps two) is used instead
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from common.errors import Interrupted, UserError, brief
+from common.files import no_space
 from common.numerics import check_finite_weights
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
@@ -94,12 +94,6 @@ def _cause(error: BaseException | None, types: tuple[type, ...]) -> BaseExceptio
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def no_space(error: BaseException | None) -> bool:
-    """Whether a full disk (or quota) is behind `error`, anywhere in its chain of causes."""
-    found = _cause(error, (OSError,))
-    return found is not None and found.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def checkpoints(ckpt_dir: str | Path) -> list[Path]:

@@ -39,6 +39,22 @@ class TinyModelConfig:
     intermediate_size: int = opt(128, ge=8)
     max_position_embeddings: int = opt(512, ge=16)
 
+    def __post_init__(self) -> None:
+        # Llama splits hidden_size evenly over the query heads, shares each KV head among a whole group of query
+        # heads, and rotates pairs of dimensions (RoPE): a shape that breaks one of these fails deep inside
+        # transformers at the first forward, so it is refused here, naming the keys.
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.tiny.hidden_size={self.hidden_size} is not a multiple of "
+                              f"model.tiny.num_heads={self.num_heads}: each head takes an equal share; pick "
+                              f"a num_heads that divides hidden_size")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model.tiny.num_heads={self.num_heads} is not a multiple of "
+                              f"model.tiny.num_kv_heads={self.num_kv_heads}: each KV head serves a whole group of "
+                              f"query heads; pick num_kv_heads that divides num_heads")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(f"model.tiny.hidden_size / model.tiny.num_heads = {self.hidden_size // self.num_heads} "
+                              f"is odd: rotary position embeddings need an even head size; change either key")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -20,10 +24,12 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from common.config import ConfigError, LoraConfig, TinyModelConfig
-from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, brief
-from common.numerics import check_finite_weights
+from common.errors import ENVIRONMENT_ERRNOS, PathNotFound, UserError, brief
+from common.files import disk_full, no_space
+from common.numerics import check_finite_weights, non_finite_names
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_TOKENIZER = ASSETS / "smollm2-tokenizer"
@@ -37,13 +43,33 @@ class ModelPathError(PathNotFound):
     """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
 
 
+class ModelFileError(UserError):
+    """A model whose files do not load or cannot serve: truncated or pickled weights, another architecture, fewer
+    embedding rows than the tokenizer has tokens, non-finite weights. The message names the key and the path."""
+
+
+def named(key: str, path: str) -> str:
+    """How a message names a model: `model.policy=PATH` for a config key, `the trained policy PATH` otherwise."""
+    return f"{key}={path}" if " " not in key else f"{key} {path}"
+
+
 @contextlib.contextmanager
-def loading(name_or_path: str):
+def loading(name_or_path: str, key: str = "model"):
     """transformers' OSError for a model it cannot get (an unknown hub id, no network, a gated repo, a file
-    missing from a checkpoint) as one line naming the model. Local paths are checked before (check_model_path);
-    the machine's own errors (disk, permissions) keep their type for launch.py's disk message."""
+    missing from a checkpoint) as one line naming the model; a truncated safetensors file or a pickle that holds
+    more than tensors as one line naming the file. Local paths are checked before (check_model_path); the
+    machine's own errors (disk, permissions) keep their type for launch.py's disk message."""
     try:
         yield
+    except SafetensorError as e:
+        raise ModelFileError(f"{named(key, name_or_path)}: cannot read {weight_files(name_or_path, '*.safetensors')} "
+                             f"({brief(e)}): the file is truncated or corrupt; save or copy the model again, or "
+                             f"point {key} at another model") from e
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a pickle of arbitrary objects
+        raise ModelFileError(f"{named(key, name_or_path)}: {weight_files(name_or_path, '*.bin')} is a pickle of "
+                             f"Python objects, not only tensors, and is not loaded (unpickling it could run code); "
+                             f"if you trust it, convert it to safetensors (load it, then save_pretrained with "
+                             f"safe_serialization=True)") from e
     except OSError as e:
         if e.errno in ENVIRONMENT_ERRNOS:
             raise
@@ -113,7 +139,31 @@ def gguf_file(name: str) -> Path | None:
         path = Path(name)
     if not path.is_file():
         raise ModelPathError(f"not found: {path} (a GGUF file); check the path")
+    check_gguf_magic(path)
     return path
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_magic(path: Path) -> None:
+    """A file named .gguf must start with the GGUF magic bytes; checked before transformers parses it, whose error
+    for anything else (an HTML page saved by a download, a truncated copy) is a traceback."""
+    with open(path, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r}); download it "
+                             f"again, or point model.policy / reward.init at the model's directory")
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's contents, read in 1 MiB blocks (the 98 MB SmolLM2 GGUF: ~0.07 s from the page
+    cache, so it is not cached itself)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_model_path(name: str) -> str:
@@ -124,13 +174,15 @@ def resolve_model_path(name: str) -> str:
 
 
 def dequantized_dir(path: Path) -> Path:
-    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<size>/ with its tokenizer.
+    """De-quantise a GGUF file (transformers, to fp32) into <GGUF_CACHE>/<stem>-<sha256[:16]>/ with its tokenizer.
 
+    Keyed by the file's contents, not its name and size: another file of the same name and size (a corrupt or
+    zeroed copy, a re-quantisation) must never resolve to the weights cached for the first.
     transformers refuses `save_pretrained` on a GGUF-loaded model, so its state dict goes into a fresh model of
     the same class and config. Written to a temporary directory and renamed: concurrent stages never read half.
     """
     target = Path(os.environ.get("GGUF_CACHE", Path.home() / ".cache" / "reinforce_rlhf" / "gguf"))
-    target = target / f"{path.stem}-{path.stat().st_size}"
+    target = target / f"{path.stem}-{file_sha256(path)[:16]}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +192,15 @@ def dequantized_dir(path: Path) -> Path:
     fresh = type(loaded)(config)
     fresh.load_state_dict(loaded.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
-    fresh.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+        fresh.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    except BaseException as e:  # not replacing_dir: a finished cache entry is never replaced (others may read it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if no_space(e):
+            raise disk_full(target) from e
+        raise
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first
@@ -182,17 +240,65 @@ def build_tiny_policy(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerBase,
         return LlamaForCausalLM(tiny_llama_config(tiny, tokenizer))
 
 
-def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
-    with loading(name_or_path):
+def weight_files(name_or_path: str, pattern: str) -> str:
+    """The weight files of a local model directory that match `pattern`, for a message (else the path itself)."""
+    path = Path(name_or_path)
+    found = sorted(path.glob(pattern)) if path.is_dir() else []
+    return ", ".join(str(f) for f in found) or name_or_path
+
+
+def check_architecture(name_or_path: str, key: str) -> None:
+    """Refuse, before loading weights, a model this code cannot run: every model here is a decoder-only causal LM
+    (the policy generates with it; the reward model reads its last token's hidden state), so an encoder-decoder
+    (T5, BART) or an encoder (BERT-style) would fail deep inside a stage. An adapter-only directory (peft) has no
+    config.json of its own and is left to its loader."""
+    if Path(name_or_path).is_dir() and not (Path(name_or_path) / CONFIG_FILE).is_file():
+        return
+    config = AutoConfig.from_pretrained(name_or_path)  # trust_remote_code stays False: no model code is run
+    if not config.is_encoder_decoder and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return
+    archs = ", ".join(config.architectures or ()) or type(config).__name__
+    kind = "an encoder-decoder" if config.is_encoder_decoder else "not a causal LM"
+    raise ModelFileError(f"{named(key, name_or_path)} is a {config.model_type} model ({archs}), {kind}; supported: "
+                         f"decoder-only causal LMs (what AutoModelForCausalLM loads: Llama, Qwen2, Mistral, GPT-2, "
+                         f"SmolLM2, ...); point {key} at one")
+
+
+def check_loaded(model: PreTrainedModel, name_or_path: str, key: str,
+                 tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """What a loaded model must satisfy before any stage uses it: every weight finite (a NaN in the file would
+    otherwise surface as a skipped update blamed on the learning rate) and, given the tokenizer, an embedding row
+    for each of its tokens (else an id past the last row is an IndexError in the middle of generation)."""
+    bad = non_finite_names(model.named_parameters())
+    if bad:
+        raise ModelFileError(f"{named(key, name_or_path)} holds non-finite weights ({len(bad)} tensors, e.g. "
+                             f"{bad[0]}); the model file is corrupt: save or copy it again, or point {key} at "
+                             f"another model")
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer is not None and rows < len(tokenizer):
+        raise ModelFileError(f"{named(key, name_or_path)} has {rows} embedding rows but the tokenizer "
+                             f"{tokenizer.name_or_path} has {len(tokenizer)} tokens; use the tokenizer the model was "
+                             f"trained with (model.tokenizer, '' = the model's own) or a model with its vocabulary")
+
+
+def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype,
+                   tokenizer: PreTrainedTokenizerBase | None = None, key: str = "model.policy") -> PreTrainedModel:
+    """A causal LM, checked (check_architecture, check_loaded); `key` is the config key (or words) that named it."""
+    with loading(name_or_path, key):
+        check_architecture(name_or_path, key)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    check_loaded(model, name_or_path, key, tokenizer)
     return model.to(device)
 
 
 def load_reward_model(name_or_path: str, num_labels: int, tokenizer: PreTrainedTokenizerBase,
-                      device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+                      device: torch.device, dtype: torch.dtype = torch.float32,
+                      key: str = "reward.path") -> PreTrainedModel:
     """A sequence-classification model; from a causal LM checkpoint the head is newly initialised."""
-    with loading(name_or_path):
+    with loading(name_or_path, key):
+        check_architecture(name_or_path, key)
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, dtype=dtype)
+    check_loaded(model, name_or_path, key, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
 

@@ -38,6 +38,12 @@ def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, 
     return None
 
 
+def non_finite_names(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the floating tensors that hold a NaN or inf, in order."""
+    return [name for name, t in tensors
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
+
+
 def check_finite_weights(tensors: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
     """Raise NonFiniteError before `what` (a path or a description) is written with non-finite weights."""
     found = first_non_finite(tensors)

@@ -24,6 +24,7 @@ from actors.heldout import POOLS, compare_on_pool, heldout_pool
 from actors.reward_functions import describe as describe_reward
 from common.config import Config
 from common.errors import PathNotFound
+from common.files import write_text_atomic
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.runtime import prepare
@@ -57,8 +58,8 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     if not (Path(trained_path) / "config.json").is_file():
         raise PathNotFound(f"no trained policy at {trained_path}: run --stage rl first")
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
-    sft = load_causal_lm(sft_path, device, torch.float32).eval()
-    trained = load_causal_lm(trained_path, device, torch.float32).eval()
+    sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
+    trained = load_causal_lm(trained_path, device, torch.float32, tokenizer, key="the trained policy").eval()
     result: dict = {}
     pools = [(split, heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device, dtype, split,
                                   cfg.eval.num_prompts, f"eval{suffix}")) for split, suffix in POOLS]
@@ -75,7 +76,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
             summary["kinds"] = [task.ood_kind(p) for p in pool.prompt_texts]
             result["ood"] = summary
     result["reward_components"] = describe_reward(cfg.reward)  # what `reward` is made of
-    paths.file("eval.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("eval.json"), json.dumps(result, indent=2))
     attach_evaluation(trained_path, result)  # eval.json beside the policy's weights, its card with the table
     print(f"reward = {result['reward_components']['text']}\n" + format_table(result))
     if "ood" in result:

@@ -4,22 +4,19 @@ trained it) and the model card README.md built from it (stages/model_card.py).
 
 Every directory is written whole into a temporary directory beside its place and then renamed into it, so a
 crash or a full disk mid-save leaves the previous directory intact and never half a model; single files inside it
-(the card, eval.json) are replaced the same way.
+(the card, eval.json) are replaced the same way (common/files.py; a full disk is one DiskFullError naming the path).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from common.files import replacing_dir, write_text_atomic
 from common.models import save_model
 from stages.model_card import build_card
 
@@ -27,51 +24,6 @@ RECORD_FILE = "training_run.json"  # stages/model_card.training_record: the card
 EVAL_FILE = "eval.json"  # the policy's held-out evaluation, a copy of the run's eval.json
 CARD_FILE = "README.md"
 ADAPTER_DIR = "adapter"
-
-
-@contextlib.contextmanager
-def replacing_dir(path: str | Path) -> Iterator[Path]:
-    """A fresh temporary directory beside `path`; when the block ends without an error it becomes `path` (an
-    earlier `path` is replaced: a symlink there is replaced, never followed); on an error (an interruption
-    included) it is removed and `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is read by others (Ray actors, vLLM)
-        swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def swap_in(new: Path, path: Path) -> None:
-    """Two renames: `path` aside to .<name>.old, `new` into place, then the old copy removed. A crash between the
-    renames leaves the old copy in .<name>.old, which the next save removes once its new copy is in place."""
-    old = path.with_name(f".{path.name}.old")
-    if path.exists() or path.is_symlink():
-        remove(old)
-        os.replace(path, old)
-    os.replace(new, path)
-    remove(old)
-
-
-def remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_trained(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, record: dict,

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
+from common.files import replacing_file
 from stages.report_runs import reward_name  # noqa: E402
 
 CURVES = (("rollout/reward", "{reward}"), ("rollout/kl", "KL to reference (log-ratio)"),
@@ -36,8 +37,11 @@ def _series(run, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with replacing_file(path) as tmp:  # a full disk leaves the previous figure, not half a PNG
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

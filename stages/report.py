@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import write_text_atomic
 from common.stats import overoptimisation_check, seed_summary
 from stages import plots
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
@@ -264,7 +265,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> 
     figures = figures_for(variants, out)
     reference = (read_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
     text = render(paths, runs, variants, aggs, figures, reference, aggs_ood)
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
     return out / "report.md"
 
 

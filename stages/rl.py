@@ -25,6 +25,7 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint
 from common.config import Config
+from common.files import write_text_atomic
 from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
@@ -44,9 +45,11 @@ FINAL_FIGURES = {"rollout/reward": "last step's mean reward (training batch)", "
 StepHook = Callable[[int, RolloutSource], None]  # after every step (tests use it to kill actors mid-run)
 
 
-def build_policy(sft_path: str, lora, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The trainable policy (LoRA-wrapped when `lora.enabled`) and the frozen reference (None with LoRA)."""
-    policy = load_causal_lm(sft_path, device, torch.float32)  # fp32 master weights; autocast on GPU
+def build_policy(sft_path: str, lora, device: torch.device,
+                 tokenizer=None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The trainable policy (LoRA-wrapped when `lora.enabled`) and the frozen reference (None with LoRA);
+    `tokenizer`, when given, is checked against the policy's vocabulary."""
+    policy = load_causal_lm(sft_path, device, torch.float32, tokenizer)  # fp32 master weights; autocast on GPU
     reference = None if lora.enabled else frozen_copy(policy)
     return apply_lora(policy, lora, "CAUSAL_LM"), reference
 
@@ -177,7 +180,7 @@ def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics
     save_trained(learner.policy, tokenizer, paths.trained_policy,
                  training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
-    paths.file("rl_metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("rl_metrics.json"), json.dumps(result, indent=2))
     return result
 
 
@@ -204,7 +207,7 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
             stack.enter_context(ray_session(cfg.cluster))
         tokenizer = load_tokenizer(paths.sft_policy, cfg.model.tokenizer)
         prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl")
-        policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device)
+        policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device, tokenizer)
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
         learner = Learner(policy, reference, cfg.rl, device, dtype)

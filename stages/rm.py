@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from common import data
 from common.config import Config, RewardConfig
+from common.files import write_text_atomic
 from common.metrics import RunLogger
 from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits
 from common.paths import RunPaths
@@ -112,7 +113,8 @@ def run_rm(cfg: Config) -> dict:
                              f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
                              f"data.max_length or use data.overlong=truncate_left")
     head = head_from_config(cfg.reward)
-    model = load_reward_model(init, head.num_labels, tokenizer, device)
+    model = load_reward_model(init, head.num_labels, tokenizer, device,
+                              key="reward.init" if cfg.reward.init else "model.policy")
     model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
     model = apply_lora(model, cfg.reward.lora, "SEQ_CLS")
     pad, bs = tokenizer.pad_token_id, cfg.reward.batch_size
@@ -146,7 +148,7 @@ def run_rm(cfg: Config) -> dict:
         result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
     record = training_record("reward", cfg, paths.run_dir, card_figures(result))
     save_trained(model, tokenizer, paths.reward_out, record, extra=lambda tmp: save_head(head, tmp))
-    paths.file("rm_metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("rm_metrics.json"), json.dumps(result, indent=2))
     return result
 
 

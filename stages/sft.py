@@ -9,6 +9,7 @@ import torch
 
 from common import data
 from common.config import Config, ConfigError
+from common.files import write_text_atomic
 from common.metrics import RunLogger
 from common.models import TINY, build_tiny_policy, load_tokenizer
 from common.paths import RunPaths
@@ -77,5 +78,5 @@ def run_sft(cfg: Config) -> dict:
     result = {"examples": len(encoded), "final_loss": metrics.get("loss"), "encode": stats.as_dict()}
     figures = {"demonstrations": len(encoded), "final training loss": metrics.get("loss")}
     save_trained(model, tokenizer, paths.sft_out, training_record("sft", cfg, paths.run_dir, figures))
-    paths.file("sft_metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("sft_metrics.json"), json.dumps(result, indent=2))
     return result

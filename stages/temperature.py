@@ -22,6 +22,7 @@ import torch
 
 from actors.heldout import POOLS, HeldoutPool, heldout_pool
 from common.config import Config
+from common.files import write_text_atomic
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.runtime import prepare
@@ -60,7 +61,7 @@ def run_temperature(cfg: Config) -> dict:
     device = prepare(cfg)
     sft_path = paths.sft_policy
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
-    sft = load_causal_lm(sft_path, device, torch.float32).eval()
+    sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
     for split, suffix in POOLS:
         pool = heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device,
@@ -69,7 +70,7 @@ def run_temperature(cfg: Config) -> dict:
         if pool.n:
             result["pools"][split] = {"num_prompts": pool.n, "prompts": pool.prompt_texts[:3], "by_temperature": {
                 f"{t:g}": answers_at(pool, sft, t) for t in cfg.eval.temperatures}}
-    paths.file("temperature.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(paths.file("temperature.json"), json.dumps(result, indent=2))
     print(format_table(result))
     return result
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from common import data
 from common.config import Config
+from common.files import write_text_atomic
 
 SPLITS = ("train", "val", "ood")  # ood: out-of-distribution held-out; empty for a task without one
 Messages = tuple[dict, ...]  # a prompt: chat messages ending with a user turn
@@ -230,5 +231,5 @@ def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: dat
                                        for k, v in splits.task_pools.items()}} if splits.task_pools else {}),
               "load": splits.stats.as_dict(), **({"encode": extra.as_dict()} if extra is not None else {})}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / f"data_{name}.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(Path(run_dir) / f"data_{name}.json", json.dumps(report, indent=2))
     return report

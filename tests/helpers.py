@@ -162,6 +162,17 @@ def stage(run_dir: Path, name: str, *overrides: str) -> list[str]:
     return ["--config", CONFIG, "--stage", name, "--no-report", f"run_dir={run_dir}", *FAST, *overrides]
 
 
+def snapshot(run: Path) -> dict[str, bytes]:
+    """The bytes of every file under `run` (symlinks and TensorBoard logs left out), to compare before and after."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and not p.is_symlink() and "tensorboard" not in p.parts}
+
+
+def unchanged(before: dict[str, bytes], after: dict[str, bytes]) -> bool:
+    """Whether every file of `before` is still there with the same bytes (new files allowed)."""
+    return all(after.get(name) == data for name, data in before.items())
+
+
 def run_with_sft(tmp_path: Path, stand_ins: Path) -> Path:
     """tmp_path/run with the stand_ins fixture's SFT model linked in."""
     run = tmp_path / "run"

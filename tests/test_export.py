@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import launch
 from common.config import LoraConfig, load_config
+from common.files import DiskFullError
 from common.models import apply_lora, build_tiny_policy, load_reward_model
 from helpers import CPU, TINY, eval_result, run_with_sft, stage
 from stages.export import ADAPTER_DIR, RECORD_FILE, attach_evaluation, save_trained
@@ -41,8 +42,10 @@ def test_a_failed_save_leaves_the_previous_directory_intact(tmp_path, tokenizer)
 
     def full_disk(tmp):
         raise OSError(28, "No space left on device")
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DiskFullError, match=f"no space left on device writing {path}; free space and rerun: "
+                                             f"nothing was replaced") as raised:
         save_trained(build_tiny_policy(TINY, tokenizer, 1), tokenizer, path, record(tmp_path), extra=full_disk)
+    assert isinstance(raised.value, OSError)  # still an OSError, as the machine's own error was
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"], "no temporary directory is left"
 

@@ -130,6 +130,10 @@ CONFIG_CASES = [
     (["rl.kl_coef=-1"], ["rl.kl_coef", "must be >= 0"]),
     (["rl.kl_coef"], ["not of the form key=value"]),
     (["cluster.sync_every=3"], ["cluster.max_staleness >= 2"]),
+    (["model.tiny.num_heads=3"], ["model.tiny.hidden_size=64 is not a multiple of model.tiny.num_heads=3"]),
+    (["model.tiny.num_kv_heads=2", "model.tiny.num_heads=3", "model.tiny.hidden_size=96"],
+     ["model.tiny.num_heads=3 is not a multiple of model.tiny.num_kv_heads=2"]),
+    (["model.tiny.num_heads=64", "model.tiny.num_kv_heads=1"], ["model.tiny.num_heads = 1 is odd", "even head size"]),
 ]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import launch
 from common import runlock
-from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, stage
+from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, snapshot, stage
 
 # ------------------------------------------------------------------------------------------- run directory
 
@@ -74,8 +74,9 @@ def test_unusable_run_dir_is_one_line(kind, tmp_path, capsys):
 # errno from the kernel, not a monkeypatch).
 
 
-@pytest.mark.parametrize("name,stage_name", [("config.yaml", "rm"), ("data_rm.json", "rm"),
-                                             ("metrics_sft.jsonl", "sft"), ("sft_metrics.json", "sft")])
+# Files replaced whole (common/files.py) are written under .<name>.tmp first: that name is the one linked to it.
+@pytest.mark.parametrize("name,stage_name", [("config.yaml", "rm"), (".data_rm.json.tmp", "rm"),
+                                             ("metrics_sft.jsonl", "sft"), (".sft_metrics.json.tmp", "sft")])
 def test_full_disk_writing_run_files_says_no_space(name, stage_name, tmp_path, capsys, stand_ins):
     run = run_with_sft(tmp_path, stand_ins)
     (run / name).symlink_to("/dev/full")
@@ -160,11 +161,6 @@ def copy_run(src: Path, dst: Path) -> Path:
     import shutil
     shutil.copytree(src, dst, symlinks=True)
     return dst
-
-
-def snapshot(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and not p.is_symlink() and "tensorboard" not in p.parts}
 
 
 @pytest.mark.parametrize("steps,needle", [(4, "end of a finished run (rl.steps=4)"), (3, "past rl.steps=3")])
