@@ -130,6 +130,10 @@ CONFIG_CASES = [
     (["rl.kl_coef=-1"], ["rl.kl_coef", "must be >= 0"]),
     (["rl.kl_coef"], ["not of the form key=value"]),
     (["cluster.sync_every=3"], ["cluster.max_staleness >= 2"]),
+    (["seed=-1"], ["seed: must be >= 0, got -1"]),
+    (["seed=4294967296"], ["seed: must be <= 4294967295"]),
+    (["run_dir="], ["run_dir: empty", "current directory"]),
+    (["data.max_prompt_tokens=200", "data.max_length=16"], ["data.max_prompt_tokens=200", "data.max_length=16"]),
 ]
 
 
@@ -149,6 +153,20 @@ def test_bad_config_file_is_one_line(text, needles, tmp_path, capsys):
     if text is not None:
         path.write_text(text)
     expect_error(capsys, ["--config", str(path)], *needles, code=2)
+
+
+@pytest.mark.parametrize("content,needles", [
+    (b"rl:\n  steps: 3\n  # caf\xe9\n", ["not UTF-8", "byte 0xe9 at byte offset 22", "save the file as UTF-8"]),
+    (b"rl:\n  steps: 3\n  lr: 0.1\n  steps: 5\n", ["key 'steps' is given twice", "line 2 and line 4", "keep one"]),
+    (b"rl: {steps: 3}\nseed: 1\nrl: {lr: 0.1}\n", ["key 'rl' is given twice", "line 1 and line 3"]),
+    (b"", ["the config file is empty", "built-in defaults", "leave out --config"]),
+    (b"# nothing but a comment\n\n", ["the config file is empty"]),
+], ids=["not_utf8", "duplicate_key", "duplicate_section", "empty", "comments_only"])
+def test_config_file_that_would_be_misread_is_one_line(content, needles, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    expect_error(capsys, ["--config", str(path), f"run_dir={tmp_path / 'run'}"], str(path), *needles, code=2)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -215,7 +233,8 @@ def test_reward_init_not_found(tmp_path, capsys, stand_ins):
 
 def test_rm_stage_with_every_pair_too_long_names_the_counts(tmp_path, capsys, stand_ins):
     run = run_with_sft(tmp_path, stand_ins)
-    expect_error(capsys, stage(run, "rm", f"data.source={PAIRS}", "data.overlong=drop", "data.max_length=16"),
+    expect_error(capsys, stage(run, "rm", f"data.source={PAIRS}", "data.overlong=drop", "data.max_length=16",
+                               "data.max_prompt_tokens=8"),
                  str(PAIRS), "fit data.max_length=16", "validation pairs")
 
 
