@@ -160,6 +160,9 @@ class RLConfig:
                                    "own mean (default, learner/baseline.py says why); zero = the empty average as 0")
     max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
     weight_decay: float = opt(0.0, ge=0.0)
+    max_kl: float = opt(50.0, ge=0.0, help="stop the run as collapsed when the batch's mean KL to the SFT policy "
+                                           "(nats per response) is above this, or not finite, for 3 steps in a row "
+                                           "(docs/troubleshooting.md); 0 = off")
     save_every: int = opt(50, ge=0, help="checkpoint every N steps: the learner's state (for --resume) and the policy "
                                          "at that step in checkpoints/latest_policy/ (for from_pretrained); 0 = only "
                                          "the learner's state at the end")
