@@ -178,6 +178,9 @@ class RLConfig:
                                    "own mean (default, learner/baseline.py says why); zero = the empty average as 0")
     max_grad_norm: float = opt(1.0, ge=0.0, help="0 = no clipping")
     weight_decay: float = opt(0.0, ge=0.0)
+    max_kl: float = opt(50.0, ge=0.0, help="stop the run as collapsed when the batch's mean KL to the SFT policy "
+                                           "(nats per response) is above this, or not finite, for 3 steps in a row "
+                                           "(docs/troubleshooting.md); 0 = off")
     save_every: int = opt(50, ge=0, help="checkpoint every N steps: the learner's state (for --resume) and the policy "
                                          "at that step in checkpoints/latest_policy/ (for from_pretrained); 0 = only "
                                          "the learner's state at the end")
@@ -298,8 +301,9 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = opt(0, help="one seed makes a run reproducible")
-    run_dir: str = opt("runs/tiny")
+    seed: int = opt(0, ge=0, le=2**32 - 1, help="one seed makes a run reproducible (numpy's range)")
+    run_dir: str = opt("runs/tiny", help="where every stage writes; '' is refused (it would write into the current "
+                                         "directory)")
     device: str = opt("auto", choices=("auto", "cpu", "cuda"))
     torch_threads: int = opt(0, ge=0, help="0 = torch's default")
     model: ModelConfig = section(ModelConfig)
@@ -315,6 +319,9 @@ class Config:
     tracking: TrackingConfig = section(TrackingConfig)
 
     def __post_init__(self) -> None:
+        if not self.run_dir.strip():
+            raise ConfigError("run_dir: empty; it would write the run's files into the current directory: name a "
+                              "directory, e.g. run_dir=runs/my_run")
         if self.rl.reward_reduction != "expected" and self.reward.head != "distributional":
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
                               f"(a scalar reward model has no distribution to reduce); got reward.head="
@@ -330,20 +337,63 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML file (or the defaults), apply `a.b=value` overrides, validate everything."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = {} if path is None else read_config_file(Path(path))
     for item in overrides:
         _apply_override(raw, item)
     return build(Config, raw, prefix="")
+
+
+def read_config_file(path: Path) -> dict:
+    """The mapping a config file holds: UTF-8 text, valid YAML, no key given twice, not empty."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} cannot be "
+                          f"decoded; save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: key {e.key!r} is given twice in one mapping (line {e.first} and line {e.second}); "
+                          f"the second would silently win: keep one") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:  # an empty file (or comments only) would run the built-in defaults, not what was meant
+        raise ConfigError(f"{path}: the config file is empty; it would run the built-in defaults (rl.steps=200, "
+                          f"rl.lr=1e-06), not a demo: put the settings in it, or leave out --config for the offline "
+                          f"demo (configs/tiny.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key repeated within one mapping is an error (PyYAML keeps the last
+    one without a word). Merge keys (<<) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise DuplicateKeyError(key, lines[key], line)
+                    lines[key] = line
+                except TypeError:  # an unhashable key: the base class names it
+                    break
+        return super().construct_mapping(node, deep=deep)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

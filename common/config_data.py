@@ -41,6 +41,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         parse_columns(self.columns)
+        if self.max_prompt_tokens >= self.max_length:  # no room left for a response: most pairs would be dropped
+            raise ConfigError(f"data.max_prompt_tokens={self.max_prompt_tokens} leaves no room for a response in "
+                              f"data.max_length={self.max_length} (prompt + response tokens): set "
+                              f"data.max_prompt_tokens below data.max_length, e.g. half of it")
 
 
 def parse_columns(items: tuple[str, ...], key: str = "data.columns") -> dict[str, str]:

@@ -176,7 +176,8 @@ def _allowed(meta: typing.Mapping) -> str:
     if meta.get("choices") is not None:
         return "one of " + ", ".join(map(_cli_value, meta["choices"]))
     signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-    return ", ".join(f"{sign} {meta[name]:g}" for name, sign in signs if meta.get(name) is not None)
+    return ", ".join(f"{sign} {meta[name] if isinstance(meta[name], int) else format(meta[name], 'g')}"
+                     for name, sign in signs if meta.get(name) is not None)
 
 
 def _cli_value(value: Any) -> str:

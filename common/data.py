@@ -55,9 +55,13 @@ class DataStats:
     merged_turns: int = 0        # consecutive same-role turns in a prompt joined into one
     repeated_user_turn: int = 0  # chosen/rejected lists that repeated the context before the response
     context_mismatch: int = 0    # ... where that repeated context differed from the `prompt` field
-    equal_ratings: int = 0       # pairs with chosen_rating == rejected_rating (kept)
+    equal_ratings: int = 0       # pairs with chosen_rating == rejected_rating: ties (kept, docs/data.md says why)
+    identical_responses: int = 0  # pairs whose chosen and rejected are the same text (dropped: no preference)
+    duplicate_pairs: int = 0     # pairs repeating an earlier one's prompt, chosen and rejected (dropped; one kept)
+    system_prompts: int = 0      # pairs or prompts whose prompt starts with a system message (kept)
     truncated: int = 0           # prompts/conversations cut from the left
     dropped_overlong: int = 0    # prompts/conversations dropped for length
+    dropped_overlong_pairs: int = 0  # pairs left out of reward-model training because a side was dropped for length
     boundary_split: int = 0      # conversations whose prompt/response token boundary needed separate encoding
     origin: str = ""             # where the rows were read (file, directory or hub id), for messages
     format: str = ""             # the rows' format (data.format, or the one detected from the columns)

@@ -18,6 +18,10 @@ from common.errors import UserError
 MAX_CONSECUTIVE_SKIPS = 8  # an fp16 loss scale that starts at 2**16 can back off 8 times before this trips
 
 
+class PolicyCollapsed(UserError):
+    """The RL policy has left the reference far behind (rl.max_kl): training on would only save a broken policy."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
     """A loss, a gradient or weights about to be saved are not finite (one line: where, and what to change)."""
 
@@ -75,6 +79,13 @@ class SkipCounter:
         if self.in_a_row >= self.limit:
             raise NonFiniteError(f"{self.where}: {self.in_a_row} updates in a row skipped for a non-finite {what} "
                                  f"({self.total} in all); {self.hint}")
+
+    def summary(self, updates: int) -> str | None:
+        """The warning a run that finished with skipped updates ends with (None without any)."""
+        if not self.total:
+            return None
+        return (f"warning: {self.where}: {self.total} of {updates} updates were skipped for a non-finite loss or "
+                f"gradient (skipped_steps in the metrics), so fewer updates were applied than asked; {self.hint}")
 
     def state_dict(self) -> dict:
         return {"total": self.total, "in_a_row": self.in_a_row}

@@ -10,7 +10,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.config import RLConfig
 from common.models import merged_state_dict, unwrap
-from common.numerics import is_finite
+from common.numerics import PolicyCollapsed, is_finite
 from common.rollout import RolloutBatch
 from learner import losses
 from learner.baseline import make_baseline
@@ -48,6 +48,9 @@ def checkpointed_layers(model: torch.nn.Module, enabled: bool):
             m.training = flag
 
 
+COLLAPSE_STEPS = 3  # steps in a row above rl.max_kl that stop the run (one noisy batch does not)
+
+
 class Learner:
     """REINFORCE with a moving-average baseline (Ahmadian et al. 2024), fully on-policy by default.
 
@@ -77,6 +80,7 @@ class Learner:
                                     "check the rewards (rollout/reward) and rl.kl_coef, lower rl.lr, or run in "
                                     "float32/bfloat16 (model.dtype)")
         self.version = 0  # learner steps taken (skipped ones too); generators tag batches with the version
+        self.kl_over = 0  # steps in a row whose mean KL was above rl.max_kl (or not finite)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:  # [B, R]
@@ -117,6 +121,7 @@ class Learner:
         }
         if self.update.loss_scale is not None:
             metrics["losses/loss_scale"] = self.update.loss_scale
+        self.check_collapse(metrics["rollout/kl"])
         # a reward function's None is NaN in its reward_fn/<name> scores: left out of its mean, as TRL logs it
         metrics.update({f"rollout/{k}": (v.float().nanmean() if k.startswith("reward_fn/") else v.float().mean()).item()
                         for k, v in batch.extras.items()})
@@ -124,6 +129,19 @@ class Learner:
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def check_collapse(self, kl: float) -> None:
+        """Stop when the policy has collapsed: its mean KL to the reference above rl.max_kl (a NaN KL too) for
+        COLLAPSE_STEPS steps in a row. A collapsed policy samples nearly one answer, its gradient is ~0 and nothing
+        brings it back; without this the run would end with exit 0 and save it (rl.lr=10: KL ~256 nats)."""
+        limit = self.cfg.max_kl
+        self.kl_over = self.kl_over + 1 if limit and not kl <= limit else 0
+        if self.kl_over >= COLLAPSE_STEPS:
+            value = f"{kl:.1f} nats" if is_finite(kl) else f"{kl} (not finite)"
+            raise PolicyCollapsed(f"rl step {self.version}: the policy has collapsed: its mean KL to the SFT policy "
+                                  f"is {value}, above rl.max_kl={limit:g} for {self.kl_over} steps in a row "
+                                  f"(rl.lr={self.cfg.lr:g}, rl.kl_coef={self.cfg.kl_coef:g}); lower rl.lr (or raise "
+                                  f"rl.kl_coef) and rerun; rl.max_kl=0 lets it run on")
 
     def _accumulate_gradients(self, batch: RolloutBatch, baseline: float
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,7 +15,9 @@ fused implementation where torch has one for the device (`adamw`: one kernel ove
 How an update is applied (`GuardedUpdate`). Under fp16 the loss is scaled (fp16 gradients underflow without it;
 bf16 and fp32 have fp32's exponent range), the gradient is unscaled and clipped, and an update whose loss or
 gradient is not finite is skipped: the weights and the optimizer are untouched, the skip is counted, and
-MAX_CONSECUTIVE_SKIPS in a row stop the run (common/numerics.py).
+MAX_CONSECUTIVE_SKIPS in a row stop the run (common/numerics.py). After every applied update one fused check (the
+largest |weight| of each tensor) confirms the weights are still finite; an update that overflowed them (a learning
+rate near float32's range) stops the run at once, before the weights are used, published or saved.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from common.config import ConfigError
 from common.models import unwrap
-from common.numerics import SkipCounter, is_finite
+from common.numerics import NonFiniteError, SkipCounter, first_non_finite, is_finite
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the settings' values
 # fp16 loss scale: 2**12 leaves room below fp16's maximum for gradients of order 1 (2**16, torch's default,
@@ -123,6 +125,7 @@ class GuardedUpdate:
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=INIT_SCALE, growth_interval=GROWTH_INTERVAL)
                        if dtype == torch.float16 else None)
         self.skips = SkipCounter(where, hint)
+        self.where = where
         self.loss_finite = True
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -145,12 +148,28 @@ class GuardedUpdate:
                 self.optimizer.step()
             if after_step is not None:
                 after_step()
+            self.check_weights()
         if self.scaler is not None:
             self.scaler.update()  # a non-finite gradient halves the scale
         self.optimizer.zero_grad(set_to_none=True)
         self.skips.record(not finite, "loss" if not self.loss_finite else "gradient")
         self.loss_finite = True
         return grad_norm, finite
+
+    def check_weights(self) -> None:
+        """Stop when the update just applied left a weight NaN or inf. Undoing it would need a copy of every weight
+        before each step (as much memory again as the policy); stopping costs nothing and loses nothing that was
+        saved: the checkpoints written before are intact and these weights are never used."""
+        if not self.params:
+            return
+        largest = torch.stack(torch._foreach_norm([p.detach() for p in self.params], math.inf))  # max |w|, one sync
+        if is_finite(largest):
+            return
+        name, bad = first_non_finite((str(i), p) for i, p in enumerate(self.params))
+        tensors = int((~torch.isfinite(largest)).sum())
+        raise NonFiniteError(f"{self.where}: the update just applied made weights non-finite (NaN/inf) in {tensors} "
+                             f"of {len(self.params)} weight tensors (tensor #{name}: {bad} values); stopped before "
+                             f"they were used or saved (earlier checkpoints are intact); {self.skips.hint}")
 
     @property
     def loss_scale(self) -> float | None:

@@ -9,6 +9,7 @@ readable on one screen.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -62,4 +63,6 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterable[Any]], num_bat
             if log is not None:
                 log(step, metrics)
     model.eval()
+    if update.skips.summary(step):
+        tqdm.write(update.skips.summary(step), file=sys.stderr)
     return metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -215,16 +216,19 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts)
         source.start(start, learner)
         metrics: dict[str, float] = {}
-        bar = tqdm(initial=start, total=cfg.rl.steps, desc=f"rl ({mode})")
-        for step in range(start, cfg.rl.steps):
-            batch, metrics = rl_step(learner, source, step, tokenizer.eos_token_id)
-            recorder.record(step, metrics, learner, batch)
-            bar.set_postfix(live_postfix(metrics), refresh=False)
-            bar.update()
-            if on_step is not None:
-                on_step(step, source)
-        bar.close()
+        # the bar is closed (its line ended) on an error too, so that the error's line starts a line of its own
+        with tqdm(initial=start, total=cfg.rl.steps, desc=f"rl ({mode})") as bar:
+            for step in range(start, cfg.rl.steps):
+                batch, metrics = rl_step(learner, source, step, tokenizer.eos_token_id)
+                recorder.record(step, metrics, learner, batch)
+                bar.set_postfix(live_postfix(metrics), refresh=False)
+                bar.update()
+                if on_step is not None:
+                    on_step(step, source)
         recorder.close()
         summary = source.summary()
+    warning = learner.update.skips.summary(learner.version)
+    if warning:
+        tqdm.write(warning, file=sys.stderr)
     return finish_rl(cfg, paths, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
                      **summary)

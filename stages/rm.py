@@ -44,7 +44,39 @@ def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats
                                         cfg.data.overlong, stats) for r in (p.chosen, p.rejected)]
         if enc[0] is not None and enc[1] is not None:
             out.append(EncodedPair(enc[0], enc[1], p.chosen_rating, p.rejected_rating))
+        else:
+            stats.dropped_overlong_pairs += 1
     return out
+
+
+# (DataStats field, what it counts) for the one line per kind the rm stage prints when the count is not 0
+DATA_NOTES = (("identical_responses", "pairs dropped: chosen and rejected are the same text (no preference)"),
+              ("duplicate_pairs", "pairs dropped: repeats of an earlier pair (same prompt, chosen and rejected)"),
+              ("equal_ratings", "pairs kept with equal ratings (ties; the data set's chosen side is the label)"),
+              ("system_prompts", "pairs kept whose prompt starts with a system message (the chat template renders "
+                                 "it)"),
+              ("skipped_bad", "malformed rows skipped (data.bad_rows=skip)"))
+
+
+def report_data_notes(stats: data.DataStats) -> None:
+    """One line per kind of row the data held that the user should know of, with its count (also in
+    rm_metrics.json's data.load)."""
+    for name, what in DATA_NOTES:
+        if getattr(stats, name):
+            print(f"[rm] data: {getattr(stats, name)} {what}", flush=True)
+
+
+def check_overlong_share(origin: str, total: int, dropped: int, cfg: Config) -> None:
+    """Stop when more than half of the pairs were dropped for length: a reward model trained on the few short
+    ones would be a poor (biased) proxy, and the run would otherwise end with exit 0."""
+    if 2 * dropped <= total:
+        return
+    fix = "raise data.max_length (and data.max_prompt_tokens below it)"
+    if cfg.data.overlong == "drop":
+        fix += ", or use data.overlong=truncate_left"
+    raise data.DataError(f"{origin}: {dropped} of {total} pairs were dropped as longer than data.max_length="
+                         f"{cfg.data.max_length} (data.max_prompt_tokens={cfg.data.max_prompt_tokens}, "
+                         f"data.overlong={cfg.data.overlong}), more than half: {fix}")
 
 
 def pair_logits(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int,
@@ -107,11 +139,14 @@ def run_rm(cfg: Config) -> dict:
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
     report = write_data_report(cfg.run_dir, "rm", splits, stats)
+    report_data_notes(splits.stats)
     if not train or not val:
         raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
                              f"{len(splits.val)} validation pairs fit data.max_length={cfg.data.max_length} "
                              f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
                              f"data.max_length or use data.overlong=truncate_left")
+    check_overlong_share(splits.stats.origin, len(splits.train) + len(splits.val) + len(splits.ood),
+                         stats.dropped_overlong_pairs, cfg)
     head = head_from_config(cfg.reward)
     model = load_reward_model(init, head.num_labels, tokenizer, device,
                               key="reward.init" if cfg.reward.init else "model.policy")

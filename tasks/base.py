@@ -153,7 +153,9 @@ class Task:
         prompts_only = self.prompts_only()
         if not pairs and not (prompts_only and unpaired):
             skipped = (f", all {stats.skipped_bad} skipped as malformed (data.bad_rows=skip)" if stats.skipped_bad
-                       else "")
+                       else "") + "".join(f", {n} {what}" for n, what in (
+                           (stats.identical_responses, "dropped with chosen and rejected identical"),
+                           (stats.duplicate_pairs, "dropped as repeats of an earlier pair")) if n)
             raise data.DataError(f"{stats.origin}: no {'prompts' if prompts_only else 'preference pairs'} "
                                  f"({stats.rows} rows read{skipped}); point data.source at rows in one of the "
                                  f"formats of docs/data.md")

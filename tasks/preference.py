@@ -126,6 +126,7 @@ class Parsed:
     pairs: list[PreferencePair] = field(default_factory=list)
     prompts: list[Messages] = field(default_factory=list)  # distinct, in first-seen order
     columns: dict[str, dict] = field(default_factory=dict)  # every prompt's key -> the other columns of its first row
+    seen: set = field(default_factory=set)  # (prompt key, chosen, rejected) of the pairs kept, to drop repeats
 
 
 def parse_rows(rows: list, origin: str, bad_rows: str, stats: DataStats, fmt: str = "auto",
@@ -162,16 +163,29 @@ def parse_rows(rows: list, origin: str, bad_rows: str, stats: DataStats, fmt: st
 
 
 def _add(out: Parsed, item: PreferencePair | Messages, extra: dict, stats: DataStats) -> None:
+    """Keep a parsed pair or prompt, counting what the user should know of. A pair without a preference (chosen
+    and rejected the same text) or repeating an earlier pair (the same prompt, chosen and rejected: it would
+    weigh twice) is dropped and counted; a tie and a system message are kept and counted (docs/data.md)."""
     if isinstance(item, PreferencePair):
         prompt = item.prompt
+        if item.chosen == item.rejected:
+            stats.identical_responses += 1
+            return
+        key = (item.prompt_key, item.chosen, item.rejected)
+        if key in out.seen:
+            stats.duplicate_pairs += 1
+            return
+        out.seen.add(key)
         out.pairs.append(item)
         stats.equal_ratings += item.rated and item.chosen_rating == item.rejected_rating
+        stats.system_prompts += prompt[0]["role"] == "system"
     else:
         prompt = item
         stats.prompts += 1
         if messages_key(prompt) in out.columns:
             return  # a repeated prompt is asked once
         out.prompts.append(prompt)
+        stats.system_prompts += prompt[0]["role"] == "system"
     stats.multi_turn += sum(m["role"] == "user" for m in prompt) > 1
     out.columns.setdefault(messages_key(prompt), extra)
 

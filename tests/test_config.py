@@ -108,3 +108,29 @@ def test_config_hash_changes_with_any_value_and_only_then():
     assert config_hash(load_config(overrides=["rl.lr=0.5"])) != config_hash(base)
     assert config_hash(load_config(overrides=[f"rl.lr={base.rl.lr}"])) == config_hash(base)
     assert len(config_hash(base)) == 16
+
+
+def test_seed_bounds_are_numpys():
+    assert load_config(None, ["seed=4294967295"]).seed == 2**32 - 1
+    for bad, message in (("-1", "seed: must be >= 0, got -1"), ("4294967296", "seed: must be <= 4294967295")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"seed={bad}"])
+
+
+def test_yaml_keeps_safe_load_semantics_without_repeated_keys(tmp_path):
+    """The loader refuses a repeated key, and reads everything else as yaml.safe_load does (merge keys too)."""
+    text = "base: &b {steps: 3, lr: 0.1}\nother: {<<: *b, steps: 5}\nlist: [1, 2]\nwhen: 1e-5\n"
+    from common.config import UniqueKeyLoader
+    assert yaml.load(text, Loader=UniqueKeyLoader) == yaml.safe_load(text)  # noqa: S506
+    path = tmp_path / "c.yaml"
+    path.write_text("rl:\n  steps: 3\nrun_dir: x\nrl_extra: 1\nrun_dir: y\n")
+    with pytest.raises(ConfigError, match=r"key 'run_dir' is given twice in one mapping \(line 3 and line 5\)"):
+        load_config(path)
+
+
+def test_empty_run_dir_and_a_prompt_budget_without_room_are_refused():
+    with pytest.raises(ConfigError, match=r"^run_dir: empty"):
+        load_config(ROOT / "configs/tiny.yaml", ["run_dir=  "])
+    with pytest.raises(ConfigError, match=r"^data.max_prompt_tokens=96 leaves no room .* data.max_length=96"):
+        load_config(ROOT / "configs/tiny.yaml", ["data.max_prompt_tokens=96"])
+    assert load_config(ROOT / "configs/tiny.yaml", ["data.max_prompt_tokens=95"]).data.max_prompt_tokens == 95

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import launch
 from common.config import load_config
 from common.config_data import DataConfig
 from helpers import CONFIG, ROOT, expect_error, run_with_sft, stage
@@ -44,7 +45,8 @@ DATA_CASES = [
     ("json_empty", "d.json", b"", ["no preference pairs (0 rows read)"]),
     ("jsonl_blank_lines", "d.jsonl", b"\n\n   \n", ["no preference pairs (0 rows read)"]),
     ("one_pair", "d.jsonl", jsonl(LINES[0]), ["1 pairs with 1 distinct prompt(s)", "0 validation", "add rows"]),
-    ("one_prompt_three_pairs", "d.jsonl", jsonl(LINES[0], LINES[0], LINES[0]),
+    ("one_prompt_three_pairs", "d.jsonl", jsonl(LINES[0], *(with_field(rejected=[{"role": "assistant", "content": t}])
+                                                            for t in ("No.", "Maybe."))),
      ["3 pairs with 1 distinct prompt(s)", "at least 2 distinct prompts"]),
     ("missing_field", "d.jsonl", jsonl(*LINES[:2], json.dumps({k: v for k, v in GOOD.items() if k != "rejected"})
                                        .encode()), ["row 2", "field 'rejected'", "missing"]),
@@ -134,6 +136,10 @@ CONFIG_CASES = [
     (["model.tiny.num_kv_heads=2", "model.tiny.num_heads=3", "model.tiny.hidden_size=96"],
      ["model.tiny.num_heads=3 is not a multiple of model.tiny.num_kv_heads=2"]),
     (["model.tiny.num_heads=64", "model.tiny.num_kv_heads=1"], ["model.tiny.num_heads = 1 is odd", "even head size"]),
+    (["seed=-1"], ["seed: must be >= 0, got -1"]),
+    (["seed=4294967296"], ["seed: must be <= 4294967295"]),
+    (["run_dir="], ["run_dir: empty", "current directory"]),
+    (["data.max_prompt_tokens=200", "data.max_length=16"], ["data.max_prompt_tokens=200", "data.max_length=16"]),
 ]
 
 
@@ -153,6 +159,20 @@ def test_bad_config_file_is_one_line(text, needles, tmp_path, capsys):
     if text is not None:
         path.write_text(text)
     expect_error(capsys, ["--config", str(path)], *needles, code=2)
+
+
+@pytest.mark.parametrize("content,needles", [
+    (b"rl:\n  steps: 3\n  # caf\xe9\n", ["not UTF-8", "byte 0xe9 at byte offset 22", "save the file as UTF-8"]),
+    (b"rl:\n  steps: 3\n  lr: 0.1\n  steps: 5\n", ["key 'steps' is given twice", "line 2 and line 4", "keep one"]),
+    (b"rl: {steps: 3}\nseed: 1\nrl: {lr: 0.1}\n", ["key 'rl' is given twice", "line 1 and line 3"]),
+    (b"", ["the config file is empty", "built-in defaults", "leave out --config"]),
+    (b"# nothing but a comment\n\n", ["the config file is empty"]),
+], ids=["not_utf8", "duplicate_key", "duplicate_section", "empty", "comments_only"])
+def test_config_file_that_would_be_misread_is_one_line(content, needles, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    expect_error(capsys, ["--config", str(path), f"run_dir={tmp_path / 'run'}"], str(path), *needles, code=2)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -219,7 +239,8 @@ def test_reward_init_not_found(tmp_path, capsys, stand_ins):
 
 def test_rm_stage_with_every_pair_too_long_names_the_counts(tmp_path, capsys, stand_ins):
     run = run_with_sft(tmp_path, stand_ins)
-    expect_error(capsys, stage(run, "rm", f"data.source={PAIRS}", "data.overlong=drop", "data.max_length=16"),
+    expect_error(capsys, stage(run, "rm", f"data.source={PAIRS}", "data.overlong=drop", "data.max_length=16",
+                               "data.max_prompt_tokens=8"),
                  str(PAIRS), "fit data.max_length=16", "validation pairs")
 
 
@@ -255,3 +276,59 @@ def test_tokenizer_without_chat_template_names_the_key(tmp_path, capsys, stand_i
     run = run_with_sft(tmp_path, stand_ins)
     expect_error(capsys, stage(run, "rm", f"model.tokenizer={tmp_path / 'plain_tokenizer'}"),
                  "model.tokenizer", "has no chat template", code=2)
+
+
+# --------------------------------------------------------------------------------- pairs without a signal
+
+
+def convo(prompt: str, chosen: str, rejected: str, ratings=(3.0, 1.0), system: str = "") -> bytes:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return json.dumps({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+                       "rejected": [{"role": "assistant", "content": rejected}],
+                       "chosen_rating": ratings[0], "rejected_rating": ratings[1]}).encode()
+
+
+SIGNAL_ROWS = [convo(f"Name a few fruits, {name}.", "apple, pear.", "chair.") for name in ("Ada", "Bo", "Cy", "Di")]
+SIGNAL_ROWS += [convo("Name a few tools, Ed.", "same answer.", "same answer."),  # identical: dropped
+                SIGNAL_ROWS[0], SIGNAL_ROWS[1],  # exact repeats: dropped, the first kept
+                convo("Name a few birds, Fay.", "owl, crow.", "desk.", ratings=(2.0, 2.0)),  # a tie: kept
+                convo("Name a few trees, Gus.", "oak.", "lamp.", system="Answer briefly.")]  # a system message: kept
+
+
+def test_pairs_without_a_signal_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(jsonl(*SIGNAL_ROWS))
+    pairs, stats = load_pairs(str(path), DataConfig())
+    assert (stats.rows, stats.pairs, len(pairs)) == (9, 6, 6)
+    assert (stats.identical_responses, stats.duplicate_pairs, stats.equal_ratings, stats.system_prompts) == (1, 2, 1, 1)
+    assert all(p.chosen != p.rejected for p in pairs)
+
+
+def test_rm_stage_logs_each_kind_and_saves_the_counts(tmp_path, capsys, stand_ins):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(jsonl(*SIGNAL_ROWS))
+    run = run_with_sft(tmp_path, stand_ins)
+    assert launch.main(stage(run, "rm", f"data.source={path}", "data.val_fraction=0.5")) == 0
+    out = capsys.readouterr().out
+    for line in ("[rm] data: 1 pairs dropped: chosen and rejected are the same text",
+                 "[rm] data: 2 pairs dropped: repeats of an earlier pair", "[rm] data: 1 pairs kept with equal ratings",
+                 "[rm] data: 1 pairs kept whose prompt starts with a system message"):
+        assert line in out, out
+    load = json.loads((run / "rm_metrics.json").read_text())["data"]["load"]
+    assert (load["identical_responses"], load["duplicate_pairs"], load["equal_ratings"], load["system_prompts"]) == (
+        1, 2, 1, 1)
+
+
+def test_rm_stage_stops_when_most_pairs_are_too_long(tmp_path, capsys, stand_ins):
+    """More than half of the pairs dropped for length (answers of 60 words at data.max_length=48) is one line with
+    the counts and the keys to raise, not a reward model trained on the rest."""
+    long = " ".join(["word"] * 60)
+    rows = [convo(f"Name a few fruits, {n}.", "apple.", "chair.") for n in ("Ada", "Bo", "Cy", "Di", "Ed", "Fay")]
+    rows += [convo(f"Name a few tools, {n}.", long, "desk.") for n in ("Gus", "Hal", "Ivy", "Jo", "Kai", "Lu", "Mo")]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(jsonl(*rows))
+    run = run_with_sft(tmp_path, stand_ins)
+    expect_error(capsys, stage(run, "rm", f"data.source={path}", "data.val_fraction=0.5", "data.max_length=48",
+                               "data.max_prompt_tokens=32"),
+                 str(path), "7 of 13 pairs were dropped as longer than data.max_length=48",
+                 "data.max_prompt_tokens=32", "raise data.max_length", code=1)

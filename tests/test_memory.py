@@ -56,7 +56,7 @@ def bench_line(capsys, tmp_path, tokenizer, *overrides):
     shape.write_text(json.dumps(tiny_llama_config(TINY, tokenizer).to_dict()))
     root = Path(__file__).resolve().parents[1]
     assert main(["--config", str(root / "configs" / "tiny.yaml"), "--model-config", str(shape), "device=cpu",
-                 "data.max_length=64", "generator.max_new_tokens=32", *overrides]) == 0
+                 "data.max_length=64", "data.max_prompt_tokens=48", "generator.max_new_tokens=32", *overrides]) == 0
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     m = re.fullmatch(r"peak rm step: ([\d.]+) GiB; peak rl step: ([\d.]+) GiB; fits 16 GiB: (yes|no)", last)
