@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--jobs {args.jobs}: expected a positive integer")
         seeds = parse_seeds(args.seeds or str(cfg.seed))
         variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
-        plan(args.config, args.overrides, seeds, variants, args.stage)  # validates every run's config first
+        root, planned = plan(args.config, args.overrides, seeds, variants, args.stage)  # every run's config checked
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.stage == PUSH:
         return push(args, cfg, repo_id)
@@ -215,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
         args.running = REPORT
         write_report(args.runs or [cfg.run_dir], args.report_dir)
         return push(args, cfg, repo_id)
+    if experiment:  # the root's lock, and the runs already there checked, before invocation.json is written
+        from experiments.runner import claim
+        claim(root, planned)
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
         record_invocation(cfg.run_dir, command_of(args))
     if experiment:

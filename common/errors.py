@@ -75,3 +75,10 @@ def raise_on_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+class SettingsChanged(UserError):
+    """A sweep's run directory holds a run made with other settings (its config.yaml): skipping it as finished would
+    report old results under the new settings, and continuing it would mix the two."""
+
+    exit_code = 2  # a config error: the settings given do not fit the run directory

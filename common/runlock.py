@@ -7,7 +7,9 @@ flock is free was left by a process that did not finish cleanly, and is taken ov
 release empties the file (the file itself stays: removing it would race with a process about to lock it).
 
 The lock is per process and re-entrant: the stages of one `launch.py` run share it; launch.py releases it when
-the run ends. Sweeps run each (variant, seed) as a child process in its own directory, so they never contend.
+the run ends. A sweep holds its root's lock (`what="sweep"`, named in the refusal) for as long as it runs, so a second
+sweep or a single run on that root is refused before it writes a log or an error file there; the sweep's runs are
+child processes in their own directories below the root, each with its own lock, so they never contend with it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ class RunDirBusy(UserError):
 
 def holder_text(info: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
-    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (since {since})"
+    what = info.get("what", "run")  # lock files written before `what` existed were runs'
+    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (since {since})"
+            + ("" if what == "run" else f", {what}"))
+
+
+def holds(run_dir: str | Path) -> bool:
+    """Whether this process holds run_dir's lock (a caller that finds it held leaves the release to its taker)."""
+    return Path(run_dir).resolve() in _held
 
 
 def _read(fd: int) -> dict:
@@ -46,8 +55,9 @@ def _read(fd: int) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def acquire(run_dir: str | Path, log=print) -> None:
-    """Lock `run_dir` for this process (no-op if it already holds it); RunDirBusy names the holder."""
+def acquire(run_dir: str | Path, log=print, what: str = "run") -> None:
+    """Lock `run_dir` for this process (no-op if it already holds it); RunDirBusy names the holder. `what` says
+    who holds it, in the refusal another process gets ("run", or "a sweep")."""
     key = Path(run_dir).resolve()
     if key in _held:
         return
@@ -62,12 +72,12 @@ def acquire(run_dir: str | Path, log=print) -> None:
     except BlockingIOError:
         info = _read(fd)
         os.close(fd)
-        raise RunDirBusy(f"run_dir {run_dir} is in use by {holder_text(info)}: wait for that run to end or "
+        raise RunDirBusy(f"run_dir {run_dir} is in use by {holder_text(info)}: wait for it to end or "
                          f"choose another run_dir") from None
     stale = _read(fd)
     if stale:
         log(f"run_dir {run_dir}: taking over the lock left by {holder_text(stale)}, which is no longer running")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
     _held[key] = fd

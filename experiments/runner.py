@@ -10,6 +10,11 @@ config is validated before anything runs. Each run executes its stages as child 
 stopped; a failed run has its error saved to error.txt, the runs that need its artifacts are marked failed, and
 the others go on. `--jobs N` runs N runs at once; a run starts as soon as the artifacts it needs exist.
 
+A sweep holds its root's lock (common/runlock.py) from before it writes anything there until it ends: a second sweep
+on the same root is refused, naming the first. A run directory that already holds a config.yaml is reused only when
+that config's hash equals the new run's (common.config.config_hash): a rerun with other overrides is refused, naming
+the run and the keys that differ, instead of skipping old results as if they had the new settings.
+
 What is shared, and why that is honest:
 - the data split: `data.split_seed` is not touched by `seed`, so every seed and variant is evaluated on the
   same held-out prompts (and, in the sandbox, on the same generated data);
@@ -34,7 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.reward_functions import check as check_reward_functions
-from common.config import ConfigError, load_config
+from common import runlock
+from common.config import Config, ConfigError, config_hash, load_config
+from common.config_schema import flatten, to_dict
+from common.errors import SettingsChanged
+from common.runtime import make_run_dir
 from tasks.registry import load_task
 
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
@@ -65,6 +74,7 @@ class Run:
     seconds: float = 0.0
     error: str = ""
     depends_on: list[tuple[Run, str]] = field(default_factory=list, repr=False)  # (run, stage it must finish)
+    config: Config | None = field(default=None, repr=False)  # the resolved config its stages will save
 
     @property
     def name(self) -> str:
@@ -152,8 +162,8 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
                         extra.append(("reward.path=" if kind == "rm" else "model.policy=")
                                      + str(run.run_dir / ARTIFACT[kind]))
                         needs.append((run, kind))
-            run_config(config, overrides + extra, v.name, seed)
-            run = Run(v.name, seed, run_dir, overrides + extra, stages, depends_on=needs)
+            cfg = run_config(config, overrides + extra, v.name, seed)
+            run = Run(v.name, seed, run_dir, overrides + extra, stages, depends_on=needs, config=cfg)
             by_key[(v.name, seed)] = run
             runs.append(run)
     return root, runs
@@ -168,6 +178,41 @@ def run_config(config: str, overrides: list[str], variant: str, seed: int):
     except ConfigError as e:
         raise ConfigError(f"sweep run {variant}/seed_{seed}: {e}") from None
     return cfg
+
+
+def claim(root: Path, runs: list[Run]) -> None:
+    """Lock the sweep's root, then check that the runs already there were made with these settings. Both come
+    before the sweep writes anything under root (invocation.json, experiment.json, logs, error files), so a sweep
+    refused here has changed nothing. The lock stays held until the process releases it (launch.py, run_sweep)."""
+    make_run_dir(root)
+    runlock.acquire(root, what="a sweep")
+    for run in runs:
+        check_settings(run)
+
+
+def check_settings(run: Run) -> None:
+    """A run directory with a config.yaml was made by an earlier sweep: its finished stages may be skipped only if
+    its resolved config is the one this sweep would run (same hash); otherwise SettingsChanged names the keys."""
+    stored = run.run_dir / "config.yaml"
+    if run.config is None or not stored.is_file():
+        return
+    what = f"sweep run {run.run_dir} was made with other settings"
+    todo = (f": use another run_dir, or remove {run.run_dir} (and any other run of the old settings) to run "
+            f"it again")
+    try:
+        old = load_config(stored)
+    except ConfigError as e:  # written by an older version of the config schema
+        raise SettingsChanged(f"{what} ({stored} does not load: {e}){todo}") from None
+    if config_hash(old) != config_hash(run.config):
+        raise SettingsChanged(f"{what} ({changed_keys(old, run.config)}){todo}")
+
+
+def changed_keys(old: Config, new: Config, show: int = 3) -> str:
+    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:show])
+    return text + (f" and {len(keys) - show} more" if len(keys) > show else "")
 
 
 def execute(run: Run, config: str, mode: str = "local") -> None:
@@ -233,13 +278,25 @@ def run_sweep(config: str, overrides: list[str], seeds: list[int], variants, sta
     """Plan and execute: up to `jobs` runs at once, each started once the artifacts it needs exist.
     `reference` names the variant the report compares every other variant with (experiment.json)."""
     root, runs = plan(config, overrides, seeds, variants, stage)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps(
-        {"config": config, "overrides": overrides, "seeds": seeds, "stage": stage, "mode": mode,
-         "variants": sorted({r.variant for r in runs}, key=[r.variant for r in runs].index),
-         "reference": reference}, indent=2))
-    print(f"sweep: {len(runs)} runs ({len({r.variant for r in runs})} variants x {len(seeds)} seeds) under {root}"
-          + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
+    owner = not runlock.holds(root)  # launch.py claims the root first, and keeps it for the report after the sweep
+    claim(root, runs)
+    try:
+        (root / "experiment.json").write_text(json.dumps(
+            {"config": config, "overrides": overrides, "seeds": seeds, "stage": stage, "mode": mode,
+             "variants": sorted({r.variant for r in runs}, key=[r.variant for r in runs].index),
+             "reference": reference}, indent=2))
+        print(f"sweep: {len(runs)} runs ({len({r.variant for r in runs})} variants x {len(seeds)} seeds) under "
+              f"{root}" + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
+        execute_all(runs, config, mode, jobs)
+        write_summary(root, runs)
+    finally:
+        if owner:
+            runlock.release(root)
+    return root, runs
+
+
+def execute_all(runs: list[Run], config: str, mode: str, jobs: int) -> None:
+    """Every run, up to `jobs` at once; an interruption stops the running stages cleanly before it propagates."""
     pending, running = list(runs), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
@@ -247,8 +304,6 @@ def run_sweep(config: str, overrides: list[str], seeds: list[int], variants, sta
         except BaseException as e:
             stop_children(e)
             raise
-    write_summary(root, runs)
-    return root, runs
 
 
 def schedule(runs: list[Run], pending: list[Run], running: dict, pool: ThreadPoolExecutor, jobs: int, config: str,

@@ -19,8 +19,10 @@ from stages import plots
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_runs import (
     RunData,
+    differing,
     discover,
     group,
+    mixed_variants,
     read_json,
     reward_made_of,
     reward_name,
@@ -180,15 +182,46 @@ def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
 
 
 def provenance(paths) -> list[str]:
-    """The command and machine that produced the runs (invocation.json of the experiment or run directory)."""
+    """The last command and the machine that ran the runs (invocation.json of the experiment or run directory).
+    The settings the report quotes are each run's own (its config.yaml), not this command's: a sweep directory
+    may hold runs started by earlier commands (more seeds, other grid points)."""
     inv = read_json(Path(paths[0]) / "invocation.json")
     if not inv:
         return []
     m = inv["machine"]
-    return [f"Produced by `{inv['command']}` on {m['cpu']} ({m['cpus']} logical CPUs"
+    return [f"Last started by `{inv['command']}` on {m['cpu']} ({m['cpus']} logical CPUs"
             + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"), {m['platform']}, Python {m['python']}, "
-            f"torch {m['torch']}, started {inv['started']}. Figures move with the machine (CPU, BLAS build): "
-            "quote the across-seed intervals, not one seed's value.", ""]
+            f"torch {m['torch']}, started {inv['started']}; the settings in this report are read from each run's "
+            "config.yaml. Figures move with the machine (CPU, BLAS build): quote the across-seed intervals, not "
+            "one seed's value.", ""]
+
+
+def setup_line(runs: list[RunData]) -> str:
+    """The RL settings, each read from every run's config.yaml: one value where all runs agree, else "per run"
+    (the variants line and mixed_runs say which run had which)."""
+    varies = set(differing([r.config for r in runs]))
+    c = runs[0].config
+
+    def value(key: str, fmt=lambda x: f"{x:g}") -> str:
+        section, name = key.split(".")
+        return "per run" if key in varies else fmt(c[section][name])
+
+    return (f"Setup: RL {value('rl.steps', str)} steps x {value('rl.batch_size', str)} prompts (one response "
+            f"each), lr {value('rl.lr')}, baseline {value('rl.baseline', lambda x: f'`{x}`')}, kl_coef "
+            f"{value('rl.kl_coef')}, temperature {value('generator.temperature')}, max "
+            f"{value('generator.max_new_tokens', str)} new tokens. "
+            f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.")
+
+
+def mixed_runs(variants: dict[str, list[RunData]]) -> list[str]:
+    """A warning for each variant whose seeds were run with different settings: the tables average them."""
+    mixed = mixed_variants(variants)
+    if not mixed:
+        return []
+    return ["**Runs of one variant made with different settings (the tables average them; rerun them with one "
+            "command in a fresh run_dir to compare like with like):** "
+            + "; ".join(f"**{v}**: " + ", ".join(f"seed {seed} " + " ".join(f"`{k}={x}`" for k, x in d.items())
+                                                 for seed, d in rows) for v, rows in mixed.items()), ""]
 
 
 def per_seed_table(variants: dict[str, list[RunData]]) -> list[str]:
@@ -290,19 +323,16 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
     base = next((r for r in runs if not r.config["reward"]["path"]), runs[0])  # a run that trained its own models
     c = base.config
     diffs = varying_keys(variants)
-    kl = "per variant" if any("rl.kl_coef" in d for d in diffs.values()) else f"{c['rl']['kl_coef']:g}"
     lines = ["# REINFORCE run report", "",
              f"Runs: {len(runs)} in {len(variants)} variant(s), from {', '.join(map(str, paths))}. "
              f"Policy `{c['model']['policy']}`, data `{c['data']['source']}`.", "",
-             f"Setup: RL {c['rl']['steps']} steps x {c['rl']['batch_size']} prompts (one response each), lr "
-             f"{c['rl']['lr']:g}, baseline `{c['rl']['baseline']}`, kl_coef {kl}, temperature "
-             f"{c['generator']['temperature']:g}, max {c['generator']['max_new_tokens']} new tokens. "
-             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.", "", reward_line(variants), ""]
+             setup_line(runs), "", reward_line(variants), ""]
     lines += provenance(paths)
     name, short = reward_name(runs), reward_name(runs, short=True)
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
                                                      for v, d in diffs.items()), ""]
+    lines += mixed_runs(variants)
     lines += failed_runs(paths)
     if first:
         same = all(a.get("same_prompts", True) for a in aggs.values() if a)

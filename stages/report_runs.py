@@ -17,7 +17,8 @@ from common.config_schema import build
 from common.errors import PathNotFound
 from common.metrics import read_log
 
-NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path"}
+# keys that differ between runs without making them different experiments (a sweep names each run's tracker run)
+NOT_A_VARIANT_KEY = {"seed", "run_dir", "torch_threads", "device", "model.policy", "reward.path", "tracking.run_name"}
 
 
 @dataclass
@@ -93,3 +94,22 @@ def varying_keys(variants: dict[str, list[RunData]]) -> dict[str, dict[str, obje
     keys = sorted({k for f in flat.values() for k in f} - NOT_A_VARIANT_KEY)
     diff = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
     return {v: {k: f.get(k) for k in diff} for v, f in flat.items()}
+
+
+def differing(configs: list[dict]) -> list[str]:
+    """The config keys whose values differ between these runs' configs (seeds and paths excluded)."""
+    flat = [flatten(c) for c in configs]
+    keys = sorted({k for f in flat for k in f} - NOT_A_VARIANT_KEY)
+    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def mixed_variants(variants: dict[str, list[RunData]]) -> dict[str, list[tuple[int, dict[str, object]]]]:
+    """Variants whose runs were made with different settings (each run's config.yaml: seeds of one variant run by
+    different commands), with each run's values of the keys that differ; the report averages a variant's seeds,
+    so it says so instead of quoting one setting for all of them."""
+    out = {}
+    for v, runs in variants.items():
+        keys = differing([r.config for r in runs])
+        if keys:
+            out[v] = [(r.seed, {k: flatten(r.config).get(k) for k in keys}) for r in runs]
+    return out

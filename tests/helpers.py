@@ -101,15 +101,22 @@ def read_metrics(run_dir):
 
 # ---------------------------------------------------------------------------------------- run directories
 
-HOLD = ("import sys, time; from common import runlock; runlock.acquire(sys.argv[1]); print('locked', flush=True); "
-        "time.sleep(60)")
+HOLD = ("import sys, time; from common import runlock; runlock.acquire(sys.argv[1], what=sys.argv[2]); "
+        "print('locked', flush=True); time.sleep(60)")
 
 
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    """Another process holding run_dir's lock (it prints 'locked' once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], env=ENV, stdout=subprocess.PIPE, text=True)
+def hold_lock(run_dir: Path, what: str = "run") -> subprocess.Popen:
+    """Another process holding run_dir's lock (it prints 'locked' once it does); what="a sweep" is a sweep holding
+    its root (experiments/runner.claim)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), what], env=ENV, stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root with its content: equal snapshots before and after a refusal mean nothing changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------- model cards

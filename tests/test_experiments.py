@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from common.config import ConfigError, load_config
+from common.config import ConfigError, config_hash, load_config, save_config
+from common.errors import SettingsChanged
 from experiments import plan_variants
 from experiments.runner import parse_grid, parse_seeds, plan, run_sweep
+from helpers import CONFIG, FAST, expect_error, hold_lock, snapshot
 
 ALL_STAGES = ["sft", "rm", "rl", "eval"]  # `--stage all` of a sandbox run, one stage at a time (resumable)
 
@@ -150,3 +152,57 @@ def test_every_sweep_run_is_named_for_the_trackers_by_its_sweep_variant_and_seed
     assert names == [f"kl/kl_coef={kl}/seed_{s}" for kl in ("0.05", "0.2") for s in (0, 1)]
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}", "tracking.run_name=ablation"], [3], [], "all")
     assert load_config("configs/tiny.yaml", runs[0].overrides).tracking.run_name == "ablation/default/seed_3"
+
+
+def sweep_root(tmp_path, *overrides):
+    """A sweep root as a finished one-run sweep leaves it (default/seed_0 of FAST), its files written here."""
+    args = ["--config", CONFIG, "--seeds", "0", f"run_dir={tmp_path}", *FAST, *overrides]
+    _, (run,) = plan(CONFIG, [f"run_dir={tmp_path}", *FAST, *overrides], [0], [], "all")
+    run.run_dir.mkdir(parents=True)
+    save_config(run.config, run.run_dir / "config.yaml")
+    for name in ("log.txt", "sft_metrics.json", "rm_metrics.json", "rl_metrics.json", "eval.json"):
+        (run.run_dir / name).write_text("{}\n")
+    for name in ("invocation.json", "experiment.json", "sweep.json", "log.txt"):
+        (tmp_path / name).write_text(f"{name} of the first sweep\n")
+    return args, run
+
+
+def test_a_second_sweep_on_a_busy_root_is_refused_and_changes_nothing(tmp_path, capsys):
+    """The first sweep holds its root's lock: the second one's stages never start, so it writes no error.txt into
+    the first one's runs and no line into their logs; the refusal names the holder."""
+    args, _ = sweep_root(tmp_path)
+    holder = hold_lock(tmp_path, what="a sweep")
+    before = snapshot(tmp_path)  # the holder's run.lock included
+    try:
+        line = expect_error(capsys, args, code=1)
+        assert line.startswith(f"error: run_dir {tmp_path} is in use by pid {holder.pid} on host ")
+        assert line.endswith(", a sweep: wait for it to end or choose another run_dir")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_the_run_and_the_keys(tmp_path, capsys):
+    args, run = sweep_root(tmp_path)
+    before = snapshot(tmp_path)
+    line = expect_error(capsys, [*args, "rl.kl_coef=0.2", "rl.lr=1e-3"], code=2)
+    assert line == (f"error: sweep run {run.run_dir} was made with other settings (rl.kl_coef: 0.05 -> 0.2, rl.lr: "
+                    f"0.0003 -> 0.001): use another run_dir, or remove {run.run_dir} (and any other run of the old "
+                    f"settings) to run it again")
+    # invocation.json keeps the first sweep's command, no run was touched; the root's lock file (empty once
+    # released) is the only new file: the lock is taken before the runs are read, so no sweep writes while they are
+    assert snapshot(tmp_path) == {**before, "run.lock": b""}
+    # the same settings: the finished run is skipped (the report over it is test_report's)
+    _, (again,) = run_sweep(CONFIG, [f"run_dir={tmp_path}", *FAST], [0], [], stage="all")
+    assert again.status == "skipped"
+
+
+def test_a_run_a_child_stage_started_is_checked_against_the_config_that_stage_saved(tmp_path, capsys):
+    """The stage's own config.yaml (not one written by the test) hashes equal to the sweep's plan of it."""
+    overrides = [f"run_dir={tmp_path}", "sandbox.num_pairs=20", "sandbox.num_sft_examples=20"]
+    _, (run,) = run_sweep(CONFIG, overrides, [0], [], stage="eval")  # fails: no SFT model, after saving its config
+    assert run.status == "failed" and (run.run_dir / "config.yaml").is_file()
+    assert config_hash(load_config(run.run_dir / "config.yaml")) == config_hash(run.config)
+    with pytest.raises(SettingsChanged, match=r"\(sandbox.num_pairs: 20 -> 24\)"):
+        run_sweep(CONFIG, [*overrides, "sandbox.num_pairs=24"], [0], [], stage="eval")

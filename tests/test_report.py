@@ -160,3 +160,22 @@ def test_report_reads_ood_probe_and_matched_kl(tmp_path):
     assert "## In-distribution vs out-of-distribution held-out" in text and "gold diff OOD new_topic" in text
     assert "heldout_probe.png" in text and (tmp_path / "report" / "heldout_probe.png").is_file()
     assert "Flagged: 12 of 12" in text  # every fake run's probe: RM up, gold down by 1.5 >> 2 x 0.14
+
+
+def test_the_report_quotes_each_runs_own_settings_not_the_last_command(tmp_path):
+    """Seed 1 of one variant was run later with another learning rate (a new run directory, so the sweep did not
+    refuse it): the report reads each run's config.yaml, says the lr is per run and which seed had which, and
+    quotes invocation.json as the last command only."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        fake_run(root / "default" / f"seed_{seed}", seed, 0.05, 0.5)
+    later = load_config(root / "default" / "seed_1" / "config.yaml", ["rl.lr=1e-3"])
+    save_config(later, root / "default" / "seed_1" / "config.yaml")
+    (root / "invocation.json").write_text(json.dumps({
+        "command": "python launch.py --seeds 1 rl.lr=1e-3", "started": "now",
+        "machine": {"cpu": "cpu", "cpus": 2, "gpu": "", "platform": "linux", "python": "3", "torch": "2"}}))
+    text = write_report([root]).read_text()
+    assert "lr per run," in text and "kl_coef 0.05," in text
+    assert ("**default**: seed 0 `rl.lr=0.0003`, seed 1 `rl.lr=0.001`" in text)
+    assert "Last started by `python launch.py --seeds 1 rl.lr=1e-3`" in text
+    assert "read from each run's config.yaml" in text
