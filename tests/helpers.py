@@ -114,11 +114,6 @@ def hold_lock(run_dir: Path, what: str = "run") -> subprocess.Popen:
     return proc
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under root with its content: equal snapshots before and after a refusal mean nothing changed."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # ----------------------------------------------------------------------------------------- model cards
 
 
