@@ -237,7 +237,11 @@ def test_permission_error_names_the_path(tmp_path, capsys, monkeypatch):
     data = tmp_path / "d.jsonl"
     data.write_text("{}\n")
 
-    def refuse(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    read_bytes = Path.read_bytes
+
+    def refuse(self):  # the data file only: the config file is read as bytes too (its encoding is checked)
+        if self == data:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
     monkeypatch.setattr(Path, "read_bytes", refuse)
     expect_error(capsys, stage(tmp_path / "run", "rm", f"data.source={data}"), f"{data}: Permission denied")
