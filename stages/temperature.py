@@ -24,7 +24,7 @@ from actors.heldout import POOLS, HeldoutPool, heldout_pool
 from common.config import Config
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from learner import distributional as dist
 from learner.precision import resolve_dtype
 from tasks.registry import load_task
@@ -61,9 +61,11 @@ def run_temperature(cfg: Config) -> dict:
     sft_path = paths.sft_policy
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
     sft = load_causal_lm(sft_path, device, torch.float32).eval()
+    reward_path = paths.scoring_reward_model  # checked before anything is written
+    begin_outputs(cfg, "temperature")
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
     for split, suffix in POOLS:
-        pool = heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device,
+        pool = heldout_pool(cfg, task, reward_path, tokenizer, device,
                             resolve_dtype(cfg.model.dtype, device),
                             split, cfg.eval.num_prompts, f"temperature{suffix}")
         if pool.n:
