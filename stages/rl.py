@@ -233,9 +233,9 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         if mode == "ray":  # connect first: a wrong cluster address fails in seconds, before any model loads
             from cluster.ray_rollouts import ray_session
             stack.enter_context(ray_session(cfg.cluster))
-        _ = paths.sft_policy, paths.scoring_reward_model  # both models exist, before data_rl.json is written
         tokenizer = load_tokenizer(paths.sft_policy, cfg.model.tokenizer)
-        prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl")
+        # the reward model is checked after the data loads and before data_rl.json is written
+        prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl", lambda: paths.scoring_reward_model)
         policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device)
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
