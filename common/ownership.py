@@ -92,8 +92,8 @@ def check_fresh(cfg: Config, stage: str, overwrite: bool) -> None:
            f"a run this directory has no {RECORD} entry for")
     resume = " continue it with --stage rl --resume," if stage == "rl" and any(p.suffix == ".pt" for p in files) else ""
     raise RunDirTaken(f"run_dir {cfg.run_dir} holds the {stage} stage of {who}: {names(cfg.run_dir, files)}, which a "
-                      f"fresh --stage {stage} would overwrite:{resume} choose another run_dir, or "
-                      f"pass --overwrite to replace them")
+                      f"fresh run of the {stage} stage with this config would overwrite:{resume} choose another "
+                      f"run_dir, or pass --overwrite to replace them")
 
 
 def claim(cfg: Config, stage: str, overwrite: bool, log=print) -> str:
