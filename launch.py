@@ -22,11 +22,12 @@ import time
 import traceback
 from pathlib import Path
 
-from common import checkpoint, runlock
+from common import checkpoint, ownership, runlock
 from common.config import Config, ConfigError, load_config
 from common.config_schema import keys_help
 from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error, one_line, raise_on_sigterm
 from common.metrics import record_invocation, record_stage_time
+from common.runtime import lock_run_dir
 from common.trackers import require as require_tracker
 from experiments import PLANS, plan_variants
 
@@ -61,6 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="with --stage rl: continue from the latest checkpoint (the only stage that keeps "
                              "checkpoints; sft and rm start over when rerun)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a fresh run replaces the files an earlier run of its stages left in run_dir (metrics, "
+                             "results, rl checkpoints), which it otherwise refuses to overwrite unless they were "
+                             "written with the same config; one line names what was removed")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although settings that change the algorithm (rl.lr, seed, "
+                             "rl.kl_coef, rl.batch_size, the baseline, model and reward paths, ...; "
+                             "docs/troubleshooting.md) differ from the checkpoint's; the new values apply from the "
+                             "checkpoint's step on and are recorded in resume_changes.jsonl")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="after the stages (or alone: --stage push), upload policy/ to the hub repository REPO "
                              "(USER/NAME, or NAME under your account) and the run's reward_model/ to "
@@ -84,19 +94,20 @@ def stages_for(stage: str, cfg) -> list[str]:
     return list(load_task(cfg).planned_stages())
 
 
-def run_stage(name: str, cfg, resume: bool, mode: str = "local") -> dict:
+def run_stage(name: str, cfg, resume: bool, mode: str = "local", overwrite: bool = False,
+              allow_config_change: bool = False) -> dict:
     if name == "pairs":
         from stages.pairs import run_pairs
         return run_pairs(cfg)
     if name == "sft":
         from stages.sft import run_sft
-        return run_sft(cfg)
+        return run_sft(cfg, overwrite=overwrite)
     if name == "rm":
         from stages.rm import run_rm
-        return run_rm(cfg)
+        return run_rm(cfg, overwrite=overwrite)
     if name == "rl":
         from stages.rl import run_rl
-        return run_rl(cfg, resume=resume, mode=mode)
+        return run_rl(cfg, resume=resume, mode=mode, overwrite=overwrite, allow_config_change=allow_config_change)
     if name == TEMPERATURE:
         from stages.temperature import run_temperature
         return run_temperature(cfg)
@@ -168,7 +179,15 @@ def interrupted_text(signum: int, stage: str | None = None, run_dir: str | None 
 
 def check_resume(args: argparse.Namespace, experiment: bool) -> None:
     """--resume continues the rl stage from its latest checkpoint; no other stage keeps checkpoints, so asking
-    another one to resume is refused before anything runs instead of silently starting it over."""
+    another one to resume is refused before anything runs instead of silently starting it over. --overwrite (a fresh
+    run) and --allow-config-change (a resume) each belong to one of the two."""
+    if args.overwrite and (args.resume or experiment):
+        raise ConfigError("--overwrite starts fresh runs in one run_dir: it does not combine with --resume (which "
+                          "continues the run there) or with --seeds/--grid/--plan (rerunning an experiment skips the "
+                          "stages each run has finished); leave it out, or choose another run_dir")
+    if args.allow_config_change and not args.resume:
+        raise ConfigError("--allow-config-change applies to --resume (--stage rl --resume --allow-config-change); a "
+                          "fresh run takes its config as given: leave it out")
     if not args.resume:
         return
     if experiment:
@@ -218,6 +237,11 @@ def run(args: argparse.Namespace) -> int:
     if experiment:  # the root's lock, and the runs already there checked, before invocation.json is written
         from experiments.runner import claim
         claim(root, planned)
+    else:
+        lock_run_dir(cfg.run_dir)  # before anything is written: a second writer changes nothing
+        if not args.resume:  # every stage that would overwrite another run's files refuses now
+            for name in stages_for(args.stage, cfg):
+                ownership.check_fresh(cfg, name, args.overwrite)
     if args.stage == "all":  # the report quotes the command and the machine beside the figures
         record_invocation(cfg.run_dir, command_of(args))
     if experiment:
@@ -232,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     for name in stages_for(args.stage, cfg):
         args.running = name
         t0 = time.perf_counter()
-        result = run_stage(name, cfg, args.resume, args.mode)
+        result = run_stage(name, cfg, args.resume, args.mode, args.overwrite, args.allow_config_change)
         record_stage_time(cfg.run_dir, name, time.perf_counter() - t0)
         summary = {"rm": lambda r: f"val accuracy {r['val']['accuracy']:.3f}, val loss {r['val']['loss']:.4f}",
                    "sft": lambda r: f"final loss {r['final_loss']:.4f}",

@@ -1,9 +1,11 @@
 """Checkpoints: learner state (policy, optimizer, baseline, version), step and RNG state, written atomically.
 
 Writing goes through a temporary file renamed into place, so a crash never leaves a half-written step_*.pt; a
-failed write (a full disk) removes its temporary file and says why. Reading uses `torch.load(weights_only=True)`:
-a checkpoint holds only tensors and plain Python values, so loading one never runs pickled code. An unreadable
-latest checkpoint is named and the previous one (save keeps two) is used instead.
+failed write (a full disk) removes its temporary file and says why. A checkpoint carries its run (`run`: run id,
+config hash and config, common/ownership.py); keeping the latest two deletes only the same run's older ones.
+Reading uses `torch.load(weights_only=True)`: a checkpoint holds only tensors and plain Python values, so loading
+one never runs pickled code. An unreadable latest checkpoint is named and the previous one (save keeps two) is used
+instead.
 """
 
 from __future__ import annotations
@@ -52,16 +54,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_dir: str | Path, step: int, learner_state: dict, keep: int = 2) -> Path:
-    """Write step_<step>.pt via a temporary file (a crash never leaves a half-written checkpoint)."""
+def save(ckpt_dir: str | Path, step: int, learner_state: dict, keep: int = 2, run: dict | None = None) -> Path:
+    """Write step_<step>.pt via a temporary file (a crash never leaves a half-written checkpoint), then delete all but
+    the latest `keep` of this run's checkpoints (`run`: common/ownership.run_meta; None: every step_*.pt counts as
+    this run's). Another run's checkpoints are never deleted here: a run only removes its own history."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:06d}.pt"
     check_finite_weights(learner_state.get("policy", {}).items(), str(path))  # never checkpoint NaN weights
-    write_atomic({"step": step, "learner": learner_state, "rng": rng_state()}, path)
-    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+    write_atomic({"step": step, "learner": learner_state, "rng": rng_state(), **({"run": run} if run else {})}, path)
+    ours = checkpoints(ckpt_dir)
+    if run is not None:
+        ours = [p for p in ours if p == path or run_id_of(p) == run["run_id"]]
+    for old in ours[:-keep]:
         old.unlink()
     return path
+
+
+def run_id_of(path: Path) -> str | None:
+    """The run id a checkpoint carries; None when it has none (written before run ids) or is unreadable. Its tensors
+    are memory-mapped, not read."""
+    try:
+        with torch.serialization.safe_globals(_LEGACY_NUMPY):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file belongs to no run we can name
+        return None
+    run = state.get("run") if isinstance(state, dict) else None
+    return run.get("run_id") if isinstance(run, dict) else None
 
 
 def write_atomic(obj: dict, path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import runlock
+from common import ownership, runlock
 from common.config import Config, save_config
 from common.errors import UserError
 from common.models import resolve_device
@@ -21,15 +21,25 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(cfg: Config) -> torch.device:
-    """Seed, set threads, create and lock the run directory (one writer at a time) and save the resolved config
-    in it."""
+    """Seed, set threads, create and lock the run directory (one writer at a time). Nothing is written yet: the
+    stage saves the resolved config (`record_config`) once its inputs have loaded, so a run that fails on a missing
+    input leaves the directory's config.yaml that of the run whose files are there."""
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    make_run_dir(cfg.run_dir)
-    runlock.acquire(cfg.run_dir)
-    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    lock_run_dir(cfg.run_dir)
     return resolve_device(cfg.device)
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Create and lock `run_dir` (a no-op where this process holds it): before anything is written to it."""
+    make_run_dir(run_dir)
+    runlock.acquire(run_dir)
+
+
+def record_config(cfg: Config) -> None:
+    """<run_dir>/config.yaml, the resolved config: written by a stage after its inputs load, before its outputs."""
+    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
 
 
 def make_run_dir(run_dir: str | Path) -> None:
@@ -42,3 +52,12 @@ def make_run_dir(run_dir: str | Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"run_dir {run_dir}: cannot create it: {e.strerror or e}; choose a writable run_dir") from e
+
+
+def begin_outputs(cfg: Config, stage: str, overwrite: bool = False) -> str | None:
+    """After a stage's inputs have loaded, before its first output: a fresh run of a training stage takes over that
+    stage's files (common/ownership.claim, which refuses another run's without `overwrite`; returns the new run id,
+    None for the other stages), then the resolved config is saved."""
+    run_id = ownership.claim(cfg, stage, overwrite) if stage in ownership.STAGE_FILES else None
+    record_config(cfg)
+    return run_id

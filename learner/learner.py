@@ -178,9 +178,16 @@ class Learner:
                 "baseline": self.baseline.state_dict(), "version": self.version, **self.update.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's state under this learner's config: the optimizer's moments come back, but
+        its lr and weight decay are rl's (the optimizer's saved ones would silently undo a change that --resume
+        --allow-config-change let through); a baseline of another kind (rl.baseline changed) starts afresh."""
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.baseline.load_state_dict(state["baseline"])
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
+        kind = self.baseline.state_dict()["kind"]
+        if state["baseline"].get("kind", kind) == kind:
+            self.baseline.load_state_dict(state["baseline"])
         self.version = int(state["version"])
         self.update.load_state_dict(state)
 

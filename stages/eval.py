@@ -27,7 +27,7 @@ from common.errors import PathNotFound
 from common.files import write_text_atomic
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from common.stats import paired_comparison
 from learner.precision import resolve_dtype
 from stages.export import attach_evaluation
@@ -64,6 +64,7 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     pools = [(split, heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device, dtype, split,
                                   cfg.eval.num_prompts, f"eval{suffix}")) for split, suffix in POOLS]
     pools = [(split, pool) for split, pool in pools if pool.n]
+    begin_outputs(cfg, "eval")  # the models and prompt pools have loaded
     engine = eval_engine(cfg, sft_path, tokenizer, [t for _, p in pools for t in p.prompt_tokens[:p.n]], device)
     for split, pool in pools:
         pool.engine = engine

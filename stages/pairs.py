@@ -24,7 +24,7 @@ from common.data import DataError, DataStats
 from common.errors import UserError
 from common.models import load_tokenizer
 from common.paths import RunPaths
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from learner.precision import autocast, resolve_dtype
 from tasks.base import write_data_report
 from tasks.registry import load_task
@@ -65,11 +65,13 @@ def run_pairs(cfg: Config) -> dict:
     if counts is not None:
         tqdm.write(f"pairs: the task at {task.dir} exists (built with these settings): kept")
         result = {**counts, "reused": str(task.dir)}
+        begin_outputs(cfg, "pairs")
         metrics_path.write_text(json.dumps(result, indent=2))
         return result
     t0 = time.perf_counter()
     prompts = task.compose()
     tokenizer = load_tokenizer(paths.sft_policy, cfg.model.tokenizer)
+    begin_outputs(cfg, "pairs")  # the SFT policy is there: the stage's files start here
     stats = DataStats()
     kept, prompt_tokens = task.encode_prompts(tokenizer, [p.messages for p in prompts], stats)
     kept_text = {m[-1]["content"] for m in kept}

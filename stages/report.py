@@ -333,7 +333,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())
                                                      for v, d in diffs.items()), ""]
     lines += mixed_runs(variants)
-    lines += failed_runs(paths)
+    lines += failed_runs(paths) + changed_on_resume(runs)
     if first:
         same = all(a.get("same_prompts", True) for a in aggs.values() if a)
         lines += ["## What happened", "",
@@ -386,6 +386,18 @@ def reward_line(variants: dict[str, list[RunData]]) -> str:
     if len(set(made_of.values())) == 1:
         return f"Reward: {next(iter(made_of.values()))}."
     return "Reward: " + "; ".join(f"**{v}**: {text}" for v, text in made_of.items()) + "."
+
+
+def changed_on_resume(runs: list[RunData]) -> list[str]:
+    """Runs resumed with changed algorithm settings (--allow-config-change): their curves splice two settings, and
+    their config.yaml holds only the later one."""
+    found = [f"{r.variant}/seed_{r.seed} at step {c['step']}: "
+             + ", ".join(f"`{k}` {v['old']} -> {v['new']}" for k, v in c["changes"].items())
+             for r in runs for c in r.resume_changes]
+    if not found:
+        return []
+    return ["**Resumed with changed settings (--allow-config-change; the config shown is the later one):** "
+            + "; ".join(found), ""]
 
 
 def failed_runs(paths) -> list[str]:

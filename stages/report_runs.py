@@ -31,6 +31,7 @@ class RunData:
     rl: list[dict] = field(default_factory=list)
     stage_times: dict = field(default_factory=dict)
     rm: dict | None = None
+    resume_changes: list[dict] = field(default_factory=list)  # resume_changes.jsonl: --allow-config-change's
 
 
 def read_json(path: Path) -> dict | None:
@@ -47,8 +48,11 @@ def load_run(path: Path) -> RunData:
     rm = read_json(path / "rm_metrics.json")
     if rm is None and config["reward"]["path"]:  # a sweep variant reusing another run's reward model
         rm = read_json(Path(config["reward"]["path"]).parent / "rm_metrics.json")
+    changes = path / "resume_changes.jsonl"
+    resumed = [json.loads(line) for line in changes.read_text().splitlines() if line.strip()] if changes.is_file() \
+        else []
     return RunData(path, variant, int(config["seed"]), config, read_json(path / "eval.json"), rl,
-                   read_json(path / "stage_times.json") or {}, rm)
+                   read_json(path / "stage_times.json") or {}, rm, resumed)
 
 
 def discover(paths: list[str | Path]) -> list[RunData]:

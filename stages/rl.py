@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -24,14 +25,14 @@ from tqdm.auto import tqdm
 from actors.heldout import HeldoutProbe
 from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
-from common import checkpoint
+from common import checkpoint, ownership
 from common.config import Config
 from common.files import write_text_atomic
 from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, eos_rate
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare, record_config
 from common.stats import overoptimisation_check
 from learner.learner import Learner
 from learner.precision import precision_line, resolve_dtype
@@ -117,8 +118,8 @@ class RLRecorder:
     for from_pretrained mid-run)."""
 
     def __init__(self, cfg: Config, paths: RunPaths, task: Task, start: int, learner: Learner, tokenizer,
-                 prompts: list) -> None:
-        self.cfg, self.rl, self.paths, self.tokenizer = cfg, cfg.rl, paths, tokenizer
+                 prompts: list, run: dict) -> None:
+        self.cfg, self.rl, self.paths, self.tokenizer, self.run = cfg, cfg.rl, paths, tokenizer, run
         self.ckpt_dir, self.start, self.prompts = paths.checkpoints, start, prompts
         self.logger = RunLogger(cfg, "rl", resume_step=start)
         self.probe = (HeldoutProbe(cfg, task, paths.scoring_reward_model, learner, tokenizer) if cfg.rl.eval_every
@@ -143,7 +144,7 @@ class RLRecorder:
     def checkpoint(self, step: int, learner: Learner) -> None:
         """The learner's state (step_*.pt, for --resume) and the policy at this step as a Hugging Face directory
         (checkpoints/latest_policy/, replaced whole, for from_pretrained while the run goes on)."""
-        checkpoint.save(self.ckpt_dir, step, learner.state_dict())
+        checkpoint.save(self.ckpt_dir, step, learner.state_dict(), run=self.run)
         record = training_record("checkpoint", self.cfg, self.paths.run_dir, step=step,
                                  reward=describe_reward(self.cfg.reward))
         save_trained(learner.policy, self.tokenizer, self.paths.latest_policy, record)
@@ -152,28 +153,54 @@ class RLRecorder:
         self.logger.close()
 
 
-def resume_checkpoint(paths: RunPaths, steps: int) -> tuple:
+@dataclass
+class Resumed:
+    """The checkpoint --resume continues from, the run it belongs to and the algorithm settings that change."""
+    path: object
+    state: dict
+    run_id: str | None
+    changes: dict[str, tuple]
+
+
+def resume_checkpoint(cfg: Config, paths: RunPaths, allow_config_change: bool) -> Resumed:
     """The checkpoint `--resume` continues from, read before anything is written: an unreadable latest one is
     skipped for the previous, and rl.steps at or below its step is refused (a finished run is never rewritten,
-    unless it stopped after its last checkpoint and before writing its results)."""
-    return checkpoint.resume_state(paths.checkpoints, steps, finished=paths.file("rl_metrics.json").is_file())
+    unless it stopped after its last checkpoint and before writing its results); so are a checkpoint of another run
+    than the directory's and, without `allow_config_change`, changed algorithm settings (common/ownership.py)."""
+    path, state = checkpoint.resume_state(paths.checkpoints, cfg.rl.steps,
+                                          finished=paths.file("rl_metrics.json").is_file())
+    run_id = ownership.check_checkpoint_owner(paths.run_dir, path, state)
+    return Resumed(path, state, run_id, ownership.check_resume_config(cfg, path, state, allow_config_change))
 
 
-def resume_learner(learner: Learner, resumed: tuple) -> int:
+def resume_learner(learner: Learner, resumed: Resumed) -> int:
     """Load a checkpoint (resume_checkpoint's) into the learner (weights, optimizer, baseline, RNG); returns
     its step."""
-    path, state = resumed
-    learner.load_state_dict(state["learner"])
-    checkpoint.set_rng_state(state["rng"])
-    tqdm.write(f"resumed from {path} (step {state['step']})")
-    return int(state["step"])
+    learner.load_state_dict(resumed.state["learner"])
+    checkpoint.set_rng_state(resumed.state["rng"])
+    step = int(resumed.state["step"])
+    changed = "".join(f", {k} {old!r} -> {new!r}" for k, (old, new) in resumed.changes.items())
+    tqdm.write(f"resumed from {resumed.path} (step {step}{changed})")
+    return step
 
 
-def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics: dict[str, float],
+def own_run(cfg: Config, resumed: Resumed | None, overwrite: bool) -> dict:
+    """Once the inputs have loaded: a fresh run takes over the rl stage's files (ownership.claim), a resumed one
+    records the config it continues with (and the changes it applies); both save config.yaml. Returns the run
+    metadata every checkpoint carries."""
+    if resumed is None:
+        return ownership.run_meta(cfg, begin_outputs(cfg, "rl", overwrite))
+    run_id = resumed.run_id or ownership.new_run_id()  # a checkpoint from before run ids: the run gets one now
+    ownership.record_resume(cfg, run_id, int(resumed.state["step"]), resumed.changes)
+    record_config(cfg)
+    return ownership.run_meta(cfg, run_id)
+
+
+def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics: dict[str, float], run: dict,
               **extra) -> dict:
     """Final checkpoint, the trained policy (policy/, with its card) and rl_metrics.json."""
     steps = cfg.rl.steps
-    checkpoint.save(paths.checkpoints, steps, learner.state_dict())
+    checkpoint.save(paths.checkpoints, steps, learner.state_dict(), run=run)
     rows = [json.loads(line) for line in read_log(paths.file("metrics_rl.jsonl"))]
     if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
         metrics = {k: v for k, v in rows[-1].items() if k != "step"}
@@ -195,11 +222,16 @@ def rollout_source(mode: str, cfg: Config, paths: RunPaths, task: Task, tokenize
                                                           policy, reference, device, dtype))
 
 
-def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: StepHook | None = None) -> dict:
-    """The RL stage in either mode; returns what rl_metrics.json holds."""
+def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: StepHook | None = None,
+           overwrite: bool = False, allow_config_change: bool = False) -> dict:
+    """The RL stage in either mode; returns what rl_metrics.json holds. `overwrite`: a fresh run replaces another
+    run's rl files; `allow_config_change`: --resume applies changed algorithm settings (common/ownership.py)."""
     paths, task = RunPaths(cfg), load_task(cfg)
-    resumed = resume_checkpoint(paths, cfg.rl.steps) if resume else None  # refuses before anything is written
-    device = prepare(cfg)
+    device = prepare(cfg)  # the lock first: a second writer is told who holds the directory, whatever else is wrong
+    # refused before anything is written: a resume that cannot continue, a fresh run over another run's files
+    resumed = resume_checkpoint(cfg, paths, allow_config_change) if resume else None
+    if not resume:
+        ownership.check_fresh(cfg, "rl", overwrite)
     dtype = resolve_dtype(cfg.model.dtype, device)
     tqdm.write(precision_line(cfg.model.dtype, device, dtype))
     with contextlib.ExitStack() as stack:
@@ -207,13 +239,15 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
             from cluster.ray_rollouts import ray_session
             stack.enter_context(ray_session(cfg.cluster))
         tokenizer = load_tokenizer(paths.sft_policy, cfg.model.tokenizer)
-        prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl")
+        # the reward model is checked after the data loads and before data_rl.json is written
+        prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl", lambda: paths.scoring_reward_model)
         policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device, tokenizer)
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
         learner = Learner(policy, reference, cfg.rl, device, dtype)
         start = resume_learner(learner, resumed) if resumed else 0
-        recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts)
+        run = own_run(cfg, resumed, overwrite)
+        recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts, run)
         source.start(start, learner)
         metrics: dict[str, float] = {}
         # the bar is closed (its line ended) on an error too, so that the error's line starts a line of its own
@@ -230,5 +264,5 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
     warning = learner.update.skips.summary(learner.version)
     if warning:
         tqdm.write(warning, file=sys.stderr)
-    return finish_rl(cfg, paths, learner, tokenizer, metrics, reward_components=describe_reward(cfg.reward),
+    return finish_rl(cfg, paths, learner, tokenizer, metrics, run, reward_components=describe_reward(cfg.reward),
                      **summary)

@@ -17,7 +17,7 @@ from common.models import apply_lora, load_reward_model, load_tokenizer, reward_
 from common.paths import RunPaths
 from common.reward_head import head_from_config, save_head
 from common.rollout import pad_right
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from learner import distributional as dist
 from learner.precision import precision_line, resolve_dtype
 from learner.reward_losses import bradley_terry_loss, pairwise_accuracy
@@ -126,7 +126,8 @@ def require_ratings(reward: RewardConfig, splits: Splits) -> None:
                              f"set's rating columns with data.columns (chosen_rating=COLUMN,rejected_rating=COLUMN)")
 
 
-def run_rm(cfg: Config) -> dict:
+def run_rm(cfg: Config, overwrite: bool = False) -> dict:
+    """`overwrite`: replace another run's rm files in run_dir (common/ownership.py)."""
     paths = RunPaths(cfg)
     device = prepare(cfg)
     task = load_task(cfg)
@@ -138,7 +139,6 @@ def run_rm(cfg: Config) -> dict:
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
-    report = write_data_report(cfg.run_dir, "rm", splits, stats)
     report_data_notes(splits.stats)
     if not train or not val:
         raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
@@ -152,6 +152,8 @@ def run_rm(cfg: Config) -> dict:
                               key="reward.init" if cfg.reward.init else "model.policy")
     model.config.id2label, model.config.label2id = head.id2label(), {v: k for k, v in head.id2label().items()}
     model = apply_lora(model, cfg.reward.lora, "SEQ_CLS")
+    begin_outputs(cfg, "rm", overwrite)  # the data and the starting model have loaded: the run's files start here
+    report = write_data_report(cfg.run_dir, "rm", splits, stats)
     pad, bs = tokenizer.pad_token_id, cfg.reward.batch_size
 
     def batches(epoch: int):

@@ -14,7 +14,7 @@ from common.metrics import RunLogger
 from common.models import TINY, build_tiny_policy, load_tokenizer
 from common.paths import RunPaths
 from common.rollout import RolloutBatch, pad_left, pad_right
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from learner.learner import response_token_logprobs
 from learner.train_loop import fit
 from stages.export import save_trained
@@ -45,7 +45,8 @@ def sft_loss(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
     return -(response_token_logprobs(model, batch) * mask).sum() / mask.sum()
 
 
-def run_sft(cfg: Config) -> dict:
+def run_sft(cfg: Config, overwrite: bool = False) -> dict:
+    """`overwrite`: replace another run's sft files in run_dir (common/ownership.py)."""
     task = load_task(cfg)
     if "sft" not in task.stages():
         raise ConfigError("--stage sft exists only for the offline sandbox (model.policy=tiny, data.source=sandbox)")
@@ -70,6 +71,7 @@ def run_sft(cfg: Config) -> dict:
         loss = sft_loss(model, batch)
         return loss, {"loss": loss.item()}
 
+    begin_outputs(cfg, "sft", overwrite)  # the inputs have loaded: the run's files start here
     logger = RunLogger(cfg, "sft")
     metrics = fit(model, batches, -(-len(encoded) // bs), loss_fn, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                   device=device, warmup_ratio=0.05, desc="sft",

@@ -25,7 +25,7 @@ from common.config import Config
 from common.files import write_text_atomic
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import RunPaths
-from common.runtime import prepare
+from common.runtime import begin_outputs, prepare
 from learner import distributional as dist
 from learner.precision import resolve_dtype
 from tasks.registry import load_task
@@ -62,9 +62,11 @@ def run_temperature(cfg: Config) -> dict:
     sft_path = paths.sft_policy
     tokenizer = load_tokenizer(sft_path, cfg.model.tokenizer)
     sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
+    reward_path = paths.scoring_reward_model  # checked before anything is written
+    begin_outputs(cfg, "temperature")
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
     for split, suffix in POOLS:
-        pool = heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device,
+        pool = heldout_pool(cfg, task, reward_path, tokenizer, device,
                             resolve_dtype(cfg.model.dtype, device),
                             split, cfg.eval.num_prompts, f"temperature{suffix}")
         if pool.n:

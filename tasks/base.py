@@ -202,13 +202,17 @@ class Task:
                                  f"data.overlong=truncate_left")
         return kept, tokens
 
-    def prompt_pool(self, tokenizer, split: str, stage: str) -> tuple[list[Messages], list[list[int]]]:
+    def prompt_pool(self, tokenizer, split: str, stage: str,
+                    before_report: Callable[[], object] | None = None) -> tuple[list[Messages], list[list[int]]]:
         """The prompts of `split` ("train" for RL, "val" / "ood" for eval) with their chat-templated ids (both
-        empty for an empty split); the stage's data counts go to <run_dir>/data_<stage>.json. Every prompt pool
-        (rl, eval, the benches) is built here."""
+        empty for an empty split); the stage's data counts go to <run_dir>/data_<stage>.json, after
+        `before_report` (the stage's remaining input checks: a run that fails on one leaves no data report).
+        Every prompt pool (rl, eval, the benches) is built here."""
         splits = self.splits()
         stats = data.DataStats()
         prompts, prompt_tokens = self.encode_prompts(tokenizer, splits.prompts(split), stats)
+        if before_report is not None:
+            before_report()
         write_data_report(self.cfg.run_dir, stage, splits, stats)
         return prompts, prompt_tokens
 

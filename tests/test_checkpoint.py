@@ -30,6 +30,19 @@ def test_full_disk_writing_a_checkpoint_removes_the_temporary_file(tmp_path):
     assert checkpoint.load(tmp_path / "step_000002.pt")["step"] == 2, "the previous checkpoint is intact"
 
 
+def test_retention_deletes_only_the_same_runs_older_checkpoints(tmp_path):
+    """Keeping the latest two counts one run's checkpoints: another run's (here at higher steps) are left alone, and
+    the run's own older ones go."""
+    state = {"policy": {"w": torch.ones(4)}}
+    for step in (6, 8):
+        checkpoint.save(tmp_path, step, state, run={"run_id": "old"})
+    for step in (1, 3, 5):
+        checkpoint.save(tmp_path, step, state, run={"run_id": "new"})
+    kept = {p.name: checkpoint.run_id_of(p) for p in checkpoint.checkpoints(tmp_path)}
+    assert kept == {"step_000003.pt": "new", "step_000005.pt": "new", "step_000006.pt": "old",
+                    "step_000008.pt": "old"}
+
+
 def test_interrupted_checkpoint_write_removes_the_temporary_file(tmp_path, monkeypatch):
     def interrupted(obj, f):
         f.write(b"partial")

@@ -1,5 +1,6 @@
 """Failure battery, runs, through launch.py: run-directory contention, full disks, the error boundary itself
-(--debug, unexpected errors, SIGTERM/SIGINT) and --resume from damaged checkpoints and metrics logs.
+(--debug, unexpected errors, SIGTERM/SIGINT), --resume from damaged checkpoints and metrics logs, and run ownership
+(a fresh run never overwrites another's files, --resume never continues another run or splices in other settings).
 
 The units below it have their own files: common/checkpoint.py in test_checkpoint.py, common/metrics.py in
 test_metrics.py, common/runlock.py in test_runlock.py."""
@@ -15,10 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import launch
-from common import runlock
-from helpers import ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, snapshot, stage
+from common import checkpoint, runlock
+from common.config import load_config
+from helpers import CONFIG, ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, snapshot, stage
 
 # ------------------------------------------------------------------------------------------- run directory
 
@@ -140,7 +143,8 @@ def test_interruption_of_the_rl_stage_names_the_checkpoint_resume_continues_from
 @pytest.mark.parametrize("stage_name,extra,needle", [("rm", [], "--stage rm would run stages that keep no checkpoints"),
                                                      ("sft", [], "--stage sft would run"),
                                                      ("all", [], "--stage all would run"),
-                                                     ("rl", ["--seeds", "0,1"], "does not apply to --seeds")])
+                                                     ("rl", ["--seeds", "0,1"], "does not apply to --seeds"),
+                                                     ("rl", ["--overwrite"], "does not combine with --resume")])
 def test_resume_outside_the_rl_stage_is_refused_before_anything_runs(stage_name, extra, needle, tmp_path, capsys):
     """Only the rl stage keeps checkpoints: --resume elsewhere would silently start over, so it is refused."""
     expect_error(capsys, [*stage(tmp_path, stage_name), "--resume", *extra], "--resume", needle, code=2)
@@ -213,6 +217,133 @@ def test_resume_of_a_run_stopped_before_its_results_only_writes_them(finished_ru
     assert launch.main(["--resume", *stage(run, "rl", "rl.steps=4", "rl.save_every=2")]) == 0
     assert json.loads((run / "rl_metrics.json").read_text())["final"] == pytest.approx(final)
     assert (run / "policy" / "config.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- run ownership
+# One run per training stage and run directory (common/ownership.py): the measured failures of the issue "runs that
+# overwrite each other, resumes that mix configs", each on a copy of the finished 4-step run.
+
+
+def rl_run_id(run: Path) -> str:
+    return json.loads((run / "stage_runs.json").read_text())["rl"]["run_id"]
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
+
+
+def test_fresh_run_over_another_runs_files_is_refused(finished_run, tmp_path, capsys):
+    """A fresh run with other settings would wipe metrics_rl.jsonl, and retention would delete its own checkpoints
+    beside the old run's higher steps: refused, naming the run, its files and the ways on; nothing changes."""
+    run = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    expect_error(capsys, stage(run, "rl", "rl.steps=2", "rl.save_every=1"),
+                 f"run_dir {run} holds the rl stage of run {rl_run_id(run)}", "metrics_rl.jsonl",
+                 "checkpoints/step_000004.pt", "continue it with --stage rl --resume", "pass --overwrite", code=1)
+    assert snapshot(run) == before
+
+
+def test_overwrite_replaces_the_old_run_resume_continues_it_and_the_same_command_redoes_it(finished_run, tmp_path,
+                                                                                          capsys):
+    """--overwrite: the old run's files go (one line names them) and the new run keeps checkpoints of its own, which
+    --resume continues. The same command again (a rerun of --stage all, an experiment's interrupted stage) is not
+    another run's settings: it redoes the run in place, as it always did, and says what it replaced."""
+    run = copy_run(finished_run, tmp_path / "run")
+    old = rl_run_id(run)
+    assert launch.main(["--overwrite", *stage(run, "rl", "rl.steps=2", "rl.save_every=1")]) == 0
+    assert (f"[rl] replacing the earlier rl run {old} in {run}: removed metrics_rl.jsonl, rl_metrics.json, "
+            f"checkpoints/step_000002.pt, checkpoints/step_000004.pt") in capsys.readouterr().out
+    new = rl_run_id(run)
+    ckpts = checkpoint.checkpoints(run / "checkpoints")
+    assert new != old and [p.name for p in ckpts] == ["step_000001.pt", "step_000002.pt"]
+    assert {checkpoint.run_id_of(p) for p in ckpts} == {new}, "the new run keeps checkpoints of its own"
+    assert launch.main(["--resume", *stage(run, "rl", "rl.steps=3", "rl.save_every=1")]) == 0
+    assert f"resumed from {run / 'checkpoints' / 'step_000002.pt'} (step 2)" in capsys.readouterr().out
+    assert logged_steps(run) == [0, 1, 2, 3] and rl_run_id(run) == new, "the new run continued, not the old one"
+    first = json.loads((run / "rl_metrics.json").read_text())["final"]
+    assert launch.main(stage(run, "rl", "rl.steps=3", "rl.save_every=1")) == 0  # the resumed run's config, fresh
+    assert f"[rl] replacing the earlier rl run {new} in {run}" in capsys.readouterr().out
+    assert {checkpoint.run_id_of(p) for p in checkpoint.checkpoints(run / "checkpoints")} == {rl_run_id(run)} != {new}
+    again = json.loads((run / "rl_metrics.json").read_text())["final"]
+    assert again["rollout/reward"] == pytest.approx(first["rollout/reward"]) and logged_steps(run) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("flags,needle", [([], "holds the rl stage of run"),
+                                          (["--overwrite"], "reward.path")])
+def test_failed_rerun_leaves_config_and_data_report_untouched(flags, needle, finished_run, tmp_path, capsys):
+    """A rerun with other settings and a missing input used to rewrite config.yaml (which the report reads) and
+    data_rl.json before its inputs were checked; with --overwrite, the old run's files are not removed either."""
+    run = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    missing = tmp_path / "missing"
+    expect_error(capsys, [*flags, *stage(run, "rl", "rl.kl_coef=0.5", f"reward.path={missing}")], needle)
+    assert snapshot(run) == before
+    assert yaml.safe_load((run / "config.yaml").read_text())["rl"]["kl_coef"] != 0.5
+
+
+@pytest.mark.parametrize("flags,name,overrides", [([], "all", []), (["--resume"], "rl", ["rl.steps=6"])])
+def test_second_writer_changes_nothing_and_is_told_who_holds_the_lock(flags, name, overrides, finished_run, tmp_path,
+                                                                      capsys):
+    """--stage all used to write invocation.json before the lock refused it; --resume was told "no checkpoint"
+    (or read the checkpoint) before the lock named the writer."""
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "invocation.json").write_text('{"command": "the first run"}')
+    holder = hold_lock(run)
+    try:
+        before = snapshot(run)
+        expect_error(capsys, [*flags, *stage(run, name, *overrides)], f"run_dir {run} is in use by pid {holder.pid}",
+                     code=1)
+        assert snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("change,needle", [("rl.lr=0.05", "rl.lr 0.0003 -> 0.05"), ("seed=5", "seed 0 -> 5")])
+def test_resume_refuses_a_changed_algorithm_setting(change, needle, finished_run, tmp_path, capsys):
+    """The optimizer state used to bring the old lr back while config.yaml said the new one; a new seed changed the
+    trajectory mid-run. Refused, naming the key and both values; extending rl.steps alone is not a change."""
+    run = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    expect_error(capsys, ["--resume", *stage(run, "rl", "rl.steps=6", change)], "--resume:", needle,
+                 "step_000004.pt (step 4)", "pass --allow-config-change", code=2)
+    assert snapshot(run) == before
+
+
+def test_allow_config_change_applies_the_change_and_records_it(finished_run, tmp_path, capsys):
+    from stages.report import write_report
+    run = copy_run(finished_run, tmp_path / "run")
+    old_lr, run_id = load_config(CONFIG).rl.lr, rl_run_id(run)
+    argv = ["--resume", "--allow-config-change", *stage(run, "rl", "rl.steps=5", "rl.lr=0.05", "rl.save_every=0")]
+    assert launch.main(argv) == 0
+    assert f"(step 4, rl.lr {old_lr!r} -> 0.05)" in capsys.readouterr().out
+    final = checkpoint.load(run / "checkpoints" / "step_000005.pt")
+    assert {g["lr"] for g in final["learner"]["optimizer"]["param_groups"]} == {0.05}, "not the optimizer state's"
+    assert final["run"]["config"]["rl.lr"] == 0.05 and final["run"]["run_id"] == run_id == rl_run_id(run)
+    assert yaml.safe_load((run / "config.yaml").read_text())["rl"]["lr"] == 0.05
+    changes = [json.loads(line) for line in (run / "resume_changes.jsonl").read_text().splitlines()]
+    assert [(c["step"], c["changes"]) for c in changes] == [(4, {"rl.lr": {"old": old_lr, "new": 0.05}})]
+    report = write_report([run], tmp_path / "report").read_text()
+    assert f"at step 4: `rl.lr` {old_lr} -> 0.05" in report
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(finished_run, tmp_path, capsys):
+    """A checkpoint that is not the directory's rl run (copied in, or left by another run) is not continued."""
+    run = copy_run(finished_run, tmp_path / "run")
+    record = json.loads((run / "stage_runs.json").read_text())
+    theirs, record["rl"]["run_id"] = record["rl"]["run_id"], "0123456789ab"
+    (run / "stage_runs.json").write_text(json.dumps(record))
+    before = snapshot(run)
+    expect_error(capsys, ["--resume", *stage(run, "rl", "rl.steps=6")],
+                 f"--resume: {run / 'checkpoints' / 'step_000004.pt'} belongs to run {theirs}, not to this "
+                 f"directory's rl run 0123456789ab", "--overwrite", code=1)
+    assert snapshot(run) == before
+
+
+def test_allow_config_change_without_resume_is_refused(tmp_path, capsys):
+    expect_error(capsys, [*stage(tmp_path, "rl"), "--allow-config-change"], "--allow-config-change applies to "
+                 "--resume", code=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
