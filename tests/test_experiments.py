@@ -200,9 +200,9 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_run_and_the_keys(tmp_
 
 def test_a_run_a_child_stage_started_is_checked_against_the_config_that_stage_saved(tmp_path, capsys):
     """The stage's own config.yaml (not one written by the test) hashes equal to the sweep's plan of it."""
-    overrides = [f"run_dir={tmp_path}", "sandbox.num_pairs=20", "sandbox.num_sft_examples=20"]
-    _, (run,) = run_sweep(CONFIG, overrides, [0], [], stage="eval")  # fails: no SFT model, after saving its config
-    assert run.status == "failed" and (run.run_dir / "config.yaml").is_file()
+    overrides = [f"run_dir={tmp_path}", "sandbox.num_pairs=20", "sandbox.num_sft_examples=20", "sft.epochs=1"]
+    _, (run,) = run_sweep(CONFIG, overrides, [0], [], stage="sft")  # a stage writes config.yaml once its inputs load
+    assert run.status == "done" and (run.run_dir / "config.yaml").is_file()
     assert config_hash(load_config(run.run_dir / "config.yaml")) == config_hash(run.config)
     with pytest.raises(SettingsChanged, match=r"\(sandbox.num_pairs: 20 -> 24\)"):
-        run_sweep(CONFIG, [*overrides, "sandbox.num_pairs=24"], [0], [], stage="eval")
+        run_sweep(CONFIG, [*overrides, "sandbox.num_pairs=24"], [0], [], stage="sft")

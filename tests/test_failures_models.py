@@ -85,14 +85,17 @@ CASES = [
 
 @pytest.mark.parametrize("case,corrupt,stage_name,key,needles", CASES, ids=[c[0] for c in CASES])
 def test_unusable_model_is_one_line_naming_key_and_path(case, corrupt, stage_name, key, needles, good_model,
-                                                        tokenizer, tmp_path, capsys):
+                                                        tokenizer, tmp_path, capsys, stand_ins):
     model = copy_model(good_model, tmp_path)
     corrupt(model, tokenizer)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "rl_metrics.json").write_text(json.dumps({"steps": 3}))  # an earlier result, to keep
+    # an earlier result, to keep (eval.json: a measurement no stage's ownership guards, so the model check is reached)
+    (run / "eval.json").write_text(json.dumps({"steps": 3}))
     if stage_name == "rm":
         shutil.copytree(good_model, run / "sft_model")
+    else:  # the rl stage checks its reward model first: a usable one, so the policy is what fails
+        shutil.copytree(stand_ins / "reward_model", run / "reward_model")
     before, model_before = snapshot(run), snapshot(model)
     line = expect_error(capsys, stage(run, stage_name, f"{key}={model}"), f"{key}={model}", *needles, code=1)
     assert "learning rate" not in line
