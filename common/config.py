@@ -16,8 +16,17 @@ import yaml
 
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
 
-# the checking machinery lives in config_schema.py; ConfigError, flatten and to_dict are imported from here too
-from common.config_schema import ConfigError, _apply_override, build, flatten, opt, section, to_dict  # noqa: F401
+# the checking machinery (and reading the YAML file) lives in config_schema.py
+from common.config_schema import (  # noqa: F401 (ConfigError, flatten and to_dict are imported from here)
+    ConfigError,
+    _apply_override,
+    build,
+    flatten,
+    opt,
+    read_config_file,
+    section,
+    to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -341,59 +350,6 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for item in overrides:
         _apply_override(raw, item)
     return build(Config, raw, prefix="")
-
-
-def read_config_file(path: Path) -> dict:
-    """The mapping a config file holds: UTF-8 text, valid YAML, no key given twice, not empty."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} cannot be "
-                          f"decoded; save the file as UTF-8") from None
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
-    except DuplicateKeyError as e:
-        raise ConfigError(f"{path}: key {e.key!r} is given twice in one mapping (line {e.first} and line {e.second}); "
-                          f"the second would silently win: keep one") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if raw is None:  # an empty file (or comments only) would run the built-in defaults, not what was meant
-        raise ConfigError(f"{path}: the config file is empty; it would run the built-in defaults (rl.steps=200, "
-                          f"rl.lr=1e-06), not a demo: put the settings in it, or leave out --config for the offline "
-                          f"demo (configs/tiny.yaml)")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return raw
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    def __init__(self, key, first: int, second: int) -> None:
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.first, self.second = key, first, second
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, except that a key repeated within one mapping is an error (PyYAML keeps the last
-    one without a word). Merge keys (<<) may still be overridden, as YAML intends."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            lines: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in lines:
-                        raise DuplicateKeyError(key, lines[key], line)
-                    lines[key] = line
-                except TypeError:  # an unhashable key: the base class names it
-                    break
-        return super().construct_mapping(node, deep=deep)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -120,7 +120,7 @@ def test_seed_bounds_are_numpys():
 def test_yaml_keeps_safe_load_semantics_without_repeated_keys(tmp_path):
     """The loader refuses a repeated key, and reads everything else as yaml.safe_load does (merge keys too)."""
     text = "base: &b {steps: 3, lr: 0.1}\nother: {<<: *b, steps: 5}\nlist: [1, 2]\nwhen: 1e-5\n"
-    from common.config import UniqueKeyLoader
+    from common.config_schema import UniqueKeyLoader
     assert yaml.load(text, Loader=UniqueKeyLoader) == yaml.safe_load(text)  # noqa: S506
     path = tmp_path / "c.yaml"
     path.write_text("rl:\n  steps: 3\nrun_dir: x\nrl_extra: 1\nrun_dir: y\n")
