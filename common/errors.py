@@ -21,6 +21,15 @@ class PathNotFound(UserError, FileNotFoundError):
     """A file or directory the run needs is missing; the message names it and the stage or key that makes it."""
 
 
+class ModelPathError(PathNotFound):
+    """A model or tokenizer path that does not exist or lacks files; the message names the path and the key."""
+
+
+class ModelFileError(UserError):
+    """A model whose files do not load or cannot serve: truncated or pickled weights, another architecture, fewer
+    embedding rows than the tokenizer has tokens, non-finite weights. The message names the key and the path."""
+
+
 class Interrupted(BaseException):
     """SIGTERM arrived (SIGINT raises KeyboardInterrupt). A BaseException, like KeyboardInterrupt, so that no
     `except Exception` in a stage swallows it; `finally` blocks still release actors and files."""

@@ -11,7 +11,9 @@ from functools import cached_property
 from pathlib import Path
 
 from common.config import Config
-from common.models import TINY, ModelPathError, check_model_path, resolve_model_path
+from common.errors import ModelPathError
+from common.gguf import resolve_model_path
+from common.models import TINY, check_model_path
 
 
 class RunPaths:

@@ -118,24 +118,24 @@ def test_file_named_gguf_that_is_not_gguf_is_one_line(content, tmp_path, capsys,
 def test_gguf_cache_is_keyed_by_contents_not_name_and_size(tmp_path, monkeypatch):
     """A file of the same name and size as one already de-quantised, with other bytes, is not served the cached
     weights: it is de-quantised itself (here: the attempt is what the test sees)."""
-    import common.models as models
+    import common.gguf as gguf
     monkeypatch.setenv("GGUF_CACHE", str(tmp_path / "cache"))
     first, second = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
     for path, fill in ((first, b"\1"), (second, b"\2")):
         path.parent.mkdir()
         path.write_bytes(b"GGUF" + fill * 1000)
-    cached = tmp_path / "cache" / f"m-{models.file_sha256(first)[:16]}"
+    cached = tmp_path / "cache" / f"m-{gguf.file_sha256(first)[:16]}"
     cached.mkdir(parents=True)
     (cached / "config.json").write_text("{}")  # as a finished de-quantisation of `first` leaves it
-    assert models.dequantized_dir(first) == cached
+    assert gguf.dequantized_dir(first) == cached
 
     class Dequantising:
         @staticmethod
         def from_pretrained(*args, **kwargs):
             raise RuntimeError("de-quantising")
-    monkeypatch.setattr(models, "AutoModelForCausalLM", Dequantising)
+    monkeypatch.setattr(gguf, "AutoModelForCausalLM", Dequantising)
     with pytest.raises(RuntimeError, match="de-quantising"):
-        models.dequantized_dir(second)
+        gguf.dequantized_dir(second)
 
 
 # ------------------------------------------------------------------------------------------------ full disk

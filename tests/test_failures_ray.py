@@ -24,8 +24,7 @@ from common import checkpoint  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
 from common.config import ConfigError, load_config  # noqa: E402
 from common.data import DataError  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.models import ModelPathError  # noqa: E402
+from common.errors import ModelPathError, UserError  # noqa: E402
 from common.runlock import RunDirBusy  # noqa: E402
 from common.sampling import PromptSampler  # noqa: E402
 from helpers import ENV, ROOT, check_one_line, expect_error, stage, train_prompts  # noqa: E402

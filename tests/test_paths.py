@@ -4,7 +4,7 @@ import pytest
 
 from common import paths as paths_module
 from common.config import load_config
-from common.models import ModelPathError
+from common.errors import ModelPathError
 from common.paths import RunPaths
 
 
