@@ -178,7 +178,8 @@ def add_floor(args, s: dict, rows: list[dict]) -> None:
     weight_bytes = bench_floor.parameters(config) * dtype.itemsize  # vLLM holds the weights in the run's dtype
     f = bench_floor.floor(config, args.batch, prompt_len, args.new_tokens, dtype, weight_bytes)
     print(f"\nfloor of one step on this machine ({args.dtype}, torch threads {torch.get_num_threads()}): "
-          f"{f['flops'] / 1e12:.2f} TFLOP at {f['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s + "
+          f"{f['flops'] / 1e12:.2f} TFLOP at {f['body_flops_per_s'] / 1e9:.0f} GFLOP/s (LM head "
+          f"{f['head_flops_per_s'] / 1e9:.0f}) + "
           f"{f['decode_bytes'] / 1e9:.1f} GB of decode weight reads at {f['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
           f"= {f['floor_s']:.2f} s  (" + ", ".join(f"{k} {v / 1e9:.0f} GF" for k, v in f["flops_by_phase"].items())
           + ")")
