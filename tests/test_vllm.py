@@ -201,13 +201,14 @@ def vllm_run_config(tokenizer, run: Path, *overrides: str):
         "generator.kv_cache_gb=0.05", *overrides])
 
 
-def on_policy_steps(run: Path) -> list[dict]:
-    """The run's logged steps, checked to be synced and sampled from the learner's current weights."""
+def on_policy_steps(run: Path, tolerance: float = 1e-3) -> list[dict]:
+    """The run's logged steps, checked to be synced and sampled from the learner's current weights (per-token
+    log-prob gap below `tolerance`)."""
     logged = [json.loads(line) for line in (run / "metrics_rl.jsonl").read_text().splitlines()]
     steps = [m for m in logged if m["step"] > 0]  # step 0 is the held-out probe of the SFT policy (rl.eval_every)
     assert [m["sync/version"] for m in steps] == [1, 2, 3]
     assert [m["sync/staleness"] for m in steps] == [0.0, 0.0, 0.0]
-    assert all(m["perf/logprob_mismatch"] < 1e-3 for m in steps), "vLLM sampled from other weights than the learner's"
+    assert all(m["perf/logprob_mismatch"] < tolerance for m in steps), "vLLM sampled from weights not the learner's"
     return steps
 
 
@@ -216,6 +217,15 @@ def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
     run_rl(vllm_run_config(tokenizer, tmp_path / "run"))
     steps = on_policy_steps(tmp_path / "run")
     assert "perf/sync_s" not in steps[0] and all(m["perf/sync_s"] > 0 for m in steps[1:])  # step 0: SFT weights
+
+
+def test_bf16_vllm_and_learner_agree_within_bf16_rounding(tokenizer, tmp_path):
+    """model.dtype=bfloat16 (what auto picks on a CPU with AMX): vLLM holds bf16 weights, the sync sends them in bf16
+    and the learner runs under bf16 autocast. Their per-token log-probs differ by bf16's rounding of the logits
+    (measured 2.4e-3 to 3.0e-3 here; 0 in fp32), not by stale weights: below 5e-3 at every step."""
+    run_rl(vllm_run_config(tokenizer, tmp_path / "run", "model.dtype=bfloat16", "rl.eval_every=0"))
+    steps = on_policy_steps(tmp_path / "run", tolerance=5e-3)
+    assert all(m["perf/sync_s"] > 0 for m in steps[1:])
 
 
 def test_local_rl_run_with_lora_syncs_the_merged_weights(tokenizer, tmp_path):
