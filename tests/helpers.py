@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,13 @@ PAIRS = ROOT / "tests" / "fixtures" / "data" / "pairs.jsonl"
 SPLIT = "average_rating_split"
 # the environment of a launch.py (or other project) subprocess
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+
+
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child that is sent SIGINT: a shell starts background jobs with SIGINT ignored, which
+    children inherit, and Python then never raises KeyboardInterrupt; the child gets the default disposition back
+    (what a user's terminal gives launch.py), however the suite itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # ------------------------------------------------------------------------------------- prompts and rollouts

@@ -27,7 +27,7 @@ from common.data import DataError  # noqa: E402
 from common.errors import ModelPathError, UserError  # noqa: E402
 from common.runlock import RunDirBusy  # noqa: E402
 from common.sampling import PromptSampler  # noqa: E402
-from helpers import ENV, ROOT, check_one_line, expect_error, stage, train_prompts  # noqa: E402
+from helpers import ENV, ROOT, check_one_line, default_sigint, expect_error, stage, train_prompts  # noqa: E402
 
 WAIT = 60
 RAY_FAST = ["data.max_prompt_tokens=64", "rl.lr=1e-2", "cluster.generator_cpus=0.5", "cluster.scorer_cpus=0.5",
@@ -181,7 +181,8 @@ def test_signal_to_the_ray_driver_stops_cleanly(sig, code, ray_run, tmp_path):
         (run / name).symlink_to(ray_run / name)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--mode", "ray",
            *stage(run, "rl", *RAY_FAST, "rl.steps=200", "rl.save_every=1", "rl.eval_every=0")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     log = run / "metrics_rl.jsonl"
 
     def trained() -> int:  # logged learner steps; the log's first row is step 0, the SFT policy's probe

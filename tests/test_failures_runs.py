@@ -21,7 +21,18 @@ import yaml
 import launch
 from common import checkpoint, runlock
 from common.config import load_config
-from helpers import CONFIG, ENV, ROOT, check_one_line, expect_error, hold_lock, run_with_sft, snapshot, stage
+from helpers import (
+    CONFIG,
+    ENV,
+    ROOT,
+    check_one_line,
+    default_sigint,
+    expect_error,
+    hold_lock,
+    run_with_sft,
+    snapshot,
+    stage,
+)
 
 # ------------------------------------------------------------------------------------------- run directory
 
@@ -110,7 +121,8 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_a_stage_cleanly(sig, code, tmp_path):
     cmd = [sys.executable, str(ROOT / "launch.py"), *stage(tmp_path, "sft", "sft.epochs=50")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     log = tmp_path / "metrics_sft.jsonl"
     deadline = time.monotonic() + 120
     while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
