@@ -361,3 +361,11 @@ def config_hash(cfg: Config) -> str:
     directories, checkpoints and sweeps compare it to tell one run's settings from another's."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_keys(old: Config, new: Config, show: int = 3) -> str:
+    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:show])
+    return text + (f" and {len(keys) - show} more" if len(keys) > show else "")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from common import ownership, runlock
-from common.config import Config, save_config
+from common.config import Config, ConfigError, changed_keys, config_hash, load_config, save_config
 from common.errors import UserError
 from common.models import resolve_device
 
@@ -37,9 +37,24 @@ def lock_run_dir(run_dir: str | Path) -> None:
     runlock.acquire(run_dir)
 
 
-def record_config(cfg: Config) -> None:
-    """<run_dir>/config.yaml, the resolved config: written by a stage after its inputs load, before its outputs."""
-    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+def record_config(cfg: Config, stage: str | None = None) -> None:
+    """<run_dir>/config.yaml, the resolved config: written by a stage after its inputs load, before its outputs.
+
+    config.yaml holds the settings the directory's models were trained with (the report quotes it). A measuring
+    stage (eval, temperature, pairs) run with other settings saves its own as config_<stage>.yaml instead and
+    says so in one line, so an `--stage eval rl.kl_coef=0.5` never relabels a policy trained at another kl_coef."""
+    path = Path(cfg.run_dir) / "config.yaml"
+    if stage is not None and stage not in ownership.STAGE_FILES and path.is_file():
+        try:
+            stored = load_config(path)
+        except ConfigError:  # written by an older schema: the new one replaces it, as before
+            stored = None
+        if stored is not None and config_hash(stored) != config_hash(cfg):
+            save_config(cfg, path.with_name(f"config_{stage}.yaml"))
+            print(f"[{stage}] settings differ from {path}'s ({changed_keys(stored, cfg)}): saved as "
+                  f"config_{stage}.yaml; config.yaml keeps the settings the models were trained with", flush=True)
+            return
+    save_config(cfg, path)
 
 
 def make_run_dir(run_dir: str | Path) -> None:
@@ -59,5 +74,5 @@ def begin_outputs(cfg: Config, stage: str, overwrite: bool = False) -> str | Non
     stage's files (common/ownership.claim, which refuses another run's without `overwrite`; returns the new run id,
     None for the other stages), then the resolved config is saved."""
     run_id = ownership.claim(cfg, stage, overwrite) if stage in ownership.STAGE_FILES else None
-    record_config(cfg)
+    record_config(cfg, stage)
     return run_id

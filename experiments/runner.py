@@ -40,8 +40,7 @@ from pathlib import Path
 
 from actors.reward_functions import check as check_reward_functions
 from common import runlock
-from common.config import Config, ConfigError, config_hash, load_config
-from common.config_schema import flatten, to_dict
+from common.config import Config, ConfigError, changed_keys, config_hash, load_config
 from common.errors import SettingsChanged
 from common.runtime import make_run_dir
 from tasks.registry import load_task
@@ -205,14 +204,6 @@ def check_settings(run: Run) -> None:
         raise SettingsChanged(f"{what} ({stored} does not load: {e}){todo}") from None
     if config_hash(old) != config_hash(run.config):
         raise SettingsChanged(f"{what} ({changed_keys(old, run.config)}){todo}")
-
-
-def changed_keys(old: Config, new: Config, show: int = 3) -> str:
-    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
-    a, b = flatten(to_dict(old)), flatten(to_dict(new))
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:show])
-    return text + (f" and {len(keys) - show} more" if len(keys) > show else "")
 
 
 def execute(run: Run, config: str, mode: str = "local") -> None:

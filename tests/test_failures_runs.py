@@ -388,3 +388,16 @@ def test_permission_error_names_the_path(tmp_path, capsys, monkeypatch):
         return read_bytes(self)
     monkeypatch.setattr(Path, "read_bytes", refuse)
     expect_error(capsys, stage(tmp_path / "run", "rm", f"data.source={data}"), f"{data}: Permission denied")
+
+
+def test_eval_with_other_settings_keeps_the_trained_runs_config(finished_run, tmp_path, capsys):
+    """A measuring stage run with settings other than the trained models' (here rl.kl_coef) saves them as
+    config_eval.yaml and says so: config.yaml, which the report quotes, still holds the training settings."""
+    run = copy_run(finished_run, tmp_path / "run")
+    before = (run / "config.yaml").read_bytes()
+    assert launch.main(stage(run, "eval", "rl.kl_coef=0.5")) == 0
+    out = capsys.readouterr().out
+    assert "[eval] settings differ from" in out and "rl.kl_coef: 0.05 -> 0.5" in out, out
+    assert (run / "config.yaml").read_bytes() == before
+    assert load_config(run / "config_eval.yaml").rl.kl_coef == 0.5
+    assert (run / "eval.json").is_file()
