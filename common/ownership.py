@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common.config import Config, ConfigError, config_hash, flatten, to_dict
+from common.config import Config, ConfigError, config_diff, config_hash, flatten, to_dict
 from common.errors import UserError
 
 RECORD = "stage_runs.json"
@@ -144,13 +144,7 @@ def config_changes(cfg: Config, state: dict) -> dict[str, tuple]:
     old = state.get("run", {}).get("config")
     if not old:  # a checkpoint from before configs were stored in it: nothing to compare with
         return {}
-    new = flatten(to_dict(cfg))
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if is_algorithm_key(k) and _plain(old.get(k)) != _plain(new.get(k))}
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value  # a loaded checkpoint may give back lists as tuples
+    return {k: v for k, v in config_diff(old, flatten(to_dict(cfg))).items() if is_algorithm_key(k)}
 
 
 def check_resume_config(cfg: Config, path: Path, state: dict, allow: bool) -> dict[str, tuple]:
