@@ -10,6 +10,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from common.config import Config, GeneratorConfig
 from common.models import load_causal_lm
 from common.rollout import RolloutBatch, pad_left, rollout_batch
+from learner.compile import eager
 
 
 class Generator:
@@ -41,7 +42,7 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), eager():  # compiled layers (model.compile) run eagerly here
             torch.manual_seed(seed)
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                       generation_config=self.generation_config(greedy))

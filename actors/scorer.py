@@ -18,6 +18,7 @@ from common.models import load_causal_lm, load_tokenizer, reward_head_logits
 from common.reward_head import RewardHead, load_trained_reward_model
 from common.rollout import RolloutBatch, pad_right
 from learner import distributional as dist
+from learner.compile import compile_bucket, compile_layers
 from learner.precision import autocast, resolve_dtype
 from tasks.base import GoldFn, Task  # GoldFn: the task's gold judge, (last user message, response) -> score(s)
 
@@ -48,7 +49,7 @@ class Scorer:
                  risk_lambda: float = 1.0, reference_generator: Generator | None = None,
                  reference_seed: int = 0, missing_eos_penalty: float = 0.0,
                  functions: RewardFunctions | None = None, model_weight: float = 1.0,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, compile_bucket: int = 0) -> None:
         if model is None and not functions:
             raise ValueError("a Scorer needs a reward model or reward functions")
         self.model, self.tokenizer, self.prompts = None if model is None else model.eval(), tokenizer, prompts
@@ -60,6 +61,9 @@ class Scorer:
         self.reference_generator, self.reference_seed = reference_generator, reference_seed
         self.missing_eos_penalty = missing_eos_penalty
         self.dtype = dtype  # the reward model's forward runs under model.dtype's autocast, as policy and reference do
+        self.compile_bucket = compile_bucket  # > 0: compiled layers, inputs padded to a multiple (learner/compile.py)
+        if compile_bucket and model is not None:
+            compile_layers(model)
         self.reference_logp: dict[int, torch.Tensor] = {}  # prompt index -> [K] log p of the reference response
         self.reference_texts: dict[int, str] = {}
 
@@ -83,7 +87,7 @@ class Scorer:
         for start in range(0, len(responses), self.batch_size):
             rows = slice(start, start + self.batch_size)
             seqs = [self._encode(i, r, f) for i, r, f in zip(prompt_indices[rows], responses[rows], finished[rows])]
-            ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
+            ids, mask = pad_right(seqs, self.tokenizer.pad_token_id, self.compile_bucket)
             with autocast(self.dtype, self.device):
                 logits = reward_head_logits(self.model, ids.to(self.device), mask.to(self.device))  # [b, L]
             out.append(logits.float().cpu())
@@ -209,7 +213,7 @@ def build_scorer(cfg: Config, reward_path: str | None, task: Task | None, device
     gold = task.gold_judge() if task is not None else None
     common = dict(gold_fn=gold, reference_seed=cfg.seed, missing_eos_penalty=cfg.rl.missing_eos_penalty,
                   functions=functions, model_weight=cfg.reward.model_weight,
-                  dtype=resolve_dtype(cfg.model.dtype, device))
+                  dtype=resolve_dtype(cfg.model.dtype, device), compile_bucket=compile_bucket(cfg.model))
     if reward_path is None:
         return Scorer(None, tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, **common)
     rm_tokenizer = load_tokenizer(reward_path) if not cfg.model.tokenizer else tokenizer

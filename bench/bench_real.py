@@ -49,6 +49,7 @@ from bench.shared import (
 from common.config import load_config
 from common.models import load_reward_model, load_tokenizer
 from common.runtime import prepare
+from learner.compile import compile_bucket, compile_seconds
 from learner.precision import resolve_dtype
 from stages.rl import build_policy
 
@@ -89,7 +90,8 @@ def setup(args, workdir: Path) -> dict:
     load_reward_model(str(weights), 1, tokenizer, CPU).save_pretrained(rm_dir)  # fresh scalar head, seeded
     tokenizer.save_pretrained(rm_dir)
     rm = load_reward_model(str(rm_dir), 1, tokenizer, CPU)
-    scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch, dtype=resolve_dtype(cfg.model.dtype, CPU))
+    scorer = Scorer(rm, tokenizer, prompts, cfg.data, CPU, args.batch, dtype=resolve_dtype(cfg.model.dtype, CPU),
+                    compile_bucket=compile_bucket(cfg.model))
     return {"cfg": cfg, "overrides": overrides, "weights": weights, "rm_dir": rm_dir, "tokenizer": tokenizer,
             "prompts": prompts, "prompt_tokens": prompt_tokens, "scorer": scorer, "policy_dir": weights}
 
@@ -98,21 +100,22 @@ def run_ours(args, s: dict, backend: str) -> dict:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*s["overrides"], f"run_dir={s['cfg'].run_dir}",
                                                        f"generator.backend={backend}"])
     policy, reference = build_policy(str(s["weights"]), cfg.model.lora, CPU)  # as the rl stage: fp32, LoRA when enabled
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), compile_seconds()
     generator = bench_generator(cfg, str(s["weights"]), s["tokenizer"], s["prompt_tokens"], CPU, policy)
     startup = time.perf_counter() - start
     learner = bench_learner(cfg, policy, reference, CPU)
     t = timed_rl_steps(cfg, generator, s["scorer"], learner, s["tokenizer"], len(s["prompts"]), args.warmup,
                        args.steps)
     del generator
+    startup += compile_seconds() - compiled  # model.compile: every width compiles in the warm-up steps
     n, wall = args.steps, t["wall_s"]
     phases = {"generate_s": t["generate_s"] / n, "score_s": t["score_s"] / n, "ref_forward_s": t["ref_forward_s"] / n,
               "policy_fwd_bwd_s": (t["learner_s"] - t["ref_forward_s"] - t["optimizer_s"]) / n,
               "optimizer_s": t["optimizer_s"] / n, "sync_s": sum(t["sync_s"]) / n}
-    lora = " LoRA" if cfg.model.lora.enabled else ""
+    lora = (" LoRA" if cfg.model.lora.enabled else "") + (" compiled" if cfg.model.compile else "")
     return {"system": f"ours {backend}{lora} {args.batch}x1", "samples_per_s": t["samples"] / wall,
             "tokens_per_s": t["tokens"] / wall, "s_per_step": wall / n, "mean_len": t["tokens"] / t["samples"],
-            "startup_s": startup, "load": load_average(), **phases}
+            "startup_s": startup, "compile_in_timed_s": t["compile_s"], "load": load_average(), **phases}
 
 
 def run_trl_real(args, s: dict, workdir: Path) -> dict:
@@ -163,6 +166,10 @@ def print_results(rows: list[dict]) -> None:
         ("phase s/step", "system", "<22"), ("generate", "generate_s", ">9.2f"), ("score", "score_s", ">7.2f"),
         ("ref fwd", "ref_forward_s", ">8.2f"), ("pol fwd+bwd", "policy_fwd_bwd_s", ">12.2f"),
         ("optim", "optimizer_s", ">7.2f"), ("sync", "sync_s", ">6.2f"), ("start-up", "startup_s", ">9.1f")])
+    for r in rows:
+        if r.get("compile_in_timed_s"):
+            print(f"{r['system']}: {r['compile_in_timed_s']:.1f} s of its timed steps compiled new widths "
+                  "(more --warmup steps leave them out)")
     trl = next((r for r in rows if r["system"].startswith("TRL")), None)
     for r in rows:
         if trl is not None and r is not trl:

@@ -16,6 +16,7 @@ from actors.rollouts import InProcessRollouts
 from actors.vllm_generator import VLLMGenerator
 from common.config import Config
 from common.sampling import PromptSampler
+from learner.compile import compile_bucket
 from learner.learner import Learner
 from learner.precision import resolve_dtype
 from stages.rl import rl_step
@@ -87,8 +88,8 @@ class PhaseTimer:
 
 
 def bench_learner(cfg: Config, policy, reference, device) -> Learner:
-    """The rl stage's learner: model.dtype's autocast (learner/precision.py)."""
-    return Learner(policy, reference, cfg.rl, device, resolve_dtype(cfg.model.dtype, device))
+    """The rl stage's learner: model.dtype's autocast (learner/precision.py), compiled with model.compile."""
+    return Learner(policy, reference, cfg.rl, device, resolve_dtype(cfg.model.dtype, device), compile_bucket(cfg.model))
 
 
 def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_prompts: int, warmup: int,
@@ -99,7 +100,7 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
                                learner.dtype, learner.device)
     timer = PhaseTimer(learner)
     out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
-           "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0}
+           "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0, "compile_s": 0.0}
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         _, m = rl_step(learner, source, step, tokenizer.eos_token_id)
@@ -116,6 +117,7 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
         if "perf/sync_s" in m:
             out["sync_s"].append(m["perf/sync_s"])
         out["eos_rate"] += m["rollout/eos_rate"] / steps
+        out["compile_s"] += m.get("perf/compile_s", 0.0)  # model.compile met a new width after the warm-up
     return out
 
 

@@ -77,6 +77,12 @@ class ModelConfig:
                           "weights; vLLM runs in it; learner/precision.py): auto = bfloat16 on a GPU that has it "
                           "(compute capability >= 8.0), else float16 with loss scaling; on CPU bfloat16 where it "
                           "has AMX, else float32")
+    compile: bool = opt(False, help="torch.compile the decoder layers of policy, reference and reward model "
+                                     "(learner/compile.py): each new width compiles once (~20 s for SmolLM2-135M "
+                                     "on CPU, perf/compile_s), then the learner's passes run ~25% faster; pays on "
+                                     "long runs, so off by default")
+    compile_bucket: int = opt(16, ge=1, help="with model.compile: batches are padded to a multiple of this many "
+                                             "tokens, so a run compiles a few widths, not one per step")
     tiny: TinyModelConfig = section(TinyModelConfig)
     lora: LoraConfig = section(LoraConfig)
 

@@ -72,6 +72,46 @@ class RolloutBatch:
         columns = torch.arange(self.prompt_len + self.response_ids.shape[1], device=self.prompt_ids.device)
         return (columns[None, :] - left_pads).clamp(min=0)
 
+    def select(self, index: torch.Tensor) -> RolloutBatch:
+        """The samples at `index` ([b] int64), in that order; the padded widths P and R are kept."""
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index.to(t.device)]
+
+        return dataclasses.replace(
+            self, prompt_ids=take(self.prompt_ids), prompt_mask=take(self.prompt_mask),
+            response_ids=take(self.response_ids), response_mask=take(self.response_mask),
+            prompt_index=take(self.prompt_index), rewards=take(self.rewards),
+            response_texts=[self.response_texts[i] for i in index.tolist()] if self.response_texts else [],
+            extras={k: take(v) for k, v in self.extras.items()})
+
+    def sorted_by_length(self) -> RolloutBatch:
+        """The samples from shortest to longest (prompt + response tokens): consecutive micro-batches then hold
+        similar lengths, and `trimmed` drops more padding from each."""
+        lengths = self.prompt_mask.sum(-1) + self.response_mask.sum(-1)  # [B]
+        return self.select(torch.argsort(lengths, stable=True))
+
+    def trimmed(self) -> RolloutBatch:
+        """The same samples without the columns that are padding in every row (leading prompt columns, trailing
+        response columns): a micro-batch of short answers costs its own width, not the batch's longest."""
+        p0 = int((self.prompt_mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding prompt columns
+        r1 = int(self.response_mask.sum(0).nonzero().max()) + 1 if self.response_mask.any() else 1
+        if p0 == 0 and r1 == self.response_ids.shape[1]:
+            return self
+        return dataclasses.replace(self, prompt_ids=self.prompt_ids[:, p0:], prompt_mask=self.prompt_mask[:, p0:],
+                                   response_ids=self.response_ids[:, :r1], response_mask=self.response_mask[:, :r1])
+
+    def left_padded_to(self, multiple: int) -> RolloutBatch:
+        """The same batch with prompt padding added on the left so that P + R is a multiple of `multiple` (a
+        compiled learner sees a few widths, learner/compile.py); the added columns are masked padding, so every
+        log-prob, position and mask of the real tokens is unchanged."""
+        width = self.prompt_len + self.response_ids.shape[1]
+        extra = -width % multiple if multiple > 1 else 0
+        if extra == 0:
+            return self
+        zeros = torch.zeros((self.batch_size, extra), dtype=self.prompt_ids.dtype, device=self.prompt_ids.device)
+        return dataclasses.replace(self, prompt_ids=torch.cat([zeros, self.prompt_ids], 1),
+                                   prompt_mask=torch.cat([zeros.to(self.prompt_mask.dtype), self.prompt_mask], 1))
+
     def with_rewards(self, rewards: torch.Tensor, **extras: torch.Tensor) -> RolloutBatch:
         if tuple(rewards.shape) != (self.batch_size,):
             raise ValueError(f"rewards has shape {tuple(rewards.shape)}, expected ({self.batch_size},)")
@@ -79,14 +119,7 @@ class RolloutBatch:
 
     def rows(self, start: int, stop: int) -> RolloutBatch:
         """Samples start..stop-1 (a learner micro-batch); the padded widths P and R are kept."""
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[start:stop]
-
-        return dataclasses.replace(
-            self, prompt_ids=take(self.prompt_ids), prompt_mask=take(self.prompt_mask),
-            response_ids=take(self.response_ids), response_mask=take(self.response_mask),
-            prompt_index=take(self.prompt_index), rewards=take(self.rewards),
-            response_texts=self.response_texts[start:stop], extras={k: take(v) for k, v in self.extras.items()})
+        return self.select(torch.arange(start, min(stop, self.batch_size)))
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -129,9 +162,11 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
     return (eos_before == 0).long()
 
 
-def pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ([B, L] ids, [B, L] mask, 1 = real token), padded on `side` ("left" or "right")."""
+def pad(seqs: list[list[int]], pad_id: int, side: str, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ([B, L] ids, [B, L] mask, 1 = real token), padded on `side` ("left" or "right"); L is the
+    longest list rounded up to a multiple of `multiple` (a compiled model sees a few widths)."""
     width = max(len(s) for s in seqs)
+    width += -width % multiple if multiple > 1 else 0
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -147,9 +182,9 @@ def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return pad(seqs, pad_id, "left")
 
 
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Responses and reward-model inputs: right padding keeps position ids contiguous from 0."""
-    return pad(seqs, pad_id, "right")
+    return pad(seqs, pad_id, "right", multiple)
 
 
 def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:

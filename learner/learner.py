@@ -14,6 +14,7 @@ from common.numerics import PolicyCollapsed, is_finite
 from common.rollout import RolloutBatch
 from learner import losses
 from learner.baseline import make_baseline
+from learner.compile import compile_layers
 from learner.precision import GuardedUpdate, adamw, autocast, use_attention
 
 
@@ -58,10 +59,12 @@ class Learner:
     Precision (learner/precision.py): policy and reference forwards run under autocast to `dtype` (fp32 master
     weights); under fp16 the loss is scaled; an update whose loss or gradient is not finite is skipped and counted
     (`losses/skipped_steps`); MAX_CONSECUTIVE_SKIPS in a row raise NonFiniteError.
+    `compile_bucket` > 0 compiles the decoder layers of policy and reference and pads each batch's width to a
+    multiple of it (learner/compile.py); 0 = eager.
     """
 
     def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None, cfg: RLConfig,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device, dtype: torch.dtype = torch.float32, compile_bucket: int = 0) -> None:
         if reference is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
         self.policy, self.reference, self.cfg, self.device, self.dtype = policy, reference, cfg, device, dtype
@@ -69,6 +72,9 @@ class Learner:
         for model in (policy, reference):  # the same implementation in both: the KL is 0 before the first update
             if model is not None:
                 use_attention(model, device, dtype)
+                if compile_bucket:
+                    compile_layers(model)
+        self.compile_bucket = compile_bucket
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(policy, "enable_input_require_grads"):  # LoRA: frozen embeddings would cut the graph
@@ -93,11 +99,16 @@ class Learner:
         """One REINFORCE update on a scored batch; returns metrics for logging.
 
         The batch goes through the policy in micro-batches of rl.micro_batch_size sequences; each one's loss is
-        its share of the batch mean, so the accumulated gradient is the full batch's.
+        its share of the batch mean, so the accumulated gradient is the full batch's. With several micro-batches
+        the samples are sorted by length first and each micro-batch drops the columns that are padding in all of
+        its rows: the padding-free batches that packing would give, without a block-diagonal attention mask
+        (packing measured slower on CPU, bench/README.md).
         """
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
+        if (self.cfg.micro_batch_size or batch.batch_size) < batch.batch_size:
+            batch = batch.sorted_by_length()  # micro-batches of similar lengths, each trimmed to its own width
         baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
         with autocast(self.dtype, self.device):
             logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline)
@@ -151,7 +162,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         parts = []
         for start in range(0, b, micro):
-            mb = batch.rows(start, min(b, start + micro))
+            mb = batch.rows(start, start + micro).trimmed().left_padded_to(self.compile_bucket)
             mask = mb.response_mask.float()  # [b, R]
             ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
             with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):

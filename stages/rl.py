@@ -34,6 +34,7 @@ from common.paths import RunPaths
 from common.rollout import RolloutBatch, eos_rate
 from common.runtime import begin_outputs, prepare, record_config
 from common.stats import overoptimisation_check
+from learner.compile import compile_bucket, compile_seconds
 from learner.learner import Learner
 from learner.precision import precision_line, resolve_dtype
 from stages.export import save_trained
@@ -60,7 +61,7 @@ def rl_step(learner: Learner, source: RolloutSource, step: int,
             eos_token_id: int) -> tuple[RolloutBatch, dict[str, float]]:
     """One step of the loop: step `step`'s batch from the source, one REINFORCE update, the source's after-update
     work; returns the scored batch and the step's metrics, its perf/ figures assembled here for every mode."""
-    t0 = time.perf_counter()
+    t0, compiling = time.perf_counter(), compile_seconds()
     batch, perf = source.next_batch(step, learner)
     t1 = time.perf_counter()
     metrics = learner.step(batch)
@@ -68,6 +69,8 @@ def rl_step(learner: Learner, source: RolloutSource, step: int,
     metrics.update({"rollout/eos_rate": eos, "rollout/truncation_rate": 1.0 - eos, "sync/version": learner.version})
     t2 = time.perf_counter()
     perf.update(source.after_update(step, learner))
+    if compile_seconds() > compiling:  # model.compile: a new width compiled in this step (start-up, not speed)
+        perf["perf/compile_s"] = compile_seconds() - compiling
     return batch, {**metrics, **perf_metrics(batch, perf, t1 - t0, t2 - t1, time.perf_counter() - t0)}
 
 
@@ -244,7 +247,7 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device, tokenizer)
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
-        learner = Learner(policy, reference, cfg.rl, device, dtype)
+        learner = Learner(policy, reference, cfg.rl, device, dtype, compile_bucket(cfg.model))
         start = resume_learner(learner, resumed) if resumed else 0
         run = own_run(cfg, resumed, overwrite)
         recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts, run)

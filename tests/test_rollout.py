@@ -44,3 +44,23 @@ def test_shapes_are_checked_and_rewards_attach():
     with pytest.raises(ValueError, match="prompt_index has shape"):
         RolloutBatch(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                      torch.tensor([1]), version=0)
+
+
+def test_sorted_and_trimmed_micro_batches_keep_every_token_and_logprob(policy, tokenizer):
+    """The learner's padding-free micro-batches: sorting by length then trimming all-padding columns drops only
+    padding; every sample's response log-probs are those of the padded batch."""
+    from helpers import scored_batch
+    from learner.learner import response_token_logprobs
+
+    batch = scored_batch(policy, tokenizer, n=8)
+    ordered = batch.sorted_by_length()
+    lengths = ordered.prompt_mask.sum(-1) + ordered.response_mask.sum(-1)
+    assert torch.equal(lengths, lengths.sort().values)
+    assert sorted(ordered.prompt_index.tolist()) == sorted(batch.prompt_index.tolist())
+    short = ordered.rows(0, 3).trimmed()
+    assert short.prompt_len < batch.prompt_len  # the shortest prompts need fewer columns
+    assert short.prompt_mask[:, 0].any() and short.response_mask[:, -1].any()  # nothing left that is all padding
+    with torch.no_grad():
+        full = response_token_logprobs(policy, ordered)[:3, :short.response_ids.shape[1]]
+        torch.testing.assert_close(response_token_logprobs(policy, short) * short.response_mask,
+                                   full * short.response_mask, rtol=0, atol=1e-5)
