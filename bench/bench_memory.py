@@ -44,8 +44,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.generator import choose_backend
+from bench.random_model import REAL_SHAPE
 from common.config import Config, load_config
-from common.models import ASSETS, apply_lora, frozen_copy, resolve_device, reward_head_logits, unwrap
+from common.models import apply_lora, frozen_copy, resolve_device, reward_head_logits, unwrap
 from common.reward_head import head_from_config
 from common.rollout import RolloutBatch
 from learner import losses
@@ -56,7 +57,6 @@ from learner.reward_losses import bradley_terry_loss
 GIB = 2 ** 30
 GPU_GIB = 16
 T4_USABLE_GIB = 15  # what a 16 GB T4 leaves usable
-REAL_SHAPE = ASSETS / "smollm2-135m-config.json"
 
 
 def model_config(path: Path) -> LlamaConfig:

@@ -19,10 +19,14 @@ import time
 
 import torch
 
+CPU = torch.device("cpu")
 
-def timed(fn, repeats: int) -> float:
+
+def timed(fn, repeats: int, device: torch.device = CPU) -> float:
     """The fastest of `repeats` calls after a warm-up (oneDNN builds its kernels on the first call): a rate the
-    machine reaches, not one diluted by another process's moment on the core."""
+    machine reaches, not one diluted by another process's moment on the core. On a GPU each call is waited for."""
+    if device.type == "cuda":
+        fn = (lambda f: lambda: (f(), torch.cuda.synchronize()))(fn)
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -32,7 +36,8 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
-def matmul_rates(hidden: int, intermediate: int, vocab: int, tokens: int, dtype: torch.dtype) -> dict[str, float]:
+def matmul_rates(hidden: int, intermediate: int, vocab: int, tokens: int, dtype: torch.dtype,
+                 device: torch.device = CPU) -> dict[str, float]:
     """FLOP/s of `dtype` matrix multiplies at the model's own shapes, operands already in `dtype` (the hardware's
     rate, not autocast's casts), with the torch threads the bench set: the decoder layers' projections ("body")
     and the LM head ("head", a 49k-wide output that runs at about half the rate on this CPU), apart."""
@@ -42,8 +47,8 @@ def matmul_rates(hidden: int, intermediate: int, vocab: int, tokens: int, dtype:
     for name, shapes in groups.items():
         flops = seconds = 0.0
         for m, k, n in shapes:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            seconds += timed(lambda a=a, b=b: a @ b, repeats=10)
+            a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+            seconds += timed(lambda a=a, b=b: a @ b, repeats=10, device=device)
             flops += 2.0 * m * k * n
         rates[name] = flops / seconds
     return rates

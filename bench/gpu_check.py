@@ -38,34 +38,19 @@ for _name in ABSENT:
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import launch
+from bench.random_model import write_model
 from common.config import load_config
-from common.models import BUNDLED_TOKENIZER
 
 CAP_GIB = 16.0
 OUT_OF_MEMORY = 3
-REAL_SHAPE = ROOT / "common" / "assets" / "smollm2-135m-config.json"
 WORDS = ("the river model answer question careful summary explain because water light energy history market "
          "city garden system example result number simple reason people language school music travel").split()
 # CPU smoke: the same stages at toy sizes (fp32; the CPU has no fp16 autocast here)
 SMOKE = ["device=cpu", "model.dtype=float32", "reward.precision=float32", "data.max_prompt_tokens=48",
          "data.max_length=96", "reward.batch_size=4", "reward.grad_accum=1", "rl.batch_size=4",
          "generator.max_new_tokens=8", "torch_threads=1"]
-
-
-def write_model(path: Path, layers: int | None = None) -> None:
-    """SmolLM2-135M's architecture with random weights and the bundled tokenizer (no hub)."""
-    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
-    config = LlamaConfig.from_json_file(str(REAL_SHAPE))
-    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if layers:
-        config.num_hidden_layers = layers
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 def write_pairs(path: Path, n: int, prompt_words: int, response_words: int) -> None:

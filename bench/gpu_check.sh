@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of the real run (bench/gpu_check.py): reward-model and REINFORCE steps of both real configs at
 # their real sizes, SmolLM2-135M's shape with random weights, hf backend, GPU memory capped at 16 GiB, in fp16
-# and in bf16. Needs one NVIDIA GPU and only torch, transformers, peft and tensorboard (no hub, no ray, no
-# vLLM). Takes a few minutes; prints a table of peak memory and seconds per step.
+# and in bf16; then the throughput check (bench/gpu_throughput.py: 256 prompts x up to 256 new tokens, EOS allowed:
+# the RL step's tokens/s over generation alone's, the sync's share of the step, the learner's MFU), with vLLM where
+# it is installed, else hf. Needs one NVIDIA GPU and only torch, transformers, peft and tensorboard (no hub, no
+# ray; vLLM optional). Takes a few minutes; prints a table of peak memory and seconds per step, then the ratios.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # from the checkout; default OUT_DIR: runs/gpu_check
 #
@@ -55,4 +57,10 @@ for r in rows:
         print(f"| {r['config']} | {r['dtype']} | {r['stage']} | OUT OF MEMORY at 16 GiB | | | |")
 EOF
 [ "$status" = 0 ] && echo "gpu_check: everything fits 16 GiB" || echo "gpu_check: something does NOT fit 16 GiB"
+
+echo "== throughput"
+dtype=$("$PY" -c "import torch; print('bfloat16' if torch.cuda.is_bf16_supported() else 'float16')")
+TQDM_DISABLE=1 "$PY" bench/gpu_throughput.py --dtype "$dtype" --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1 \
+  || { echo "gpu_check: the throughput check FAILED; the end of $OUT/throughput.log:" >&2; tail -n 30 "$OUT/throughput.log" >&2; exit 1; }
+grep -A3 '^gpu_throughput: [^{]' "$OUT/throughput.log"
 exit "$status"

@@ -25,3 +25,17 @@ def test_gpu_check_runs_the_real_config_without_ray_or_vllm(tmp_path):
     assert rows[1]["response_len"] == 8  # random weights: every response is max_new_tokens long (the smoke's 8)
     data = json.loads((tmp_path / "run" / "data_rm.json").read_text())
     assert data["encode"]["truncated"] > 0  # the generated prompts exceed data.max_prompt_tokens
+
+
+@pytest.mark.slow
+def test_gpu_throughput_measures_the_rl_step_against_generation_alone(tmp_path):
+    """bench/gpu_throughput.py's path at toy sizes: both timings, the ratio, the sync share and the MFU."""
+    from bench import gpu_throughput
+    r = gpu_throughput.main(["--cpu-smoke", "--json", str(tmp_path / "r.json"), "generator.backend=hf",
+                             "torch_threads=1"])
+    assert json.loads((tmp_path / "r.json").read_text()) == pytest.approx(r)
+    assert r["generator"] == "Generator" and r["batch"] == 4 and 0 < r["mean_response_len"] <= 8
+    # an RL step does generation and more: its tokens/s is below generation alone's
+    assert 0 < r["rl_over_generation"] < 1
+    assert r["sync_share"] == 0.0  # hf in local mode samples from the learner's own module: no sync
+    assert 0 < r["mfu_vs_measured_matmul"] < 1 and r["mfu_vs_datasheet"] is None  # no datasheet for a CPU
