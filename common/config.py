@@ -17,10 +17,12 @@ import yaml
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
 
 # the checking machinery (and reading the YAML file) lives in config_schema.py
-from common.config_schema import (  # noqa: F401 (ConfigError, flatten and to_dict are imported from here)
+from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict, config_diff, changed_keys too)
     ConfigError,
     _apply_override,
     build,
+    changed_keys,
+    config_diff,
     flatten,
     opt,
     read_config_file,
@@ -361,18 +363,3 @@ def config_hash(cfg: Config) -> str:
     directories, checkpoints and sweeps compare it to tell one run's settings from another's."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_diff(old: dict, new: dict) -> dict[str, tuple]:
-    """{dotted key: (old, new)}, keys sorted, for every value that differs between two flattened configs
-    (`flatten(to_dict(cfg))`, or one stored in a checkpoint, which may give lists back as tuples)."""
-    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-            if plain(old.get(k)) != plain(new.get(k))}
-
-
-def changed_keys(old: Config, new: Config, show: int = 3) -> str:
-    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
-    diff = config_diff(flatten(to_dict(old)), flatten(to_dict(new)))
-    text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:show])
-    return text + (f" and {len(diff) - show} more" if len(diff) > show else "")
