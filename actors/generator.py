@@ -13,7 +13,8 @@ from common.rollout import RolloutBatch, pad_left, rollout_batch
 
 
 class Generator:
-    """Samples one response per prompt from the current policy weights.
+    """Samples one response per listed prompt index from the current policy weights (a prompt listed k times gets
+    k independent samples, each its own row: rl.baseline=rloo).
 
     `prompt_tokens[i]` holds the chat-templated, already length-checked token ids of prompt i; batches refer
     to prompts by index so only ids cross process boundaries. Sampling is pure temperature / top-p sampling

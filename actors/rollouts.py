@@ -78,8 +78,8 @@ class InProcessRollouts:
                               reference_sampler(cfg, paths.sft_policy, device, reference))
         generator = build_generator(cfg, paths.sft_policy, tokenizer, prompt_tokens, device, shared_policy=policy)
         sleep = cfg.generator.vllm_sleep and not isinstance(generator, Generator)  # vLLM frees its GPU memory
-        return cls(generator, scorer, PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed), cfg.seed, dtype,
-                   device, sleep)
+        sampler = PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed, cfg.rl.rloo_k)
+        return cls(generator, scorer, sampler, cfg.seed, dtype, device, sleep)
 
     def start(self, step: int, learner: Learner) -> None:
         pass

@@ -95,8 +95,8 @@ def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_promp
                    steps: int) -> dict:
     """`warmup` untimed then `steps` timed `rl_step`s of local mode; totals of the timed ones (wall, samples,
     tokens, phase seconds with the learner's reference forward and optimizer apart, weight-sync seconds per step)."""
-    source = InProcessRollouts(generator, scorer, PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed), cfg.seed,
-                               learner.dtype, learner.device)
+    sampler = PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed, cfg.rl.rloo_k)
+    source = InProcessRollouts(generator, scorer, sampler, cfg.seed, learner.dtype, learner.device)
     timer = PhaseTimer(learner)
     out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
            "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0}

@@ -175,14 +175,19 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class RLConfig:
     steps: int = opt(200, ge=1)
-    batch_size: int = opt(16, ge=1, help="prompts per step, one sampled response each")
+    batch_size: int = opt(16, ge=1, help="sequences per step: prompts x rl.rloo_k (one response each unless "
+                                         "rl.baseline=rloo), so the learner's cost is the same for every baseline")
     micro_batch_size: int = opt(0, ge=0, help="sequences per forward/backward in the learner (gradients are "
                                               "accumulated: the update equals the full batch's); 0 = batch_size")
     gradient_checkpointing: bool = opt(False, help="learner: recompute activations in backward (less memory)")
     lr: float = opt(1e-6, gt=0.0)
     kl_coef: float = opt(0.05, ge=0.0, help="beta in the shaped reward r - beta * (log pi - log pi_ref)")
-    baseline: str = opt("moving_average", choices=("moving_average", "ema"),
-                        help="moving_average = the paper's mean of all earlier rewards; ema is a deviation")
+    baseline: str = opt("moving_average", choices=("moving_average", "ema", "none", "batch_mean", "rloo"),
+                        help="moving_average = the paper's mean of all earlier rewards (Eq. 8); ema is a deviation; "
+                             "the paper's comparisons: none = vanilla policy gradient (b = 0), batch_mean = the "
+                             "batch's own mean, rloo = leave-one-out mean of the other rl.rloo_k - 1 samples of the "
+                             "same prompt (learner/baseline.py)")
+    rloo_k: int = opt(1, ge=1, help="samples per prompt; only rl.baseline=rloo uses more than 1 (the paper: 2 or 4)")
     ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
     baseline_start: str = opt("batch_mean", choices=("batch_mean", "zero"),
                               help="baseline of the first batch, which has no earlier rewards: batch_mean = its "
@@ -209,6 +214,17 @@ class RLConfig:
     sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
                                            "response of the step's own batch (prompt, response, reward) go to "
                                            "stdout and to the trackers' rollout/samples; 0 = off")
+
+    def __post_init__(self) -> None:
+        if self.baseline == "rloo" and self.rloo_k < 2:
+            raise ConfigError(f"rl.baseline=rloo needs rl.rloo_k >= 2 (samples per prompt; the paper uses 2 and 4); "
+                              f"got rl.rloo_k={self.rloo_k}")
+        if self.rloo_k > 1 and self.baseline != "rloo":
+            raise ConfigError(f"rl.rloo_k={self.rloo_k} samples each prompt {self.rloo_k} times, which only "
+                              f"rl.baseline=rloo uses; set rl.rloo_k=1 or rl.baseline=rloo (got {self.baseline})")
+        if self.batch_size % self.rloo_k:
+            raise ConfigError(f"rl.batch_size={self.batch_size} (sequences) is not a multiple of rl.rloo_k="
+                              f"{self.rloo_k} (samples per prompt); pick a batch_size that k divides")
 
 
 @dataclass(frozen=True)

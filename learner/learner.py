@@ -98,9 +98,8 @@ class Learner:
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
-        baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
         with autocast(self.dtype, self.device):
-            logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline)
+            logprobs, ref_lp, shaped, baseline, loss = self._accumulate_gradients(batch)
         advantages = shaped - baseline  # [B]
         grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
@@ -113,7 +112,7 @@ class Learner:
             "rollout/reward": batch.rewards.mean().item(), "rollout/shaped_reward": shaped.mean().item(),
             "rollout/kl": kl.mean().item(), "rollout/response_len": mask.sum(-1).mean().item(),
             "rollout/logprob": logprobs.mean().item(),
-            "baseline/value": baseline, "baseline/advantage_mean": advantages.mean().item(),
+            "baseline/value": baseline.mean().item(), "baseline/advantage_mean": advantages.mean().item(),
             "baseline/advantage_std": advantages.std(unbiased=False).item(),
             "losses/policy": loss.item(), "losses/grad_norm": grad_norm,
             "losses/skipped_steps": float(self.update.skips.total),
@@ -143,26 +142,45 @@ class Learner:
                                   f"(rl.lr={self.cfg.lr:g}, rl.kl_coef={self.cfg.kl_coef:g}); lower rl.lr (or raise "
                                   f"rl.kl_coef) and rerun; rl.max_kl=0 lets it run on")
 
-    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards (detached)
-        and the batch loss."""
-        b, micro = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size
+    def _accumulate_gradients(self, batch: RolloutBatch
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards, baseline
+        (detached) and the batch loss.
+
+        The baseline: a history one (the paper's moving average, ema, none) is known before any forward; a batch one
+        (batch_mean, rloo) needs every sample's shaped reward, hence its KL term, before the first backward: on one
+        micro-batch the gradient forward gives them, over several a no-grad forward of the policy comes first."""
+        b, micro, kl_coef = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size, self.cfg.kl_coef
+        spans = [(start, min(b, start + micro)) for start in range(0, b, micro)]
         self.optimizer.zero_grad(set_to_none=True)
+        ref_lp = torch.cat([losses.sequence_logprobs(self.reference_logprobs(mb), mb.response_mask.float())
+                            for mb in (batch.rows(*span) for span in spans)])  # [B]
+        baseline = None  # [B]
+        if not self.baseline.needs_batch:  # earlier batches only (step 1: its own mean reward, baseline.py)
+            baseline = torch.full((b,), self.baseline.value(batch.rewards), device=ref_lp.device)
+        elif len(spans) > 1:
+            with torch.no_grad():
+                early = torch.cat([self._policy_logprobs(batch.rows(*span)) for span in spans])  # [B]
+            baseline = self.baseline.values(losses.shaped_rewards(batch.rewards, early, ref_lp, kl_coef),
+                                            batch.prompt_index)
         parts = []
-        for start in range(0, b, micro):
-            mb = batch.rows(start, min(b, start + micro))
-            mask = mb.response_mask.float()  # [b, R]
-            ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
-            with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):
-                token_lp = response_token_logprobs(self.policy, mb)  # [b, R], with grad
-            logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
-            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
-            loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
+        for start, stop in spans:
+            mb = batch.rows(start, stop)
+            logprobs = self._policy_logprobs(mb)  # [b], with grad
+            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp[start:stop], kl_coef)  # [b]
+            if baseline is None:  # a batch baseline on one micro-batch, which is the whole batch
+                baseline = self.baseline.values(shaped, batch.prompt_index)
+            loss = losses.reinforce_loss(logprobs, shaped - baseline[start:stop]) * (mb.batch_size / b)  # share
             self.update.backward(loss)
-            parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
-        logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
-        return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
+            parts.append((logprobs.detach(), shaped, loss.detach()))
+        logprobs, shaped = (torch.cat([part[i] for part in parts]) for i in range(2))  # [B] each
+        return logprobs, ref_lp, shaped, baseline, torch.stack([part[2] for part in parts]).sum()
+
+    def _policy_logprobs(self, mb: RolloutBatch) -> torch.Tensor:
+        """log pi(y|x) [b] of a micro-batch under the policy (with gradient unless under no_grad)."""
+        with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing and torch.is_grad_enabled()):
+            token_lp = response_token_logprobs(self.policy, mb)  # [b, R]
+        return losses.sequence_logprobs(token_lp, mb.response_mask.float())
 
     def policy_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Full policy weights for the generators, base-model names: with LoRA the adapted weights merged into new

@@ -248,12 +248,17 @@ def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_
 
 @pytest.mark.slow
 def test_generation_runs_ahead_with_staleness_one_and_two_generators(ray_instance, run_copy):
-    """max_staleness 1, two generators: every batch is at most one version old, and the run completes."""
+    """max_staleness 1, two generators: every batch is at most one version old, and the run completes.
+    RLOO with 2 samples per prompt rides along: each generator samples one prompt twice, the groups reach the learner
+    whole and their advantages average to 0."""
     run_dir = run_copy("ahead")
-    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2)), mode="ray")
+    rloo = ["rl.baseline=rloo", "rl.rloo_k=2"]
+    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2) + rloo),
+                    mode="ray")
     metrics = read_metrics(run_dir)
     assert result["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     assert [m["sync/staleness"] for m in metrics] == [0, 1, 1], "steps 1 and 2 were generated one version back"
+    assert all(m["baseline/advantage_mean"] == pytest.approx(0.0, abs=1e-5) for m in metrics)
     assert result["placement"]["generator 0"]["pid"] != result["placement"]["generator 1"]["pid"]
 
 
