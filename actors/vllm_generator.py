@@ -140,7 +140,8 @@ class VLLMGenerator:
 
     Each batch also carries vLLM's own sequence log-probs, `extras["generator_logprob"]` [B], of the distribution
     it sampled from (`logprobs_mode="processed_logprobs"`: after temperature, as the learner computes them); the
-    learner logs their gap as `perf/logprob_mismatch`. vLLM runs in model.dtype as resolved for the device
+    learner logs their gap as `perf/logprob_mismatch` and, with rl.offpolicy_correction=tis, uses them as the
+    behaviour policy's log-probs. vLLM runs in model.dtype as resolved for the device
     (bf16 where the GPU has it, else fp16), the learner's autocast dtype.
     """
 

@@ -188,6 +188,14 @@ class RLConfig:
                              "batch's own mean, rloo = leave-one-out mean of the other rl.rloo_k - 1 samples of the "
                              "same prompt (learner/baseline.py)")
     rloo_k: int = opt(1, ge=1, help="samples per prompt; only rl.baseline=rloo uses more than 1 (the paper: 2 or 4)")
+    offpolicy_correction: str = opt("auto", choices=("auto", "none", "tis"),
+                                    help="tis = truncated importance sampling, w = min(pi/mu, rl.tis_cap) per "
+                                         "sequence with mu the generator's log-probs (not in the paper); auto = tis "
+                                         "in Ray mode with cluster.max_staleness >= 1, else none (the paper's "
+                                         "on-policy update)")
+    tis_cap: float = opt(2.0, ge=1.0, help="rl.offpolicy_correction=tis: the largest importance weight (2, the "
+                                            "cap peers' TIS examples use; sequence-level weights of long answers may "
+                                            "want more: sync/tis_capped_fraction says how many are cut)")
     ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
     baseline_start: str = opt("batch_mean", choices=("batch_mean", "zero"),
                               help="baseline of the first batch, which has no earlier rewards: batch_mean = its "
@@ -225,6 +233,16 @@ class RLConfig:
         if self.batch_size % self.rloo_k:
             raise ConfigError(f"rl.batch_size={self.batch_size} (sequences) is not a multiple of rl.rloo_k="
                               f"{self.rloo_k} (samples per prompt); pick a batch_size that k divides")
+
+
+def offpolicy_correction(cfg: Config, mode: str) -> str:
+    """rl.offpolicy_correction resolved for `--mode`: auto is tis only where generation can run ahead of the learner
+    (Ray mode, cluster.max_staleness >= 1), so local mode and the paper's on-policy setting are unchanged. A value
+    that depends on other keys is `auto`, as model.dtype and generator.backend are: resolved here, in one place, and
+    printed by the rl stage when it resolves to tis; none and tis force either."""
+    if cfg.rl.offpolicy_correction != "auto":
+        return cfg.rl.offpolicy_correction
+    return "tis" if mode == "ray" and cfg.cluster.max_staleness >= 1 else "none"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ ALGORITHM_KEYS = ("seed", "model.", "data.", "sandbox.", "ifeval.", "reward.path
                   "reward.model_weight", "reward.functions", "reward.function_weights", "generator.temperature",
                   "generator.top_p", "generator.max_new_tokens", "rl.batch_size", "rl.lr", "rl.kl_coef",
                   "rl.baseline", "rl.ema_decay", "rl.baseline_start", "rl.rloo_k",
-                  "rl.max_grad_norm", "rl.weight_decay",
+                  "rl.offpolicy_correction", "rl.tis_cap", "rl.max_grad_norm", "rl.weight_decay",
                   "rl.reward_reduction", "rl.risk_lambda", "rl.missing_eos_penalty", "cluster.max_staleness",
                   "cluster.sync_every")
 

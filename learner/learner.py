@@ -61,10 +61,15 @@ class Learner:
     """
 
     def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None, cfg: RLConfig,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device, dtype: torch.dtype = torch.float32, offpolicy_correction: str = "none") -> None:
+        """`offpolicy_correction`: rl.offpolicy_correction resolved for the run's mode (common.config.
+        offpolicy_correction): none, the paper's update, or tis (weights from the batch's generator log-probs)."""
         if reference is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
+        if offpolicy_correction not in ("none", "tis"):
+            raise ValueError(f"offpolicy_correction={offpolicy_correction!r}: resolve rl.offpolicy_correction first")
         self.policy, self.reference, self.cfg, self.device, self.dtype = policy, reference, cfg, device, dtype
+        self.offpolicy_correction = offpolicy_correction
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
         for model in (policy, reference):  # the same implementation in both: the KL is 0 before the first update
             if model is not None:
@@ -98,9 +103,10 @@ class Learner:
         if batch.rewards is None:
             raise ValueError("the batch has no rewards: score it before the learner step")
         batch = batch.to(self.device)
+        behaviour = self.behaviour_logprobs(batch)  # [B] or None (no correction)
         with autocast(self.dtype, self.device):
-            logprobs, ref_lp, shaped, baseline, loss = self._accumulate_gradients(batch)
-        advantages = shaped - baseline  # [B]
+            logprobs, ref_lp, shaped, baseline, loss, tis = self._accumulate_gradients(batch, behaviour)
+        advantages = shaped - baseline  # [B], before any importance weight
         grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
             self.baseline.update(shaped)
@@ -118,6 +124,9 @@ class Learner:
             "losses/skipped_steps": float(self.update.skips.total),
             "sync/staleness": float(self.version - 1 - batch.version),
         }
+        if tis is not None:  # the importance weights' mean and the share cut at rl.tis_cap
+            metrics.update({"sync/tis_weight_mean": tis[0].mean().item(),
+                            "sync/tis_capped_fraction": tis[1].float().mean().item()})
         if self.update.loss_scale is not None:
             metrics["losses/loss_scale"] = self.update.loss_scale
         self.check_collapse(metrics["rollout/kl"])
@@ -128,6 +137,17 @@ class Learner:
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def behaviour_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """log mu(y|x) [B] of the policy that sampled the batch (the generator's, extras["generator_logprob"]) when
+        the update is corrected for staleness (rl.offpolicy_correction=tis); None for the paper's update."""
+        if self.offpolicy_correction == "none":
+            return None
+        if "generator_logprob" not in batch.extras:
+            raise ValueError("rl.offpolicy_correction=tis needs the generator's log-probs of what it sampled "
+                             "(extras['generator_logprob']): build the generator with behaviour_logprobs=True, or "
+                             "set rl.offpolicy_correction=none")
+        return batch.extras["generator_logprob"].float()
 
     def check_collapse(self, kl: float) -> None:
         """Stop when the policy has collapsed: its mean KL to the reference above rl.max_kl (a NaN KL too) for
@@ -142,10 +162,9 @@ class Learner:
                                   f"(rl.lr={self.cfg.lr:g}, rl.kl_coef={self.cfg.kl_coef:g}); lower rl.lr (or raise "
                                   f"rl.kl_coef) and rerun; rl.max_kl=0 lets it run on")
 
-    def _accumulate_gradients(self, batch: RolloutBatch
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _accumulate_gradients(self, batch: RolloutBatch, behaviour: torch.Tensor | None):
         """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards, baseline
-        (detached) and the batch loss.
+        (detached), the batch loss, and with a behaviour policy the ([B] importance weights, [B] capped).
 
         The baseline: a history one (the paper's moving average, ema, none) is known before any forward; a batch one
         (batch_mean, rloo) needs every sample's shaped reward, hence its KL term, before the first backward: on one
@@ -170,11 +189,16 @@ class Learner:
             shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp[start:stop], kl_coef)  # [b]
             if baseline is None:  # a batch baseline on one micro-batch, which is the whole batch
                 baseline = self.baseline.values(shaped, batch.prompt_index)
-            loss = losses.reinforce_loss(logprobs, shaped - baseline[start:stop]) * (mb.batch_size / b)  # share
+            advantages = shaped - baseline[start:stop]  # [b]
+            weights, capped = (None, None) if behaviour is None else losses.tis_weights(
+                logprobs, behaviour[start:stop], self.cfg.tis_cap)
+            loss = losses.reinforce_loss(logprobs, advantages if weights is None else weights * advantages)
+            loss = loss * (mb.batch_size / b)  # share of the mean
             self.update.backward(loss)
-            parts.append((logprobs.detach(), shaped, loss.detach()))
+            parts.append((logprobs.detach(), shaped, weights, capped, loss.detach()))
         logprobs, shaped = (torch.cat([part[i] for part in parts]) for i in range(2))  # [B] each
-        return logprobs, ref_lp, shaped, baseline, torch.stack([part[2] for part in parts]).sum()
+        tis = None if behaviour is None else tuple(torch.cat([part[i] for part in parts]) for i in (2, 3))
+        return logprobs, ref_lp, shaped, baseline, torch.stack([part[4] for part in parts]).sum(), tis
 
     def _policy_logprobs(self, mb: RolloutBatch) -> torch.Tensor:
         """log pi(y|x) [b] of a micro-batch under the policy (with gradient unless under no_grad)."""
