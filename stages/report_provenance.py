@@ -35,8 +35,8 @@ def setup_line(runs: list[RunData]) -> str:
         return "per run" if key in varies else fmt(c[section][name])
 
     k = c["rl"].get("rloo_k", 1)  # samples per prompt (rl.baseline=rloo); configs from before it have one each
-    per_prompt = "one response each" if k == 1 and "rl.rloo_k" not in varies else (
-        f"{value('rl.rloo_k', str)} responses per prompt")
+    per_prompt = ("responses per prompt: per run" if "rl.rloo_k" in varies
+                  else "one response each" if k == 1 else f"{k} responses per prompt")
     return (f"Setup: RL {value('rl.steps', str)} steps x {value('rl.batch_size', str)} sequences ({per_prompt}), "
             f"lr {value('rl.lr')}, baseline {value('rl.baseline', lambda x: f'`{x}`')}, kl_coef "
             f"{value('rl.kl_coef')}, temperature {value('generator.temperature')}, max "
