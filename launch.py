@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sweep: values of one config key (repeatable; the grid is the product)")
     parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (results: the demo "
                         "over seeds; tune: the sweep behind the demo's settings; level2: scalar vs distributional "
-                        "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL)")
+                        "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL; "
+                        "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4 over kl_coef, the same)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")

@@ -12,9 +12,12 @@ from common.models import load_causal_lm
 from common.rollout import RolloutBatch, pad_left, rollout_batch
 from learner.compile import eager
 
+LOGPROB_ROWS = 8  # sequences per teacher-forced forward when the hf generator records its log-probs
+
 
 class Generator:
-    """Samples one response per prompt from the current policy weights.
+    """Samples one response per listed prompt index from the current policy weights (a prompt listed k times gets
+    k independent samples, each its own row: rl.baseline=rloo).
 
     `prompt_tokens[i]` holds the chat-templated, already length-checked token ids of prompt i; batches refer
     to prompts by index so only ids cross process boundaries. Sampling is pure temperature / top-p sampling
@@ -22,9 +25,9 @@ class Generator:
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: GeneratorConfig,
-                 prompt_tokens: list[list[int]], device: torch.device) -> None:
+                 prompt_tokens: list[list[int]], device: torch.device, behaviour_logprobs: bool = False) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.prompt_tokens, self.device = prompt_tokens, device
+        self.prompt_tokens, self.device, self.behaviour_logprobs = prompt_tokens, device, behaviour_logprobs
         self.version = 0
 
     def generation_config(self, greedy: bool = False) -> GenerationConfig:
@@ -47,9 +50,26 @@ class Generator:
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                       generation_config=self.generation_config(greedy))
         self.model.train(was_training)
-        return rollout_batch(prompt_ids.cpu(), prompt_mask.cpu(), out[:, prompt_ids.shape[1]:].cpu(),
-                             prompt_indices, self.version, self.tokenizer,
-                             temperature=1.0 if greedy else self.cfg.temperature)
+        batch = rollout_batch(prompt_ids.cpu(), prompt_mask.cpu(), out[:, prompt_ids.shape[1]:].cpu(),
+                              prompt_indices, self.version, self.tokenizer,
+                              temperature=1.0 if greedy else self.cfg.temperature)
+        if self.behaviour_logprobs and not greedy:
+            batch.extras["generator_logprob"] = self.sequence_logprobs(batch)  # [B]
+        return batch
+
+    @torch.no_grad()
+    def sequence_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """log mu(y|x) of each sampled response under these weights, at the sampling temperature: [B] float32. The
+        behaviour policy's log-probs for rl.offpolicy_correction=tis (vLLM returns its own). transformers' generate
+        does not return them without keeping [B, R, V] scores, so one teacher-forced forward over the sampled
+        tokens computes them, LOGPROB_ROWS sequences at a time (the learner's function, so the numbers agree)."""
+        from learner.learner import response_token_logprobs  # the learner's own computation of log pi_T
+        parts = []
+        for start in range(0, batch.batch_size, LOGPROB_ROWS):
+            rows = batch.rows(start, min(batch.batch_size, start + LOGPROB_ROWS)).to(self.device)
+            token_lp = response_token_logprobs(self.model, rows)  # [b, R]
+            parts.append((token_lp * rows.response_mask).sum(-1).float().cpu())
+        return torch.cat(parts)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the weights with the learner's (full, LoRA-merged names) and record their version."""
@@ -74,18 +94,19 @@ def choose_backend(cfg: Config, model_path: str, device: torch.device) -> tuple[
 
 def build_generator(cfg: Config, model_path: str, tokenizer: PreTrainedTokenizerBase,
                     prompt_tokens: list[list[int]], device: torch.device,
-                    shared_policy: PreTrainedModel | None = None):
+                    shared_policy: PreTrainedModel | None = None, behaviour_logprobs: bool = False):
     """The generator of the backend `choose_backend` picks (one log line says which and why) for the policy at
     `model_path`; hf samples from `shared_policy` when given (local mode: the learner's own module, so no copy
     and no sync), else from its own fp32 copy (a Ray actor), so a weight sync from the learner is an exact copy.
 
     Both backends share one interface: `generate(prompt_indices, seed, greedy=False) -> RolloutBatch`,
-    `load_weights(state_dict, version)` and `.version`.
+    `load_weights(state_dict, version)` and `.version`. `behaviour_logprobs`: the hf backend also fills
+    extras["generator_logprob"] (vLLM always does), which rl.offpolicy_correction=tis needs.
     """
     backend, why = choose_backend(cfg, model_path, device)
     tqdm.write(f"generator: {backend} ({why})")
     if backend == "hf":
         model = shared_policy if shared_policy is not None else load_causal_lm(model_path, device, torch.float32)
-        return Generator(model, tokenizer, cfg.generator, prompt_tokens, device)
+        return Generator(model, tokenizer, cfg.generator, prompt_tokens, device, behaviour_logprobs)
     from actors.vllm_generator import VLLMGenerator  # vLLM is optional: imported only when used
     return VLLMGenerator(cfg, model_path, tokenizer, prompt_tokens, device)

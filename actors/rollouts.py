@@ -20,7 +20,7 @@ import torch
 
 from actors.generator import Generator, build_generator
 from actors.scorer import Scorer, build_scorer, reference_sampler
-from common.config import Config
+from common.config import Config, offpolicy_correction
 from common.paths import RunPaths
 from common.rollout import RolloutBatch
 from common.sampling import PromptSampler, generation_seed
@@ -78,10 +78,11 @@ class InProcessRollouts:
         learner's weights before every step."""
         scorer = build_scorer(cfg, paths.scoring_reward_model, task, device, prompts, prompt_tokens, tokenizer,
                               reference_sampler(cfg, paths.sft_policy, device, reference))
-        generator = build_generator(cfg, paths.sft_policy, tokenizer, prompt_tokens, device, shared_policy=policy)
+        generator = build_generator(cfg, paths.sft_policy, tokenizer, prompt_tokens, device, shared_policy=policy,
+                                    behaviour_logprobs=offpolicy_correction(cfg, "local") == "tis")
         sleep = cfg.generator.vllm_sleep and not isinstance(generator, Generator)  # vLLM frees its GPU memory
-        return cls(generator, scorer, PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed), cfg.seed, dtype,
-                   device, sleep)
+        sampler = PromptSampler(len(prompts), cfg.rl.batch_size, cfg.seed, cfg.rl.rloo_k)
+        return cls(generator, scorer, sampler, cfg.seed, dtype, device, sleep)
 
     def start(self, step: int, learner: Learner) -> None:
         pass

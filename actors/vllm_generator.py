@@ -133,12 +133,15 @@ def engine_errors(device: torch.device):
 
 
 class VLLMGenerator:
-    """Samples one response per prompt with vLLM; same sampling as `Generator` (temperature, top_p, top_k off,
-    max_new_tokens, stop at EOS) with a per-request seed, and the same `RolloutBatch` layout.
+    """Samples one response per listed prompt index with vLLM (a prompt listed k times: k requests, each with its
+    own seed, so k independent samples; prefix caching shares their prompt); same sampling as `Generator`
+    (temperature, top_p, top_k off, max_new_tokens, stop at EOS) with a per-request seed, and the same `RolloutBatch`
+    layout.
 
     Each batch also carries vLLM's own sequence log-probs, `extras["generator_logprob"]` [B], of the distribution
     it sampled from (`logprobs_mode="processed_logprobs"`: after temperature, as the learner computes them); the
-    learner logs their gap as `perf/logprob_mismatch`. vLLM runs in model.dtype as resolved for the device
+    learner logs their gap as `perf/logprob_mismatch` and, with rl.offpolicy_correction=tis, uses them as the
+    behaviour policy's log-probs. vLLM runs in model.dtype as resolved for the device
     (bf16 where the GPU has it, else fp16), the learner's autocast dtype.
     """
 

@@ -89,15 +89,16 @@ class PhaseTimer:
 
 def bench_learner(cfg: Config, policy, reference, device) -> Learner:
     """The rl stage's learner: model.dtype's autocast (learner/precision.py), compiled with model.compile."""
-    return Learner(policy, reference, cfg.rl, device, resolve_dtype(cfg.model.dtype, device), compile_bucket(cfg.model))
+    return Learner(policy, reference, cfg.rl, device, resolve_dtype(cfg.model.dtype, device),
+                   compile_bucket=compile_bucket(cfg.model))
 
 
 def timed_rl_steps(cfg: Config, generator, scorer, learner, tokenizer, num_prompts: int, warmup: int,
                    steps: int) -> dict:
     """`warmup` untimed then `steps` timed `rl_step`s of local mode; totals of the timed ones (wall, samples,
     tokens, phase seconds with the learner's reference forward and optimizer apart, weight-sync seconds per step)."""
-    source = InProcessRollouts(generator, scorer, PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed), cfg.seed,
-                               learner.dtype, learner.device)
+    sampler = PromptSampler(num_prompts, cfg.rl.batch_size, cfg.seed, cfg.rl.rloo_k)
+    source = InProcessRollouts(generator, scorer, sampler, cfg.seed, learner.dtype, learner.device)
     timer = PhaseTimer(learner)
     out = {"wall_s": 0.0, "samples": 0, "tokens": 0.0, "generate_s": 0.0, "score_s": 0.0, "learner_s": 0.0,
            "ref_forward_s": 0.0, "optimizer_s": 0.0, "sync_s": [], "eos_rate": 0.0, "compile_s": 0.0}

@@ -15,7 +15,7 @@ import torch
 
 from actors.generator import build_generator
 from actors.scorer import build_scorer, reference_sampler
-from common.config import Config
+from common.config import Config, offpolicy_correction
 from common.models import load_tokenizer, resolve_device
 from common.rollout import RolloutBatch
 from learner.precision import autocast, resolve_dtype
@@ -60,7 +60,9 @@ class GeneratorActor:
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         tokenizer = load_tokenizer(model_path, cfg.model.tokenizer)
-        self.generator = build_generator(cfg, model_path, tokenizer, prompt_tokens, self.device)
+        # the hf backend records the log-probs of what it sampled when the learner corrects for staleness (vLLM always)
+        self.generator = build_generator(cfg, model_path, tokenizer, prompt_tokens, self.device,
+                                         behaviour_logprobs=offpolicy_correction(cfg, "ray") == "tis")
 
     def info(self) -> dict:
         weights_dtype = getattr(self.generator, "weights_dtype", None)  # vLLM's 16-bit weights; None: an hf copy

@@ -166,7 +166,7 @@ class RayRollouts:
             self.sync_dtype = getattr(torch, dtypes.pop()) if len(dtypes) == 1 and None not in dtypes else None
             queue = Queue(maxsize=cfg.cluster.queue_size)
             stack.callback(queue.shutdown)
-            sampler = PromptSampler(len(self.prompts), cfg.rl.batch_size, cfg.seed)
+            sampler = PromptSampler(len(self.prompts), cfg.rl.batch_size, cfg.seed, cfg.rl.rloo_k)
             self.pipeline = RolloutPipeline(generators, scorers, queue, sampler, cfg.seed, cfg.cluster.max_staleness,
                                             cfg.cluster.data_timeout_s,
                                             {role: info["pid"] for role, info in self.where.items()})

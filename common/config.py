@@ -17,10 +17,12 @@ import yaml
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
 
 # the checking machinery (and reading the YAML file) lives in config_schema.py
-from common.config_schema import (  # noqa: F401 (ConfigError, flatten and to_dict are imported from here)
+from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict, config_diff, changed_keys too)
     ConfigError,
     _apply_override,
     build,
+    changed_keys,
+    config_diff,
     flatten,
     opt,
     read_config_file,
@@ -179,14 +181,27 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class RLConfig:
     steps: int = opt(200, ge=1)
-    batch_size: int = opt(16, ge=1, help="prompts per step, one sampled response each")
+    batch_size: int = opt(16, ge=1, help="sequences per step: prompts x rl.rloo_k (one response each unless "
+                                         "rl.baseline=rloo), so the learner's cost is the same for every baseline")
     micro_batch_size: int = opt(0, ge=0, help="sequences per forward/backward in the learner (gradients are "
                                               "accumulated: the update equals the full batch's); 0 = batch_size")
     gradient_checkpointing: bool = opt(False, help="learner: recompute activations in backward (less memory)")
     lr: float = opt(1e-6, gt=0.0)
     kl_coef: float = opt(0.05, ge=0.0, help="beta in the shaped reward r - beta * (log pi - log pi_ref)")
-    baseline: str = opt("moving_average", choices=("moving_average", "ema"),
-                        help="moving_average = the paper's mean of all earlier rewards; ema is a deviation")
+    baseline: str = opt("moving_average", choices=("moving_average", "ema", "none", "batch_mean", "rloo"),
+                        help="moving_average = the paper's mean of all earlier rewards (Eq. 8); ema is a deviation; "
+                             "the paper's comparisons: none = vanilla policy gradient (b = 0), batch_mean = the "
+                             "batch's own mean, rloo = leave-one-out mean of the other rl.rloo_k - 1 samples of the "
+                             "same prompt (learner/baseline.py)")
+    rloo_k: int = opt(1, ge=1, help="samples per prompt; only rl.baseline=rloo uses more than 1 (the paper: 2 or 4)")
+    offpolicy_correction: str = opt("auto", choices=("auto", "none", "tis"),
+                                    help="tis = truncated importance sampling, w = min(pi/mu, rl.tis_cap) per "
+                                         "sequence with mu the generator's log-probs (not in the paper); auto = tis "
+                                         "in Ray mode with cluster.max_staleness >= 1, else none (the paper's "
+                                         "on-policy update)")
+    tis_cap: float = opt(2.0, ge=1.0, help="rl.offpolicy_correction=tis: the largest importance weight (2, the "
+                                            "cap peers' TIS examples use; sequence-level weights of long answers may "
+                                            "want more: sync/tis_capped_fraction says how many are cut)")
     ema_decay: float = opt(0.9, gt=0.0, lt=1.0)
     baseline_start: str = opt("batch_mean", choices=("batch_mean", "zero"),
                               help="baseline of the first batch, which has no earlier rewards: batch_mean = its "
@@ -213,6 +228,27 @@ class RLConfig:
     sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
                                            "response of the step's own batch (prompt, response, reward) go to "
                                            "stdout and to the trackers' rollout/samples; 0 = off")
+
+    def __post_init__(self) -> None:
+        if self.baseline == "rloo" and self.rloo_k < 2:
+            raise ConfigError(f"rl.baseline=rloo needs rl.rloo_k >= 2 (samples per prompt; the paper uses 2 and 4); "
+                              f"got rl.rloo_k={self.rloo_k}")
+        if self.rloo_k > 1 and self.baseline != "rloo":
+            raise ConfigError(f"rl.rloo_k={self.rloo_k} samples each prompt {self.rloo_k} times, which only "
+                              f"rl.baseline=rloo uses; set rl.rloo_k=1 or rl.baseline=rloo (got {self.baseline})")
+        if self.batch_size % self.rloo_k:
+            raise ConfigError(f"rl.batch_size={self.batch_size} (sequences) is not a multiple of rl.rloo_k="
+                              f"{self.rloo_k} (samples per prompt); pick a batch_size that k divides")
+
+
+def offpolicy_correction(cfg: Config, mode: str) -> str:
+    """rl.offpolicy_correction resolved for `--mode`: auto is tis only where generation can run ahead of the learner
+    (Ray mode, cluster.max_staleness >= 1), so local mode and the paper's on-policy setting are unchanged. A value
+    that depends on other keys is `auto`, as model.dtype and generator.backend are: resolved here, in one place, and
+    printed by the rl stage when it resolves to tis; none and tis force either."""
+    if cfg.rl.offpolicy_correction != "auto":
+        return cfg.rl.offpolicy_correction
+    return "tis" if mode == "ray" and cfg.cluster.max_staleness >= 1 else "none"
 
 
 @dataclass(frozen=True)
@@ -367,18 +403,3 @@ def config_hash(cfg: Config) -> str:
     directories, checkpoints and sweeps compare it to tell one run's settings from another's."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_diff(old: dict, new: dict) -> dict[str, tuple]:
-    """{dotted key: (old, new)}, keys sorted, for every value that differs between two flattened configs
-    (`flatten(to_dict(cfg))`, or one stored in a checkpoint, which may give lists back as tuples)."""
-    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-            if plain(old.get(k)) != plain(new.get(k))}
-
-
-def changed_keys(old: Config, new: Config, show: int = 3) -> str:
-    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
-    diff = config_diff(flatten(to_dict(old)), flatten(to_dict(new)))
-    text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:show])
-    return text + (f" and {len(diff) - show} more" if len(diff) > show else "")

@@ -254,3 +254,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: the base class names it
                     break
         return super().construct_mapping(node, deep=deep)
+
+
+def config_diff(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old, new)}, keys sorted, for every value that differs between two flattened configs
+    (`flatten(to_dict(cfg))`, or one stored in a checkpoint, which may give lists back as tuples)."""
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if plain(old.get(k)) != plain(new.get(k))}
+
+
+def changed_keys(old: Any, new: Any, show: int = 3) -> str:
+    """`key: old -> new` for the first `show` keys (alphabetically) whose values differ, and how many more."""
+    diff = config_diff(flatten(to_dict(old)), flatten(to_dict(new)))
+    text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:show])
+    return text + (f" and {len(diff) - show} more" if len(diff) > show else "")

@@ -36,7 +36,8 @@ STAGE_FILES = {"sft": ("metrics_sft.jsonl", "sft_metrics.json"), "rm": ("metrics
 ALGORITHM_KEYS = ("seed", "model.", "data.", "sandbox.", "ifeval.", "reward.path", "reward.head", "reward.num_bins",
                   "reward.model_weight", "reward.functions", "reward.function_weights", "generator.temperature",
                   "generator.top_p", "generator.max_new_tokens", "rl.batch_size", "rl.lr", "rl.kl_coef",
-                  "rl.baseline", "rl.ema_decay", "rl.baseline_start", "rl.max_grad_norm", "rl.weight_decay",
+                  "rl.baseline", "rl.ema_decay", "rl.baseline_start", "rl.rloo_k",
+                  "rl.offpolicy_correction", "rl.tis_cap", "rl.max_grad_norm", "rl.weight_decay",
                   "rl.reward_reduction", "rl.risk_lambda", "rl.missing_eos_penalty", "cluster.max_staleness",
                   "cluster.sync_every")
 

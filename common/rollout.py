@@ -10,7 +10,8 @@ import torch
 
 @dataclass
 class RolloutBatch:
-    """B prompts with one sampled response each.
+    """B sequences: a prompt and one sampled response per row. With rl.rloo_k = k > 1 a prompt fills k rows, each its
+    own sample, and `prompt_index` is what groups them (learner/baseline.rloo_baseline).
 
     Prompts are left-padded and responses right-padded, so `cat(prompt, response)` puts every response's first
     token at the same column P: the learner scores all responses with one forward pass.
@@ -20,11 +21,13 @@ class RolloutBatch:
     prompt_mask: torch.Tensor  # [B, P] int64, 1 = real prompt token
     response_ids: torch.Tensor  # [B, R] int64, right-padded sampled tokens, EOS included when produced
     response_mask: torch.Tensor  # [B, R] int64, 1 = response token up to and including the first EOS
-    prompt_index: torch.Tensor  # [B] int64, index of the prompt in the run's prompt pool
+    prompt_index: torch.Tensor  # [B] int64, index of the prompt in the run's prompt pool (repeated: same prompt)
     version: int  # policy version (learner steps taken) of the weights that generated the batch
     response_texts: list[str] = field(default_factory=list)  # B decoded responses, special tokens skipped
     rewards: torch.Tensor | None = None  # [B] float32 reward-model scores, set by the Scorer
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] per-sample statistics
+    # name -> [B] per-sample statistics; "generator_logprob": log mu(y|x) of the weights that sampled the row (vLLM
+    # always, hf when rl.offpolicy_correction=tis), the behaviour policy of the importance weights
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
     temperature: float = 1.0  # the sampling temperature: the policy that sampled is softmax(logits / temperature)
 
     def __post_init__(self) -> None:

@@ -11,10 +11,18 @@ import torch
 
 class PromptSampler:
     """Prompt indices for step t: epoch-wise seeded permutations, a pure function of (seed, t), so a resumed
-    run draws exactly the batches it would have drawn."""
+    run draws exactly the batches it would have drawn.
 
-    def __init__(self, num_prompts: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = num_prompts, batch_size, seed
+    `batch_size` counts sequences (rl.batch_size); with `samples_per_prompt` = k > 1 (rl.rloo_k) a step draws
+    batch_size / k prompts and lists each k times in a row, [p0] * k + [p1] * k + ...: every generator backend
+    samples a listed prompt independently (its own row, or its own request seed in vLLM), and the learner groups
+    the k samples by prompt index (learner/baseline.rloo_baseline). With k = 1 the batches are unchanged."""
+
+    def __init__(self, num_prompts: int, batch_size: int, seed: int, samples_per_prompt: int = 1) -> None:
+        if batch_size % samples_per_prompt:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_prompt {samples_per_prompt}")
+        self.n, self.seed, self.k = num_prompts, seed, samples_per_prompt
+        self.prompts_per_step = batch_size // samples_per_prompt
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
@@ -24,8 +32,9 @@ class PromptSampler:
         return self._perms[epoch]
 
     def batch(self, step: int) -> list[int]:
-        start = step * self.batch_size
-        return [self._perm(k // self.n)[k % self.n] for k in range(start, start + self.batch_size)]
+        start = step * self.prompts_per_step
+        return [self._perm(j // self.n)[j % self.n] for j in range(start, start + self.prompts_per_step)
+                for _ in range(self.k)]
 
 
 def generation_seed(seed: int, step: int) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PLANS = ("results", "tune", "level2", "level2_kl")  # named plans for `launch.py --plan NAME`
+PLANS = ("results", "tune", "level2", "level2_kl", "baselines")  # named plans for `launch.py --plan NAME`
 
 
 def plan_variants(name: str):
@@ -16,4 +16,7 @@ def plan_variants(name: str):
     if name == "level2_kl":
         from experiments import level2_kl
         return level2_kl.VARIANTS, level2_kl.REFERENCE
+    if name == "baselines":
+        from experiments import baselines
+        return baselines.VARIANTS, baselines.REFERENCE
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLANS)}")

@@ -64,10 +64,16 @@ class Learner:
     """
 
     def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None, cfg: RLConfig,
-                 device: torch.device, dtype: torch.dtype = torch.float32, compile_bucket: int = 0) -> None:
+                 device: torch.device, dtype: torch.dtype = torch.float32, offpolicy_correction: str = "none",
+                 compile_bucket: int = 0) -> None:
+        """`offpolicy_correction`: rl.offpolicy_correction resolved for the run's mode (common.config.
+        offpolicy_correction): none, the paper's update, or tis (weights from the batch's generator log-probs)."""
         if reference is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is required unless the policy is a LoRA (peft) model")
+        if offpolicy_correction not in ("none", "tis"):
+            raise ValueError(f"offpolicy_correction={offpolicy_correction!r}: resolve rl.offpolicy_correction first")
         self.policy, self.reference, self.cfg, self.device, self.dtype = policy, reference, cfg, device, dtype
+        self.offpolicy_correction = offpolicy_correction
         self.policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
         for model in (policy, reference):  # the same implementation in both: the KL is 0 before the first update
             if model is not None:
@@ -109,10 +115,10 @@ class Learner:
         batch = batch.to(self.device)
         if (self.cfg.micro_batch_size or batch.batch_size) < batch.batch_size:
             batch = batch.sorted_by_length()  # micro-batches of similar lengths, each trimmed to its own width
-        baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
+        behaviour = self.behaviour_logprobs(batch)  # [B] or None (no correction)
         with autocast(self.dtype, self.device):
-            logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline)
-        advantages = shaped - baseline  # [B]
+            logprobs, ref_lp, shaped, baseline, loss, tis = self._accumulate_gradients(batch, behaviour)
+        advantages = shaped - baseline  # [B], before any importance weight
         grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
             self.baseline.update(shaped)
@@ -124,12 +130,15 @@ class Learner:
             "rollout/reward": batch.rewards.mean().item(), "rollout/shaped_reward": shaped.mean().item(),
             "rollout/kl": kl.mean().item(), "rollout/response_len": mask.sum(-1).mean().item(),
             "rollout/logprob": logprobs.mean().item(),
-            "baseline/value": baseline, "baseline/advantage_mean": advantages.mean().item(),
+            "baseline/value": baseline.mean().item(), "baseline/advantage_mean": advantages.mean().item(),
             "baseline/advantage_std": advantages.std(unbiased=False).item(),
             "losses/policy": loss.item(), "losses/grad_norm": grad_norm,
             "losses/skipped_steps": float(self.update.skips.total),
             "sync/staleness": float(self.version - 1 - batch.version),
         }
+        if tis is not None:  # the importance weights' mean and the share cut at rl.tis_cap
+            metrics.update({"sync/tis_weight_mean": tis[0].mean().item(),
+                            "sync/tis_capped_fraction": tis[1].float().mean().item()})
         if self.update.loss_scale is not None:
             metrics["losses/loss_scale"] = self.update.loss_scale
         self.check_collapse(metrics["rollout/kl"])
@@ -140,6 +149,17 @@ class Learner:
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def behaviour_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """log mu(y|x) [B] of the policy that sampled the batch (the generator's, extras["generator_logprob"]) when
+        the update is corrected for staleness (rl.offpolicy_correction=tis); None for the paper's update."""
+        if self.offpolicy_correction == "none":
+            return None
+        if "generator_logprob" not in batch.extras:
+            raise ValueError("rl.offpolicy_correction=tis needs the generator's log-probs of what it sampled "
+                             "(extras['generator_logprob']): build the generator with behaviour_logprobs=True, or "
+                             "set rl.offpolicy_correction=none")
+        return batch.extras["generator_logprob"].float()
 
     def check_collapse(self, kl: float) -> None:
         """Stop when the policy has collapsed: its mean KL to the reference above rl.max_kl (a NaN KL too) for
@@ -154,26 +174,54 @@ class Learner:
                                   f"(rl.lr={self.cfg.lr:g}, rl.kl_coef={self.cfg.kl_coef:g}); lower rl.lr (or raise "
                                   f"rl.kl_coef) and rerun; rl.max_kl=0 lets it run on")
 
-    def _accumulate_gradients(self, batch: RolloutBatch, baseline: float
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards (detached)
-        and the batch loss."""
-        b, micro = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size
+    def _accumulate_gradients(self, batch: RolloutBatch, behaviour: torch.Tensor | None):
+        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards, baseline
+        (detached), the batch loss, and with a behaviour policy the ([B] importance weights, [B] capped).
+
+        The baseline: a history one (the paper's moving average, ema, none) is known before any forward; a batch one
+        (batch_mean, rloo) needs every sample's shaped reward, hence its KL term, before the first backward: on one
+        micro-batch the gradient forward gives them, over several a no-grad forward of the policy comes first."""
+        b, micro, kl_coef = batch.batch_size, self.cfg.micro_batch_size or batch.batch_size, self.cfg.kl_coef
+        spans = [(start, min(b, start + micro)) for start in range(0, b, micro)]
         self.optimizer.zero_grad(set_to_none=True)
+        ref_lp = torch.cat([losses.sequence_logprobs(self.reference_logprobs(mb), mb.response_mask.float())
+                            for mb in (self.micro_batch(batch, *span) for span in spans)])  # [B]
+        baseline = None  # [B]
+        if not self.baseline.needs_batch:  # earlier batches only (step 1: its own mean reward, baseline.py)
+            baseline = torch.full((b,), self.baseline.value(batch.rewards), device=ref_lp.device)
+        elif len(spans) > 1:
+            with torch.no_grad():
+                early = torch.cat([self._policy_logprobs(self.micro_batch(batch, *span)) for span in spans])  # [B]
+            baseline = self.baseline.values(losses.shaped_rewards(batch.rewards, early, ref_lp, kl_coef),
+                                            batch.prompt_index)
         parts = []
-        for start in range(0, b, micro):
-            mb = batch.rows(start, start + micro).trimmed().left_padded_to(self.compile_bucket)
-            mask = mb.response_mask.float()  # [b, R]
-            ref_lp = losses.sequence_logprobs(self.reference_logprobs(mb), mask)  # [b]
-            with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing):
-                token_lp = response_token_logprobs(self.policy, mb)  # [b, R], with grad
-            logprobs = losses.sequence_logprobs(token_lp, mask)  # [b]
-            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp, self.cfg.kl_coef)  # [b]
-            loss = losses.reinforce_loss(logprobs, shaped - baseline) * (mb.batch_size / b)  # share of the mean
+        for start, stop in spans:
+            mb = self.micro_batch(batch, start, stop)
+            logprobs = self._policy_logprobs(mb)  # [b], with grad
+            shaped = losses.shaped_rewards(mb.rewards, logprobs, ref_lp[start:stop], kl_coef)  # [b]
+            if baseline is None:  # a batch baseline on one micro-batch, which is the whole batch
+                baseline = self.baseline.values(shaped, batch.prompt_index)
+            advantages = shaped - baseline[start:stop]  # [b]
+            weights, capped = (None, None) if behaviour is None else losses.tis_weights(
+                logprobs, behaviour[start:stop], self.cfg.tis_cap)
+            loss = losses.reinforce_loss(logprobs, advantages if weights is None else weights * advantages)
+            loss = loss * (mb.batch_size / b)  # share of the mean
             self.update.backward(loss)
-            parts.append((logprobs.detach(), ref_lp, shaped, loss.detach()))
-        logprobs, ref_lp, shaped = (torch.cat([part[i] for part in parts]) for i in range(3))  # [B] each
-        return logprobs, ref_lp, shaped, torch.stack([part[3] for part in parts]).sum()
+            parts.append((logprobs.detach(), shaped, weights, capped, loss.detach()))
+        logprobs, shaped = (torch.cat([part[i] for part in parts]) for i in range(2))  # [B] each
+        tis = None if behaviour is None else tuple(torch.cat([part[i] for part in parts]) for i in (2, 3))
+        return logprobs, ref_lp, shaped, baseline, torch.stack([part[4] for part in parts]).sum(), tis
+
+    def micro_batch(self, batch: RolloutBatch, start: int, stop: int) -> RolloutBatch:
+        """Samples start..stop-1 without the columns that are padding in all of them, then padded on the left to
+        model.compile_bucket's multiple when the layers are compiled."""
+        return batch.rows(start, stop).trimmed().left_padded_to(self.compile_bucket)
+
+    def _policy_logprobs(self, mb: RolloutBatch) -> torch.Tensor:
+        """log pi(y|x) [b] of a micro-batch under the policy (with gradient unless under no_grad)."""
+        with checkpointed_layers(self.policy, self.cfg.gradient_checkpointing and torch.is_grad_enabled()):
+            token_lp = response_token_logprobs(self.policy, mb)  # [b, R]
+        return losses.sequence_logprobs(token_lp, mb.response_mask.float())
 
     def policy_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Full policy weights for the generators, base-model names: with LoRA the adapted weights merged into new

@@ -45,3 +45,24 @@ def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Te
     Its gradient is -(1/B) sum_i A_i * grad log pi(y_i|x_i); no ratio, no clipping.
     """
     return -(advantages.detach() * logprobs).mean()
+
+
+def tis_weights(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights w_i = min(pi_theta(y_i|x_i) / mu(y_i|x_i), cap) for samples drawn from an older
+    policy mu (the generator's weights, `cluster.max_staleness >= 1`). Not in the paper, which is on-policy.
+
+    logprobs: [B] log pi_theta(y|x) now, behaviour_logprobs: [B] log mu(y|x) as the generator sampled it
+    -> ([B] weights, detached; [B] bool, which were capped).
+
+    Sequence level, not token level: the paper's objective is a sequence-level REINFORCE estimator, one reward and
+    one advantage per response, whose gradient is E_{y~pi}[A(y) grad log pi(y|x)]. With y drawn from mu instead, the
+    exact correction of that expectation is the ratio of the two sequence probabilities, pi(y|x)/mu(y|x) =
+    exp(sum_t log pi(y_t|.) - log mu(y_t|.)); per-token ratios (PPO's) would weight each token's score by its own
+    ratio alone, an estimator of a different (per-token) objective. Truncation at `cap` (Ionides 2008) trades a
+    bias for bounded variance: a long response's sequence ratio is a product of many token ratios.
+    The weight is a constant (no gradient), so the update stays REINFORCE: w_i (R_i - b) grad log pi(y_i|x_i).
+    """
+    ratio = torch.exp(logprobs.detach().double() - behaviour_logprobs.detach().double())  # [B]
+    capped = ratio > cap
+    return ratio.clamp(max=cap).to(logprobs.dtype), capped

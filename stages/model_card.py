@@ -45,7 +45,8 @@ HYPERPARAMETERS = {
     "sft": ("sft.epochs", "sft.lr", "sft.batch_size", "model.tiny.hidden_size", "model.tiny.num_layers", "seed"),
     "reward": ("reward.head", "reward.num_bins", "reward.epochs", "reward.lr", "reward.batch_size",
                "reward.grad_accum", "reward.warmup_ratio", "reward.weight_decay", "data.max_length", "seed"),
-    "policy": ("rl.steps", "rl.batch_size", "rl.lr", "rl.kl_coef", "rl.baseline", "rl.baseline_start",
+    "policy": ("rl.steps", "rl.batch_size", "rl.lr", "rl.kl_coef", "rl.baseline", "rl.baseline_start", "rl.rloo_k",
+               "rl.offpolicy_correction", "rl.tis_cap",
                "rl.max_grad_norm", "rl.weight_decay", "rl.reward_reduction", "rl.missing_eos_penalty",
                "generator.temperature", "generator.max_new_tokens", "reward.head", "seed"),
 }

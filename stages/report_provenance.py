@@ -34,8 +34,11 @@ def setup_line(runs: list[RunData]) -> str:
         section, name = key.split(".")
         return "per run" if key in varies else fmt(c[section][name])
 
-    return (f"Setup: RL {value('rl.steps', str)} steps x {value('rl.batch_size', str)} prompts (one response "
-            f"each), lr {value('rl.lr')}, baseline {value('rl.baseline', lambda x: f'`{x}`')}, kl_coef "
+    k = c["rl"].get("rloo_k", 1)  # samples per prompt (rl.baseline=rloo); configs from before it have one each
+    per_prompt = ("responses per prompt: per run" if "rl.rloo_k" in varies
+                  else "one response each" if k == 1 else f"{k} responses per prompt")
+    return (f"Setup: RL {value('rl.steps', str)} steps x {value('rl.batch_size', str)} sequences ({per_prompt}), "
+            f"lr {value('rl.lr')}, baseline {value('rl.baseline', lambda x: f'`{x}`')}, kl_coef "
             f"{value('rl.kl_coef')}, temperature {value('generator.temperature')}, max "
             f"{value('generator.max_new_tokens', str)} new tokens. "
             f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs}))}.")

@@ -26,7 +26,7 @@ from actors.heldout import HeldoutProbe
 from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint, ownership
-from common.config import Config
+from common.config import Config, offpolicy_correction
 from common.files import write_text_atomic
 from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
@@ -247,7 +247,12 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device, tokenizer)
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
-        learner = Learner(policy, reference, cfg.rl, device, dtype, compile_bucket(cfg.model))
+        correction = offpolicy_correction(cfg, mode)  # auto: tis only where generation runs ahead (Ray, staleness)
+        if correction == "tis":
+            tqdm.write(f"off-policy correction: truncated importance sampling, weights capped at rl.tis_cap="
+                       f"{cfg.rl.tis_cap:g} (rl.offpolicy_correction={cfg.rl.offpolicy_correction}, "
+                       f"cluster.max_staleness={cfg.cluster.max_staleness}; not in the paper)")
+        learner = Learner(policy, reference, cfg.rl, device, dtype, correction, compile_bucket(cfg.model))
         start = resume_learner(learner, resumed) if resumed else 0
         run = own_run(cfg, resumed, overwrite)
         recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts, run)

@@ -1,6 +1,7 @@
 """learner/baseline.py, every baseline test: the paper's moving average of earlier rewards and the EMA deviation,
-the first batch (rl.baseline_start), the state round trip, and the measurement behind the batch_mean start
-(the learner's first step uses exactly the documented value)."""
+the first batch (rl.baseline_start), the state round trip, the measurement behind the batch_mean start
+(the learner's first step uses exactly the documented value), and the paper's comparison baselines (none,
+batch_mean, rloo) by hand and through the learner."""
 
 import pytest
 import torch
@@ -8,7 +9,13 @@ import torch
 from common.config import RLConfig
 from common.models import frozen_copy
 from helpers import CPU, make_generator
-from learner.baseline import EMABaseline, MovingAverageBaseline, make_baseline
+from learner.baseline import (
+    EMABaseline,
+    MovingAverageBaseline,
+    batch_mean_baseline,
+    make_baseline,
+    rloo_baseline,
+)
 from learner.learner import Learner, response_token_logprobs
 from learner.losses import reinforce_loss, sequence_logprobs
 
@@ -72,8 +79,9 @@ def test_state_dict_round_trip_keeps_the_running_mean_exact():
     assert b.value(probe) == a.value(probe) == pytest.approx(16.3 / 5)
 
 
-def reinforce_gradient(policy, batch, rewards, baseline: float) -> torch.Tensor:
-    """The flattened gradient of -(1/B) sum_i (R_i - b) log pi(y_i|x_i) (learner/losses.py), KL term 0."""
+def reinforce_gradient(policy, batch, rewards, baseline) -> torch.Tensor:
+    """The flattened gradient of -(1/B) sum_i (R_i - b_i) log pi(y_i|x_i) (learner/losses.py), KL term 0; b a number
+    or one per sample."""
     policy.zero_grad(set_to_none=True)
     logprobs = sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
     reinforce_loss(logprobs, rewards - baseline).backward()
@@ -100,3 +108,55 @@ def test_offset_rewards_make_the_zero_start_first_step_mostly_noise(policy, toke
         learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-12, baseline_start=start), CPU)
         metrics = learner.step(batch.with_rewards(rewards))
         assert metrics["baseline/value"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_rloo_batch_mean_and_none_baselines_by_hand():
+    """RLOO: b_i = mean of the other samples of the same prompt, grouped by prompt index wherever they sit in the
+    batch; its advantages sum to zero per prompt. batch_mean: the batch's mean for all. none: 0."""
+    shaped = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    k2 = rloo_baseline(shaped, torch.tensor([5, 7, 5, 7]))  # prompt 5: samples 0, 2; prompt 7: samples 1, 3
+    assert k2.tolist() == [3.0, 6.0, 1.0, 2.0]
+    k4 = rloo_baseline(torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0]), torch.tensor([0] * 4 + [1] * 4))
+    assert k4.tolist() == pytest.approx([11 / 3, 10 / 3, 3.0, 2.0, 4 / 3, 4 / 3, 4 / 3, 0.0])
+    adv = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0]) - k4
+    assert adv.view(2, 4).sum(-1).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert adv[:4].tolist() == pytest.approx([4 / 3 * (r - 3.0) for r in (1.0, 2.0, 3.0, 6.0)])  # n/(n-1)(R - mean)
+    with pytest.raises(ValueError, match="rl.rloo_k"):
+        rloo_baseline(shaped, torch.tensor([0, 0, 1, 2]))  # prompts 1 and 2 have a single sample
+    assert batch_mean_baseline(shaped).tolist() == [3.0] * 4
+    assert make_baseline("batch_mean", 0.9).values(shaped, torch.arange(4)).tolist() == [3.0] * 4
+    none = make_baseline("none", 0.9)
+    none.update(shaped)
+    assert none.value(shaped) == 0.0 and not none.needs_batch and make_baseline("rloo", 0.9).needs_batch
+
+
+def captured_gradient(learner, batch):
+    """The learner's accumulated gradient of one step (before clipping and the update) and the step's metrics."""
+    captured, original = {}, learner.update.step
+
+    def capture(*args, **kwargs):
+        captured["grad"] = torch.cat([p.grad.flatten().clone() for p in learner.policy.parameters()
+                                      if p.grad is not None])
+        return original(*args, **kwargs)
+
+    learner.update.step = capture
+    metrics = learner.step(batch)
+    return captured["grad"], metrics
+
+
+@pytest.mark.parametrize("kind", ["none", "rloo"])
+def test_none_is_the_vanilla_gradient_and_rloo_the_leave_one_out_one_in_any_micro_batching(policy, tokenizer, kind):
+    """kl_coef 0, so shaped = rewards: none gives -(1/B) sum R_i grad log pi_i; rloo the hand-built leave-one-out
+    advantages, the same over 4 micro-batches (the no-grad pass that gives every shaped reward first)."""
+    prompts = [0, 0, 1, 1, 2, 2, 3, 3]
+    batch = make_generator(policy, tokenizer, n=4, max_new_tokens=6).generate(prompts, seed=0)
+    rewards = torch.tensor([1.0, 2.0, -1.0, 3.0, 0.5, 0.5, 4.0, 0.0])
+    b = torch.tensor([2.0, 1.0, 3.0, -1.0, 0.5, 0.5, 0.0, 4.0]) if kind == "rloo" else torch.zeros(8)
+    expected = reinforce_gradient(policy, batch, rewards, b)
+    rloo_k = 2 if kind == "rloo" else 1
+    for micro in (0, 2):
+        cfg = RLConfig(lr=1e-12, kl_coef=0.0, baseline=kind, rloo_k=rloo_k, batch_size=8, micro_batch_size=micro,
+                       max_grad_norm=0.0)
+        grad, metrics = captured_gradient(Learner(policy, frozen_copy(policy), cfg, CPU), batch.with_rewards(rewards))
+        assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-7), (kind, micro)
+        assert metrics["baseline/value"] == pytest.approx(float(b.mean()))

@@ -43,18 +43,18 @@ def test_reward_model_inputs_pad_to_the_bucket(reward_model, tokenizer):
 def test_compiled_learner_matches_eager_and_compiles_each_width_once(policy, tokenizer):
     batch = scored_batch(policy, tokenizer)
     eager = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, torch.float32)
-    eager._accumulate_gradients(batch.left_padded_to(16), baseline=0.0)
+    eager._accumulate_gradients(batch, None)
     g_eager = [p.grad.clone() for p in policy.parameters()]
 
     compiled_policy = frozen_copy(policy).requires_grad_(True)
     learner = Learner(compiled_policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, torch.float32, compile_bucket=16)
     before = compiling.compile_seconds()
-    learner._accumulate_gradients(batch.left_padded_to(16), baseline=0.0)
+    learner._accumulate_gradients(batch, None)  # padded to 16 inside
     assert compiling.compile_seconds() > before  # a width compiled, and its time is counted
     for g, p in zip(g_eager, compiled_policy.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
     again = compiling.compile_seconds()
-    learner._accumulate_gradients(batch.with_rewards(-batch.rewards).left_padded_to(16), baseline=0.0)
+    learner._accumulate_gradients(batch.with_rewards(-batch.rewards), None)
     make_generator(compiled_policy, tokenizer, n=8, max_new_tokens=6).generate(list(range(8)), seed=0)
     assert compiling.compile_seconds() == again  # the same bucket compiles nothing; generation runs eagerly

@@ -7,7 +7,16 @@ import torch
 import yaml
 
 import launch
-from common.config import Config, ConfigError, config_hash, flatten, load_config, save_config, to_dict
+from common.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    flatten,
+    load_config,
+    offpolicy_correction,
+    save_config,
+    to_dict,
+)
 from common.models import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +43,11 @@ def test_overrides_apply_with_types():
     ("rl.steps=ten", "rl.steps: expected an integer, got 'ten'"),
     ("rl.steps=1.5", "rl.steps: expected an integer"),
     ("rl.kl_coef=-1", "rl.kl_coef: must be >= 0.0, got -1.0"),
-    ("rl.baseline=median", "rl.baseline: 'median' is not allowed; choose one of 'moving_average', 'ema'"),
+    ("rl.baseline=median", "rl.baseline: 'median' is not allowed; choose one of 'moving_average', 'ema', 'none', "
+                           "'batch_mean', 'rloo'"),
+    ("rl.baseline=rloo", "rl.baseline=rloo needs rl.rloo_k >= 2"),
+    ("rl.rloo_k=4", "rl.rloo_k=4 samples each prompt 4 times, which only rl.baseline=rloo uses"),
+    ("rl.tis_cap=0.5", "rl.tis_cap: must be >= 1.0"),
     ("generator.top_p=1.5", "generator.top_p: must be <= 1.0"),
     ("model.lora.enabled=yes please", "model.lora.enabled: expected true or false"),
     ("nonsense=1", "unknown key 'nonsense'"),
@@ -134,3 +147,17 @@ def test_empty_run_dir_and_a_prompt_budget_without_room_are_refused():
     with pytest.raises(ConfigError, match=r"^data.max_prompt_tokens=96 leaves no room .* data.max_length=96"):
         load_config(ROOT / "configs/tiny.yaml", ["data.max_prompt_tokens=96"])
     assert load_config(ROOT / "configs/tiny.yaml", ["data.max_prompt_tokens=95"]).data.max_prompt_tokens == 95
+
+
+def test_rloo_batch_size_counts_sequences_and_offpolicy_correction_auto_follows_staleness():
+    """rl.batch_size is sequences (prompts x rl.rloo_k): a k that does not divide it is refused, naming both keys.
+    rl.offpolicy_correction=auto is tis only in Ray mode with cluster.max_staleness >= 1."""
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["rl.baseline=rloo", "rl.rloo_k=4", "rl.batch_size=32"])
+    assert (cfg.rl.batch_size, cfg.rl.rloo_k) == (32, 4)
+    with pytest.raises(ConfigError, match=r"^rl.batch_size=30 \(sequences\) is not a multiple of rl.rloo_k=4"):
+        load_config(ROOT / "configs/tiny.yaml", ["rl.baseline=rloo", "rl.rloo_k=4", "rl.batch_size=30"])
+    stale = load_config(ROOT / "configs/tiny.yaml", ["cluster.max_staleness=1"])
+    assert [offpolicy_correction(c, m) for c in (cfg, stale) for m in ("local", "ray")] == ["none", "none", "none",
+                                                                                           "tis"]
+    forced = load_config(ROOT / "configs/tiny.yaml", ["cluster.max_staleness=1", "rl.offpolicy_correction=none"])
+    assert offpolicy_correction(forced, "ray") == "none"

@@ -102,6 +102,19 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert kl["dist_win_prob_vs_ref@kl_coef=0.005"] == "rl.kl_coef=0.005"
 
 
+def test_baselines_plan_sweeps_rl_baseline_over_kl_coef_on_one_sft_policy_and_reward_model(tmp_path):
+    """--plan baselines expands (every run's config validated): 5 families x 3 kl_coef values, one SFT policy and
+    reward model per seed, each family's rl.baseline (and rl.rloo_k), the reference among them."""
+    variants, ref = plan_variants("baselines")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
+    assert len(runs) == 15 and ref in [r.variant for r in runs]
+    assert sum(r.stages[0] in ("sft", "rm") for r in runs) == 1, "one SFT policy and reward model per seed"
+    cfg = {r.variant: r.config.rl for r in runs}
+    assert {c.baseline for c in cfg.values()} == {"moving_average", "none", "batch_mean", "rloo"}
+    assert (cfg["rloo_k4@kl_coef=0.1"].rloo_k, cfg["rloo_k4@kl_coef=0.1"].kl_coef) == (4, 0.1)
+    assert len({c.batch_size for c in cfg.values()}) == 1, "every family's learner sees the same sequences per step"
+
+
 def test_runs_start_when_their_artifacts_exist_and_a_failure_stops_only_its_dependants(tmp_path, monkeypatch):
     """The scheduler with a stand-in for the child processes: each stage writes its output file; the
     dist_expected run of seed 1 fails in its rm stage."""

@@ -1,8 +1,9 @@
 """learner/learner.py on tiny random models: the reference never changes and the KL starts at 0, rewards are
 required, REINFORCE raises a programmatic reward on held-out prompts (the learning test), and with LoRA the
-reference is the base network. Precision (fp16, non-finite losses) is in test_precision.py, the memory knobs in
-test_memory.py, the baseline in test_baseline.py."""
+reference is the base network; truncated importance sampling (rl.offpolicy_correction). Precision (fp16,
+non-finite losses) is in test_precision.py, the memory knobs in test_memory.py, the baseline in test_baseline.py."""
 
+import dataclasses
 import random
 
 import pytest
@@ -12,7 +13,8 @@ from actors.generator import Generator
 from common.config import GeneratorConfig, RLConfig
 from common.models import frozen_copy
 from helpers import CPU, make_generator, prompt_pool, target_fraction
-from learner.learner import Learner
+from learner.learner import Learner, response_token_logprobs
+from learner.losses import reinforce_loss, sequence_logprobs, shaped_rewards
 
 
 def test_reference_never_changes_and_kl_starts_at_zero(policy, tokenizer, reward_model):
@@ -131,3 +133,55 @@ def test_lora_sync_writes_nothing_and_equals_the_deep_copy_merge(policy, tokeniz
     unsynced.step(batch)
     for (k, v), w in zip(lora.state_dict().items(), twin.state_dict().values()):
         assert torch.equal(v, w), f"the sync changed the next update of {k}"
+
+
+def test_tis_at_staleness_0_is_the_uncorrected_update_and_stale_weights_touch_only_the_policy_term(policy, tokenizer):
+    """rl.offpolicy_correction=tis. The hf generator's own log-probs of what it sampled, with the learner's weights
+    (staleness 0): every weight is exactly 1 and the gradient is the uncorrected one, bit for bit. Behaviour
+    log-probs shifted by hand (an older policy): the weights are exp(log pi - log mu) cut at rl.tis_cap, they scale
+    each sample's policy term only, and the shaped rewards, KL and baseline are those of the uncorrected update."""
+    from test_baseline import captured_gradient
+    _, tokens = prompt_pool(tokenizer, 8)
+    gen = Generator(policy, tokenizer, GeneratorConfig(max_new_tokens=6), tokens, CPU, behaviour_logprobs=True)
+    batch = gen.generate(list(range(8)), seed=0).with_rewards(torch.linspace(-1.0, 1.0, 8))
+    cfg = RLConfig(lr=1e-12, kl_coef=0.1, max_grad_norm=0.0, baseline_start="zero")
+    reference = frozen_copy(policy)
+    with torch.no_grad():  # a reference apart from the policy, so that the KL term is not 0
+        reference.model.embed_tokens.weight.mul_(1.5)
+
+    def run(b, correction):
+        learner = Learner(policy, reference, cfg, CPU, offpolicy_correction=correction)
+        learner.baseline.update(torch.tensor([0.25, 0.5]))  # a history, so the baseline is not the batch's own
+        return (*captured_gradient(learner, b), learner.baseline.state_dict())
+
+    plain, m_plain, state_plain = run(batch, "none")
+    same, m_same, _ = run(batch, "tis")
+    assert m_same["sync/tis_weight_mean"] == 1.0 and m_same["sync/tis_capped_fraction"] == 0.0
+    assert torch.equal(same, plain)
+    shift = torch.tensor([0.0, 0.5, -0.5, 1.0, -2.0, 0.2, 3.0, -0.1])  # log pi - log mu per sample
+    stale = dataclasses.replace(batch, extras={**batch.extras,
+                                               "generator_logprob": batch.extras["generator_logprob"] - shift})
+    grad, m_stale, state_stale = run(stale, "tis")
+    weights = shift.exp().clamp(max=cfg.tis_cap)  # exp(1) and exp(3) are cut at 2
+    assert m_stale["sync/tis_weight_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
+    assert m_stale["sync/tis_capped_fraction"] == pytest.approx(2 / 8)
+    for key in ("rollout/kl", "rollout/shaped_reward", "baseline/value", "baseline/advantage_mean"):
+        assert m_stale[key] == m_plain[key], key
+    assert state_stale == state_plain  # the baseline saw the same, unweighted shaped rewards
+    policy.zero_grad(set_to_none=True)
+    logprobs = sequence_logprobs(response_token_logprobs(policy, batch), batch.response_mask.float())
+    with torch.no_grad():
+        ref_lp = sequence_logprobs(response_token_logprobs(reference, batch), batch.response_mask.float())
+    kl = float((logprobs.detach() - ref_lp).mean())
+    assert abs(kl) > 1e-3 and m_plain["rollout/kl"] == pytest.approx(kl, rel=1e-5)
+    shaped = shaped_rewards(batch.rewards, logprobs, ref_lp, cfg.kl_coef)
+    reinforce_loss(logprobs, weights * (shaped - 0.375)).backward()  # baseline: mean of the history, 0.375
+    expected = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_tis_without_the_generators_logprobs_is_refused(policy, tokenizer):
+    learner = Learner(policy, frozen_copy(policy), RLConfig(), CPU, offpolicy_correction="tis")
+    batch = make_generator(policy, tokenizer).generate([0, 1], seed=0).with_rewards(torch.ones(2))
+    with pytest.raises(ValueError, match="rl.offpolicy_correction=tis needs the generator's log-probs"):
+        learner.step(batch)

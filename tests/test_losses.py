@@ -55,3 +55,14 @@ def test_reinforce_loss_does_not_differentiate_advantages():
     adv = torch.tensor([1.0, 2.0], requires_grad=True)
     losses.reinforce_loss(torch.tensor([-1.0, -1.0], requires_grad=True), adv).backward()
     assert adv.grad is None
+
+
+def test_tis_weights_hand_values_cap_and_identity():
+    """w = min(exp(log pi - log mu), cap), per sequence, detached; equal log-probs give exactly 1."""
+    now = torch.tensor([-1.0, -2.0, -3.0, -0.5], requires_grad=True)
+    behaviour = torch.tensor([-1.0, -2.5, -2.0, -5.0])
+    w, capped = losses.tis_weights(now, behaviour, cap=2.0)
+    assert w.tolist() == pytest.approx([1.0, math.exp(0.5), math.exp(-1.0), 2.0])  # exp(4.5) = 90 cut at 2
+    assert capped.tolist() == [False, False, False, True] and not w.requires_grad
+    same, none_capped = losses.tis_weights(now, now.detach().clone(), cap=2.0)
+    assert torch.equal(same, torch.ones(4)) and not none_capped.any()  # staleness 0: the paper's update exactly

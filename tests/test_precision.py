@@ -156,7 +156,7 @@ def grads(policy, batch, dtype):
     """The learner's accumulated gradient of one batch under `dtype`, flattened (no update applied)."""
     learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3), CPU, dtype)
     with precision.autocast(dtype, CPU):
-        learner._accumulate_gradients(batch, baseline=float(batch.rewards.mean()))
+        learner._accumulate_gradients(batch, behaviour=None)  # step 1's baseline: the batch's mean reward
     return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]), learner
 
 
@@ -183,7 +183,7 @@ def test_eager_and_sdpa_attention_give_the_same_fp32_gradient(policy, tokenizer)
     unwrap(policy).set_attn_implementation("eager")
     learner.reference.set_attn_implementation("eager")
     with precision.autocast(torch.float32, CPU):
-        learner._accumulate_gradients(batch, baseline=float(batch.rewards.mean()))
+        learner._accumulate_gradients(batch, behaviour=None)  # step 1's baseline: the batch's mean reward
     g_eager = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
     torch.testing.assert_close(g_eager, g_sdpa, rtol=1e-4, atol=1e-6)
 

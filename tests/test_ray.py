@@ -248,12 +248,22 @@ def test_ray_matches_local_step_by_step_through_a_generator_kill_and_resume(ray_
 
 @pytest.mark.slow
 def test_generation_runs_ahead_with_staleness_one_and_two_generators(ray_instance, run_copy):
-    """max_staleness 1, two generators: every batch is at most one version old, and the run completes."""
+    """max_staleness 1, two generators: every batch is at most one version old, and the run completes. The stale
+    batches are corrected by truncated importance sampling (rl.offpolicy_correction=auto), with the hf generator
+    actors' own log-probs: weights 1 at staleness 0 (the same weights; up to bf16 autocast rounding where the CPU has
+    it, over each shard's own padding: measured 0.9993), clearly not 1 after (measured 0.94, 1.47).
+    RLOO with 2 samples per prompt rides along: each generator samples one prompt twice, the groups reach the learner
+    whole and their advantages average to 0."""
     run_dir = run_copy("ahead")
-    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2)), mode="ray")
+    rloo = ["rl.baseline=rloo", "rl.rloo_k=2"]
+    result = run_rl(load_config(None, tiny_overrides(run_dir, steps=3, max_staleness=1, num_generators=2) + rloo),
+                    mode="ray")
     metrics = read_metrics(run_dir)
     assert result["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     assert [m["sync/staleness"] for m in metrics] == [0, 1, 1], "steps 1 and 2 were generated one version back"
+    weights = [m["sync/tis_weight_mean"] for m in metrics]
+    assert weights[0] == pytest.approx(1.0, abs=5e-3) and all(abs(w - 1.0) > 1e-2 for w in weights[1:]), weights
+    assert all(m["baseline/advantage_mean"] == pytest.approx(0.0, abs=1e-5) for m in metrics)
     assert result["placement"]["generator 0"]["pid"] != result["placement"]["generator 1"]["pid"]
 
 

@@ -81,6 +81,25 @@ def test_in_process_source_samples_step_t_with_the_learners_weights(policy, toke
     assert set(perf) == {"perf/generate_s", "perf/score_s"}  # no weight sync: the same module
 
 
+def test_rloo_steps_sample_each_prompt_k_times_and_the_learner_centres_each_group(policy, tokenizer, reward_model):
+    """rl.rloo_k = 2: rl.batch_size counts sequences, so a step of 8 draws the 4 prompts a batch of 4 would, each
+    listed twice in a row; the generator samples the two independently, and RLOO's advantages (leave-one-out within
+    each prompt) average to zero over the batch."""
+    messages, tokens = prompt_pool(tokenizer, 8)
+    sampler = PromptSampler(8, 8, seed=3, samples_per_prompt=2)
+    prompts = PromptSampler(8, 4, seed=3).batch(1)
+    assert sampler.batch(1) == [i for i in prompts for _ in range(2)]
+    scorer = Scorer(reward_model, tokenizer, messages, DataConfig(), CPU, batch_size=4)
+    source = InProcessRollouts(make_generator(policy, tokenizer, max_new_tokens=8), scorer, sampler, 3,
+                               torch.float32, CPU)
+    learner = Learner(policy, frozen_copy(policy), RLConfig(lr=1e-3, baseline="rloo", rloo_k=2, batch_size=8), CPU)
+    batch, _ = source.next_batch(1, learner)
+    pairs = batch.response_ids.view(4, 2, -1)
+    assert any(not torch.equal(pair[0], pair[1]) for pair in pairs), "the k samples of a prompt are independent"
+    metrics = learner.step(batch)
+    assert metrics["baseline/advantage_mean"] == pytest.approx(0.0, abs=1e-5)
+
+
 def _range_loops_over_steps(path: Path) -> list[int]:
     """Lines of `for step in ...range(...)...` loops in a file (a tqdm around the range counts)."""
     lines = []
