@@ -17,7 +17,7 @@ import yaml
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
 
 # the checking machinery (and reading the YAML file) lives in config_schema.py
-from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict, config_diff, changed_keys too)
+from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict, config_diff, changed_keys, parse_resources too)
     ConfigError,
     _apply_override,
     build,
@@ -25,6 +25,7 @@ from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict,
     config_diff,
     flatten,
     opt,
+    parse_resources,
     read_config_file,
     section,
     to_dict,
@@ -79,12 +80,10 @@ class ModelConfig:
                           "weights; vLLM runs in it; learner/precision.py): auto = bfloat16 on a GPU that has it "
                           "(compute capability >= 8.0), else float16 with loss scaling; on CPU bfloat16 where it "
                           "has AMX, else float32")
-    compile: bool = opt(False, help="torch.compile the decoder layers of policy, reference and reward model "
-                                     "(learner/compile.py): each new width compiles once (~20 s for SmolLM2-135M "
-                                     "on CPU, perf/compile_s), then the learner's passes run ~25% faster; pays on "
-                                     "long runs, so off by default")
-    compile_bucket: int = opt(16, ge=1, help="with model.compile: batches are padded to a multiple of this many "
-                                             "tokens, so a run compiles a few widths, not one per step")
+    compile: bool = opt(False, help="torch.compile the decoder layers of policy, reference and reward model, widths "
+                                     "padded to compile_bucket's multiples; ~20 s per new width (perf/compile_s), "
+                                     "then ~25% faster learner passes on CPU: pays on long runs (learner/compile.py)")
+    compile_bucket: int = opt(16, ge=1, help="model.compile: batches are padded to a multiple of this many tokens")
     tiny: TinyModelConfig = section(TinyModelConfig)
     lora: LoraConfig = section(LoraConfig)
 
@@ -306,21 +305,6 @@ class ClusterConfig:
                               f"to {self.sync_every - 1} steps old); got {self.max_staleness}")
         for key in ("generator_resources", "scorer_resources"):
             parse_resources(getattr(self, key), f"cluster.{key}")
-
-
-def parse_resources(items: tuple[str, ...], key: str = "resources") -> dict[str, float]:
-    """('node2:1', ...) -> {'node2': 1.0}; a malformed item raises ConfigError naming the key."""
-    out = {}
-    for item in items:
-        name, sep, amount = str(item).partition(":")
-        try:
-            value = float(amount)
-        except ValueError:
-            value = -1.0
-        if not sep or not name.strip() or value <= 0:
-            raise ConfigError(f"{key}: {item!r} is not NAME:AMOUNT with AMOUNT > 0 (for example node2:1)")
-        out[name.strip()] = value
-    return out
 
 
 TRACKERS = ("tensorboard", "wandb", "trackio")  # tracking.report_to's choices (common/trackers.py)

@@ -269,3 +269,18 @@ def changed_keys(old: Any, new: Any, show: int = 3) -> str:
     diff = config_diff(flatten(to_dict(old)), flatten(to_dict(new)))
     text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:show])
     return text + (f" and {len(diff) - show} more" if len(diff) > show else "")
+
+
+def parse_resources(items: tuple[str, ...], key: str = "resources") -> dict[str, float]:
+    """('node2:1', ...) -> {'node2': 1.0}; a malformed item raises ConfigError naming the key."""
+    out = {}
+    for item in items:
+        name, sep, amount = str(item).partition(":")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value <= 0:
+            raise ConfigError(f"{key}: {item!r} is not NAME:AMOUNT with AMOUNT > 0 (for example node2:1)")
+        out[name.strip()] = value
+    return out
