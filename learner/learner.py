@@ -100,7 +100,8 @@ class Learner:
         batch = batch.to(self.device)
         baseline = self.baseline.value(batch.rewards)  # earlier batches only (step 1: its own mean, baseline.py)
         with autocast(self.dtype, self.device):
-            logprobs, ref_lp, shaped, loss = self._accumulate_gradients(batch, baseline)
+            logprobs, ref_lp, shaped, loss = self._accumulate_gradients(self.local_rows(batch), baseline)
+        logprobs, ref_lp, shaped, loss = self.gather_rows(logprobs, ref_lp, shaped, loss)  # [B] each, the batch's
         advantages = shaped - baseline  # [B]
         grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
@@ -129,6 +130,15 @@ class Learner:
             gap = (logprobs - batch.extras["generator_logprob"]).abs() / mask.sum(-1).clamp(min=1)
             metrics["perf/logprob_mismatch"] = gap.mean().item()  # mean per-token |log-prob difference|
         return metrics
+
+    def local_rows(self, batch: RolloutBatch) -> RolloutBatch:
+        """The rows this process trains on: all of them (a rank of the learner group: its share, learner/sharded.py)."""
+        return batch
+
+    def gather_rows(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, shaped: torch.Tensor,
+                    loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The local rows' [b] tensors and loss -> the batch's (one process: they are the batch's already)."""
+        return logprobs, ref_logprobs, shaped, loss
 
     def check_collapse(self, kl: float) -> None:
         """Stop when the policy has collapsed: its mean KL to the reference above rl.max_kl (a NaN KL too) for
