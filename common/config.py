@@ -256,13 +256,20 @@ class ClusterConfig:
     queue_size: int = opt(8, ge=1, help="scored shards the rollout queue holds; a full queue blocks scorers")
     data_timeout_s: float = opt(300.0, gt=0.0, help="learner waits this long for data, then checks actor health")
     max_restarts: int = opt(3, ge=0, help="Ray restarts of a dead generator/scorer actor (its task is retried)")
+    learner_ranks: int = opt(1, ge=1, help="1 = the learner in the driver; N = N Ray actors, FSDP2-sharded, each "
+                                           "training on B/N rows (learner/sharded.py)")
+    learner_cpus: float = opt(1.0, ge=0.0, help="CPUs reserved per learner rank (learner_ranks > 1)")
+    learner_gpus: float = opt(0.0, ge=0.0, help="GPUs per learner rank: > 0 trains on CUDA with NCCL, 0 on CPU "
+                                                "with gloo")
+    learner_resources: tuple[str, ...] = opt((), help="extra custom resources per learner rank, NAME:AMOUNT")
+    learner_threads: int = opt(1, ge=0, help="torch threads in each learner rank; 0 = torch's default")
 
     def __post_init__(self) -> None:
         if self.sync_every - 1 > self.max_staleness:
             raise ConfigError(f"cluster.sync_every={self.sync_every} needs cluster.max_staleness >= "
                               f"{self.sync_every - 1} (weights published every {self.sync_every} steps are up "
                               f"to {self.sync_every - 1} steps old); got {self.max_staleness}")
-        for key in ("generator_resources", "scorer_resources"):
+        for key in ("generator_resources", "scorer_resources", "learner_resources"):
             parse_resources(getattr(self, key), f"cluster.{key}")
 
 
@@ -339,6 +346,23 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} reduces the reward model's "
                               f"distribution, but reward.model_weight=0 uses no reward model; set "
                               f"rl.reward_reduction=expected or reward.model_weight > 0")
+        if self.cluster.learner_ranks > 1:
+            check_learner_group(self)
+
+
+def check_learner_group(cfg: Config) -> None:
+    """What a sharded learner (cluster.learner_ranks > 1, learner/sharded.py) does not do, refused at load."""
+    n = cfg.cluster.learner_ranks
+    refused = {"rl.batch_size": (cfg.rl.batch_size % n != 0, f"must divide into {n} equal shares (each rank's "
+                                 f"loss is its share's mean; equal shares make their average the batch mean)"),
+               "model.lora.enabled": (cfg.model.lora.enabled, "LoRA is trained in one process: set "
+                                      "cluster.learner_ranks=1"),
+               "model.dtype": (cfg.model.dtype == "float16", "fp16 loss scaling is not sharded: use bfloat16"),
+               "rl.eval_every": (cfg.rl.eval_every > 0, "the held-out probe runs the policy in the driver; set "
+                                 "rl.eval_every=0 and run --stage eval after training")}
+    for key, (bad, why) in refused.items():
+        if bad:
+            raise ConfigError(f"cluster.learner_ranks={n} with {key}={flatten(to_dict(cfg))[key]}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------- loading
