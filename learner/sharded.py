@@ -71,6 +71,14 @@ class ShardedLearner(Learner):
         super().__init__(policy, reference, cfg, device, dtype)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:  # [b, R]
+        """FSDP2 keeps the root unit (embeddings, tied head) gathered after the root's forward, for the backward
+        that follows; the reference has none, so its root is resharded here (else it stays whole, 1/N saved)."""
+        out = super().reference_logprobs(batch)
+        self.reference.reshard()
+        return out
+
     def local_rows(self, batch: RolloutBatch) -> RolloutBatch:
         return batch.rows(*rank_rows(batch.batch_size, self.rank, self.world))
 
@@ -93,7 +101,7 @@ class ShardedLearner(Learner):
         another (embeddings and LM head) is gathered once and appears under both names, as in state_dict()."""
         out, seen = {}, {}
         for name, value in self.policy.state_dict().items():
-            key = id(value)
+            key = (value.to_local() if isinstance(value, DTensor) else value).data_ptr()  # tied: one storage
             if key not in seen:
                 full = value.full_tensor() if isinstance(value, DTensor) else value
                 if dtype is not None and full.is_floating_point():
@@ -102,6 +110,18 @@ class ShardedLearner(Learner):
             if self.rank == 0:
                 out[name] = seen[key]
         return out
+
+    def shard_bytes(self) -> int:
+        """Bytes of this rank's shards: policy, reference, the policy's gradients (held from backward to the
+        optimizer step) and AdamW's moments."""
+        def local(t: torch.Tensor) -> int:
+            t = t.to_local() if isinstance(t, DTensor) else t
+            return t.numel() * t.element_size()
+        params = sum(local(p) for p in self.policy.parameters())
+        trained = sum(local(p) for p in self.policy.parameters() if p.requires_grad)
+        moments = sum(local(v) for state in self.optimizer.state.values() for v in state.values()
+                      if isinstance(v, torch.Tensor) and v.dim() > 0)
+        return params + sum(local(p) for p in self.reference.parameters()) + trained + moments
 
     def save_shards(self, path: str) -> None:
         """This rank's shards of the policy and the optimizer state into the DCP directory `path` (collective)."""
