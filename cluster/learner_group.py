@@ -69,11 +69,12 @@ class LearnerRank:
         return self.info()
 
     def info(self) -> dict:
-        peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else 0
-        return {**actor_info(), "rank": self.rank, "device": str(self.device), "cuda_peak_bytes": peak}
+        return {**actor_info(), "rank": self.rank, "device": str(self.device)}
 
     def step(self, batch: RolloutBatch) -> tuple[dict[str, float], dict]:
         metrics = self.learner.step(batch)
+        metrics["perf/learner_shard_mib"] = self.learner.shard_bytes() / 2 ** 20  # this rank's share of the state
+        metrics["perf/learner_peak_mib"] = peak_bytes(self.device) / 2 ** 20
         return metrics, self.learner.state_dict()
 
     def publish(self, dtype: str | None) -> tuple[list[ray.ObjectRef], int] | None:
@@ -104,6 +105,15 @@ class LearnerRank:
         model.load_state_dict(state, assign=True)
         model.tie_weights()
         save(model.eval(), load_tokenizer(self.model_path, self.cfg.model.tokenizer), path, record)
+
+
+def peak_bytes(device: torch.device) -> int:
+    """The rank's peak memory: CUDA's allocated peak on a GPU, the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    status = Path("/proc/self/status")
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines()) if status.exists() else {}
+    return int(fields.get("VmHWM", "0 kB").split()[0]) * 1024
 
 
 RemoteLearnerRank = ray.remote(LearnerRank)

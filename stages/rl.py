@@ -272,12 +272,12 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         # a learner group's ranks load the policy themselves: the driver holds no copy
         policy, reference = (None, None) if group else build_policy(paths.sft_policy, cfg.model.lora, device,
                                                                     tokenizer)
-        source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
-                                                    policy, reference, device, dtype))
-        if group:
+        if group:  # placed before the rollout actors: with fractional GPUs each rank gets a GPU of its own
             from cluster.learner_group import LearnerGroup
             learner = stack.enter_context(LearnerGroup(cfg, paths.sft_policy))
-        else:
+        source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
+                                                    policy, reference, device, dtype))
+        if not group:
             learner = Learner(policy, reference, cfg.rl, device, dtype)
         start = resume_learner(learner, resumed) if resumed else 0
         run = own_run(cfg, resumed, overwrite)
