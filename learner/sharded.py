@@ -31,6 +31,7 @@ from torch.distributed.tensor import DTensor
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.config import RLConfig
+from common.numerics import is_finite
 from common.rollout import RolloutBatch
 from learner.learner import Learner
 
@@ -92,6 +93,8 @@ class ShardedLearner(Learner):
         full = torch.cat(parts, dim=1)  # [3, B]
         loss = loss.detach().float().clone()
         dist.all_reduce(loss)
+        # one rank's non-finite loss is every rank's (the sum is): all skip the update together, or none does
+        self.update.loss_finite = is_finite(loss)
         return full[0], full[1], full[2], loss / self.world
 
     @torch.no_grad()
