@@ -114,9 +114,14 @@ def rank_differences(rows: list[dict]) -> None:
         if one is None:
             r["vs_1_rank"] = "-"
             continue
-        keys = ("losses/policy", "rollout/kl", "losses/grad_norm", "rollout/logprob")
-        rel = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for a, b in zip(one["steps"], r["steps"]) for k in keys)
-        r["vs_1_rank"] = f"{rel:.1e}"
+        # each figure's largest difference over the steps, relative to its largest size over the steps (a loss near
+        # 0 on one step would make a per-step ratio meaningless)
+        rel = {k: max(abs(a[k] - b[k]) for a, b in zip(one["steps"], r["steps"]))
+               / max(max(abs(a[k]) for a in one["steps"]), 1e-12)
+               for k in ("losses/policy", "rollout/kl", "losses/grad_norm", "rollout/logprob", "baseline/value")}
+        print(f"{r['variant']} against {one['variant']}, largest difference / largest size over the steps: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()))
+        r["vs_1_rank"] = f"{max(rel.values()):.1e}"
 
 
 def main(argv=None) -> list[dict]:
