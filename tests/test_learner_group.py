@@ -13,13 +13,14 @@ ray = pytest.importorskip("ray")
 
 from cluster.learner_group import LearnerGroup, LearnerGroupError  # noqa: E402
 from cluster.ray_rollouts import ROOT  # noqa: E402
+from common.checkpoint import CheckpointError  # noqa: E402
 from common.config import ConfigError, load_config  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.models import build_tiny_policy, frozen_copy, load_causal_lm, save_untrained_stand_ins  # noqa: E402
 from helpers import CPU, TINY, make_generator, tiny_overrides  # noqa: E402
 from learner.learner import Learner  # noqa: E402
 from learner.sharded import rank_rows  # noqa: E402
-from stages.rl import run_rl  # noqa: E402
+from stages.rl import Resumed, resume_learner, run_rl  # noqa: E402
 
 STEPS = 3
 # 2 ranks against 1 process, float32: the gradient is summed in another order (two half-batch means averaged by the
@@ -41,6 +42,11 @@ def test_rows_and_refusals(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path) + ["cluster.learner_ranks=2", "rl.eval_every=0"])
     with pytest.raises(UserError, match="cluster.learner_ranks=2 runs the learner as Ray actors: use --mode ray"):
         run_rl(cfg, mode="local")
+    # a group's checkpoint (shards beside it) is refused by the one-process learner, naming the file
+    resumed = Resumed(tmp_path / "step_000002.pt", {"learner": {"sharded": "step_000002.dcp"}, "step": 2}, None, {})
+    with pytest.raises(CheckpointError, match=r"step_000002.pt was written by a learner group \(cluster.learner_ranks"
+                                              r" > 1\): resume it with the cluster.learner_ranks it was written with"):
+        resume_learner(object(), resumed)
 
 
 @pytest.fixture(scope="module")
