@@ -263,11 +263,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU count: the 16-bit dtype model.dtype=auto and reward.precision=auto resolve to on "
                              "the target GPU")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--reward-model-config", default=str(REAL_SHAPE), help="cluster.learner_ranks > 1: shape "
+                        "of the reward model a scorer holds (reward.init's)")
+    parser.add_argument("--gpu-gib", type=float, default=24.0, help="cluster.learner_ranks > 1: the card's size")
+    parser.add_argument("--usable-gib", type=float, default=22.0, help="cluster.learner_ranks > 1: what it leaves "
+                        "usable (an L4 or A10G reports 22.5 GiB)")
+    parser.add_argument("--spare", type=float, default=0.15, help="cluster.learner_ranks > 1: share to keep free")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if cfg.cluster.learner_ranks > 1:  # a sharded learner on a GPU cluster: counted per rank (bench/memory_ranks.py)
+        from bench.memory_ranks import report
+        fits = report(cfg, model_config(Path(args.model_config)), args.gpu_gib, args.usable_gib, args.spare,
+                      model_config(Path(args.reward_model_config)))
+        return 0 if fits else 1
     device = resolve_device(cfg.device if cfg.device != "auto" else "auto")
     shape = model_config(Path(args.model_config))
     policy, rm = build(cfg, shape, device)

@@ -83,6 +83,10 @@ class RolloutPipeline:
         self.version = version
         return time.perf_counter() - t0, sum(v.numel() * v.element_size() for v in state.values())
 
+    def publish_ref(self, ref: ray.ObjectRef, version: int) -> None:
+        """Weights already in the object store (a learner group's rank 0 put them) become the published ones."""
+        self.weights_ref, self.version = ref, version
+
     def sync_all(self, timeout_s: float) -> float:
         """Make every generator load the published weights now (tests; the loop syncs lazily per request)."""
         t0 = time.perf_counter()

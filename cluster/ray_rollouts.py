@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,8 +180,21 @@ class RayRollouts:
         self._stack.close()
 
     def start(self, step: int, learner: Learner) -> None:
-        self.pipeline.publish(learner.policy_state(self.sync_dtype), learner.version)
+        if getattr(learner, "where", None):  # a learner group: its ranks' placement beside the actors'
+            self.where.update(learner.where)
+            (Path(self.cfg.run_dir) / "ray_placement.json").write_text(json.dumps(self.where, indent=2))
+        self.publish(learner)
         self.pipeline.start_at(step)
+
+    def publish(self, learner: Learner) -> tuple[float, int]:
+        """The learner's weights to the object store (seconds, bytes). A learner group's rank 0 gathers and puts
+        them itself (cluster/learner_group.py): only their ObjectRef passes through the driver."""
+        if not getattr(learner, "sharded", False):
+            return self.pipeline.publish(learner.policy_state(self.sync_dtype), learner.version)
+        t0 = time.perf_counter()
+        ref, nbytes = learner.weights_ref(self.sync_dtype)
+        self.pipeline.publish_ref(ref, learner.version)
+        return time.perf_counter() - t0, nbytes
 
     def next_batch(self, step: int, learner: Learner) -> tuple[RolloutBatch, dict[str, float]]:
         """Step `step`'s shards, in shard order, joined. Shards run in parallel, so a phase's time is its slowest
@@ -198,7 +212,7 @@ class RayRollouts:
         pipeline, steps = self.pipeline, self.cfg.rl.steps
         sync_s, sync_bytes = 0.0, 0  # logged as 0 on steps without a sync
         if learner.version % self.cfg.cluster.sync_every == 0 and step + 1 < steps:
-            sync_s, sync_bytes = pipeline.publish(learner.policy_state(self.sync_dtype), learner.version)
+            sync_s, sync_bytes = self.publish(learner)
             pipeline.fill(steps)
         return {"perf/sync_s": sync_s, "perf/sync_bytes": float(sync_bytes),
                 "sync/published_version": pipeline.version,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def save(ckpt_dir: str | Path, step: int, learner_state: dict, keep: int = 2, ru
         ours = [p for p in ours if p == path or run_id_of(p) == run["run_id"]]
     for old in ours[:-keep]:
         old.unlink()
+        shutil.rmtree(old.with_suffix(".dcp"), ignore_errors=True)  # a learner group's shards (cluster/learner_group)
     return path
 
 

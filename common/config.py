@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from common.config_cluster import ClusterConfig, check_learner_group  # noqa: F401 (re-exported)
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
 
 # the checking machinery (and reading the YAML file) lives in config_schema.py
@@ -270,43 +271,6 @@ class EvalConfig:
                               f">= 0 (0 = greedy decoding)")
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Ray mode (`launch.py --mode ray`, cluster/ray_rollouts.py); local mode ignores this section."""
-    address: str = opt("", help="'' = $RAY_ADDRESS if set, else a local Ray instance started and stopped by "
-                                "the run; 'auto' or host:port = an existing cluster")
-    connect_timeout_s: float = opt(30.0, gt=0.0, help="fail (naming the address) if the cluster at "
-                                                      "cluster.address does not answer within this time")
-    local_cpus: int = opt(0, ge=0, help="logical CPUs of a self-started local instance; 0 = this machine's")
-    num_generators: int = opt(1, ge=1, help="generator actors; each step's prompts are split across them")
-    num_scorers: int = opt(1, ge=1)
-    generator_cpus: float = opt(1.0, ge=0.0, help="CPUs reserved per generator (its placement bundle)")
-    generator_gpus: float = opt(0.0, ge=0.0)
-    generator_resources: tuple[str, ...] = opt((), help="extra custom resources per generator, NAME:AMOUNT")
-    scorer_cpus: float = opt(1.0, ge=0.0)
-    scorer_gpus: float = opt(0.0, ge=0.0)
-    scorer_resources: tuple[str, ...] = opt((), help="extra custom resources per scorer, NAME:AMOUNT")
-    generator_threads: int = opt(1, ge=0, help="torch threads in each generator actor; 0 = torch's default")
-    scorer_threads: int = opt(1, ge=0, help="torch threads in each scorer actor; 0 = torch's default")
-    placement_strategy: str = opt("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    placement_timeout_s: float = opt(60.0, gt=0.0, help="fail (naming the bundles) if not placed by then")
-    max_staleness: int = opt(0, ge=0, help="0 = on-policy (the paper); k = a batch may come from weights up "
-                                           "to k learner steps old; older ones are dropped and counted")
-    sync_every: int = opt(1, ge=1, help="publish the learner's weights every N steps (needs max_staleness "
-                                        ">= sync_every - 1)")
-    queue_size: int = opt(8, ge=1, help="scored shards the rollout queue holds; a full queue blocks scorers")
-    data_timeout_s: float = opt(300.0, gt=0.0, help="learner waits this long for data, then checks actor health")
-    max_restarts: int = opt(3, ge=0, help="Ray restarts of a dead generator/scorer actor (its task is retried)")
-
-    def __post_init__(self) -> None:
-        if self.sync_every - 1 > self.max_staleness:
-            raise ConfigError(f"cluster.sync_every={self.sync_every} needs cluster.max_staleness >= "
-                              f"{self.sync_every - 1} (weights published every {self.sync_every} steps are up "
-                              f"to {self.sync_every - 1} steps old); got {self.max_staleness}")
-        for key in ("generator_resources", "scorer_resources"):
-            parse_resources(getattr(self, key), f"cluster.{key}")
-
-
 TRACKERS = ("tensorboard", "wandb", "trackio")  # tracking.report_to's choices (common/trackers.py)
 UNSAFE_NAME_CHARS = "/\\#?%:"  # characters wandb refuses in a project name
 
@@ -365,6 +329,8 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} reduces the reward model's "
                               f"distribution, but reward.model_weight=0 uses no reward model; set "
                               f"rl.reward_reduction=expected or reward.model_weight > 0")
+        if self.cluster.learner_ranks > 1:
+            check_learner_group(self)
 
 
 # ---------------------------------------------------------------------------------------------- loading

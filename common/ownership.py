@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -76,6 +77,7 @@ def existing_files(run_dir: str | Path, stage: str) -> list[Path]:
     found = [run_dir / name for name in STAGE_FILES.get(stage, ()) if (run_dir / name).is_file()]  # data, not a device
     if stage == "rl":
         found += sorted((run_dir / "checkpoints").glob("step_*.pt"))
+        found += sorted((run_dir / "checkpoints").glob("step_*.dcp"))  # a learner group's shards
     return found
 
 
@@ -106,7 +108,7 @@ def claim(cfg: Config, stage: str, overwrite: bool, log=print) -> str:
     if files:
         old = record.get(stage, {}).get("run_id", "unrecorded")
         for path in files:
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()  # a learner group's step_*.dcp/ shards
         log(f"[{stage}] replacing the earlier {stage} run {old} in {cfg.run_dir}: removed {names(cfg.run_dir, files)}")
     run_id = new_run_id()
     record[stage] = {"run_id": run_id, "config_hash": config_hash(cfg), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

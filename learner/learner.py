@@ -115,9 +115,14 @@ class Learner:
         batch = batch.to(self.device)
         if (self.cfg.micro_batch_size or batch.batch_size) < batch.batch_size:
             batch = batch.sorted_by_length()  # micro-batches of similar lengths, each trimmed to its own width
-        behaviour = self.behaviour_logprobs(batch)  # [B] or None (no correction)
+        # a history baseline is read from the whole batch's rewards (step 1: their mean), on every rank alike
+        history = None if self.baseline.needs_batch else self.baseline.value(batch.rewards)
+        local = self.local_rows(batch)  # all of them in one process; a rank's share in a learner group
+        behaviour = self.behaviour_logprobs(local)  # [b] or None (no correction)
         with autocast(self.dtype, self.device):
-            logprobs, ref_lp, shaped, baseline, loss, tis = self._accumulate_gradients(batch, behaviour)
+            rows, loss = self._accumulate_gradients(local, behaviour, history)
+        rows, loss = self.gather_rows(rows, loss)  # [B] each, the batch's, in its row order
+        logprobs, ref_lp, shaped, baseline, *tis = rows
         advantages = shaped - baseline  # [B], before any importance weight
         grad_norm, _ = self.update.step()
         if is_finite(shaped):  # the rewards seen are data even when the update is skipped
@@ -136,7 +141,7 @@ class Learner:
             "losses/skipped_steps": float(self.update.skips.total),
             "sync/staleness": float(self.version - 1 - batch.version),
         }
-        if tis is not None:  # the importance weights' mean and the share cut at rl.tis_cap
+        if tis:  # the importance weights' mean and the share cut at rl.tis_cap
             metrics.update({"sync/tis_weight_mean": tis[0].mean().item(),
                             "sync/tis_capped_fraction": tis[1].float().mean().item()})
         if self.update.loss_scale is not None:
@@ -161,6 +166,14 @@ class Learner:
                              "set rl.offpolicy_correction=none")
         return batch.extras["generator_logprob"].float()
 
+    def local_rows(self, batch: RolloutBatch) -> RolloutBatch:
+        """The rows this process trains on: all of them (a rank of the learner group: its share, learner/sharded.py)."""
+        return batch
+
+    def gather_rows(self, rows: list[torch.Tensor], loss: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The local rows' [b] tensors and loss -> the batch's (one process: they are the batch's already)."""
+        return rows, loss
+
     def check_collapse(self, kl: float) -> None:
         """Stop when the policy has collapsed: its mean KL to the reference above rl.max_kl (a NaN KL too) for
         COLLAPSE_STEPS steps in a row. A collapsed policy samples nearly one answer, its gradient is ~0 and nothing
@@ -174,9 +187,10 @@ class Learner:
                                   f"(rl.lr={self.cfg.lr:g}, rl.kl_coef={self.cfg.kl_coef:g}); lower rl.lr (or raise "
                                   f"rl.kl_coef) and rerun; rl.max_kl=0 lets it run on")
 
-    def _accumulate_gradients(self, batch: RolloutBatch, behaviour: torch.Tensor | None):
-        """Forward and backward over micro-batches; returns [B] logprobs, ref_logprobs, shaped rewards, baseline
-        (detached), the batch loss, and with a behaviour policy the ([B] importance weights, [B] capped).
+    def _accumulate_gradients(self, batch: RolloutBatch, behaviour: torch.Tensor | None,
+                              history: float | None = None):
+        """Forward and backward over micro-batches; returns ([B] logprobs, ref_logprobs, shaped rewards, baseline
+        (detached), and with a behaviour policy [B] importance weights and [B] capped), and the batch loss.
 
         The baseline: a history one (the paper's moving average, ema, none) is known before any forward; a batch one
         (batch_mean, rloo) needs every sample's shaped reward, hence its KL term, before the first backward: on one
@@ -188,7 +202,8 @@ class Learner:
                             for mb in (self.micro_batch(batch, *span) for span in spans)])  # [B]
         baseline = None  # [B]
         if not self.baseline.needs_batch:  # earlier batches only (step 1: its own mean reward, baseline.py)
-            baseline = torch.full((b,), self.baseline.value(batch.rewards), device=ref_lp.device)
+            value = self.baseline.value(batch.rewards) if history is None else history
+            baseline = torch.full((b,), value, device=ref_lp.device)
         elif len(spans) > 1:
             with torch.no_grad():
                 early = torch.cat([self._policy_logprobs(self.micro_batch(batch, *span)) for span in spans])  # [B]
@@ -209,8 +224,8 @@ class Learner:
             self.update.backward(loss)
             parts.append((logprobs.detach(), shaped, weights, capped, loss.detach()))
         logprobs, shaped = (torch.cat([part[i] for part in parts]) for i in range(2))  # [B] each
-        tis = None if behaviour is None else tuple(torch.cat([part[i] for part in parts]) for i in (2, 3))
-        return logprobs, ref_lp, shaped, baseline, torch.stack([part[4] for part in parts]).sum(), tis
+        tis = [] if behaviour is None else [torch.cat([part[i] for part in parts]) for i in (2, 3)]
+        return [logprobs, ref_lp, shaped, baseline, *tis], torch.stack([part[4] for part in parts]).sum()
 
     def micro_batch(self, batch: RolloutBatch, start: int, stop: int) -> RolloutBatch:
         """Samples start..stop-1 without the columns that are padding in all of them, then padded on the left to

@@ -27,6 +27,7 @@ from actors.reward_functions import describe as describe_reward
 from actors.rollouts import InProcessRollouts, RolloutSource
 from common import checkpoint, ownership
 from common.config import Config, offpolicy_correction
+from common.errors import UserError
 from common.files import write_text_atomic
 from common.metrics import RunLogger, read_log
 from common.models import apply_lora, frozen_copy, load_causal_lm, load_tokenizer
@@ -147,13 +148,28 @@ class RLRecorder:
     def checkpoint(self, step: int, learner: Learner) -> None:
         """The learner's state (step_*.pt, for --resume) and the policy at this step as a Hugging Face directory
         (checkpoints/latest_policy/, replaced whole, for from_pretrained while the run goes on)."""
-        checkpoint.save(self.ckpt_dir, step, learner.state_dict(), run=self.run)
+        save_checkpoint(self.ckpt_dir, step, learner, self.run)
         record = training_record("checkpoint", self.cfg, self.paths.run_dir, step=step,
                                  reward=describe_reward(self.cfg.reward))
-        save_trained(learner.policy, self.tokenizer, self.paths.latest_policy, record)
+        save_policy(learner, self.tokenizer, self.paths.latest_policy, record)
 
     def close(self) -> None:
         self.logger.close()
+
+
+def save_checkpoint(ckpt_dir, step: int, learner: Learner, run: dict) -> None:
+    """step_*.pt; a learner group (cluster/learner_group.py) writes its shards beside it first (step_*.dcp/)."""
+    sharded = getattr(learner, "sharded", False)
+    state = learner.save_checkpoint(ckpt_dir, step) if sharded else learner.state_dict()
+    checkpoint.save(ckpt_dir, step, state, run=run)
+
+
+def save_policy(learner: Learner, tokenizer, path, record: dict) -> None:
+    """The policy as a Hugging Face directory (stages/export.save_trained); a learner group's rank 0 writes it."""
+    if getattr(learner, "sharded", False):
+        learner.save_policy(save_trained, path, record)
+    else:
+        save_trained(learner.policy, tokenizer, path, record)
 
 
 @dataclass
@@ -179,7 +195,15 @@ def resume_checkpoint(cfg: Config, paths: RunPaths, allow_config_change: bool) -
 def resume_learner(learner: Learner, resumed: Resumed) -> int:
     """Load a checkpoint (resume_checkpoint's) into the learner (weights, optimizer, baseline, RNG); returns
     its step."""
-    learner.load_state_dict(resumed.state["learner"])
+    state, sharded = resumed.state["learner"], getattr(learner, "sharded", False)
+    if ("sharded" in state) != sharded:
+        written = "a learner group (cluster.learner_ranks > 1)" if "sharded" in state else "one learner process"
+        raise checkpoint.CheckpointError(f"--resume: {resumed.path} was written by {written}: resume it with the "
+                                         f"cluster.learner_ranks it was written with")
+    if sharded:
+        learner.load_checkpoint(resumed.path.parent, state)
+    else:
+        learner.load_state_dict(state)
     checkpoint.set_rng_state(resumed.state["rng"])
     step = int(resumed.state["step"])
     changed = "".join(f", {k} {old!r} -> {new!r}" for k, (old, new) in resumed.changes.items())
@@ -203,13 +227,13 @@ def finish_rl(cfg: Config, paths: RunPaths, learner: Learner, tokenizer, metrics
               **extra) -> dict:
     """Final checkpoint, the trained policy (policy/, with its card) and rl_metrics.json."""
     steps = cfg.rl.steps
-    checkpoint.save(paths.checkpoints, steps, learner.state_dict(), run=run)
+    save_checkpoint(paths.checkpoints, steps, learner, run)
     rows = [json.loads(line) for line in read_log(paths.file("metrics_rl.jsonl"))]
     if not metrics:  # resumed at the last step (stopped before writing results): the last logged ones
         metrics = {k: v for k, v in rows[-1].items() if k != "step"}
     figures = {"steps": steps, **{label: metrics[key] for key, label in FINAL_FIGURES.items() if key in metrics}}
-    save_trained(learner.policy, tokenizer, paths.trained_policy,
-                 training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
+    save_policy(learner, tokenizer, paths.trained_policy,
+                training_record("policy", cfg, paths.run_dir, figures, reward=describe_reward(cfg.reward)))
     result = {"steps": steps, "final": metrics, "overoptimisation": overoptimisation_check(rows), **extra}
     write_text_atomic(paths.file("rl_metrics.json"), json.dumps(result, indent=2))
     return result
@@ -230,6 +254,10 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
     """The RL stage in either mode; returns what rl_metrics.json holds. `overwrite`: a fresh run replaces another
     run's rl files; `allow_config_change`: --resume applies changed algorithm settings (common/ownership.py)."""
     paths, task = RunPaths(cfg), load_task(cfg)
+    group = cfg.cluster.learner_ranks > 1
+    if group and mode != "ray":
+        raise UserError(f"cluster.learner_ranks={cfg.cluster.learner_ranks} runs the learner as Ray actors: use "
+                        f"--mode ray, or cluster.learner_ranks=1")
     device = prepare(cfg)  # the lock first: a second writer is told who holds the directory, whatever else is wrong
     # refused before anything is written: a resume that cannot continue, a fresh run over another run's files
     resumed = resume_checkpoint(cfg, paths, allow_config_change) if resume else None
@@ -244,7 +272,12 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
         tokenizer = load_tokenizer(paths.sft_policy, cfg.model.tokenizer)
         # the reward model is checked after the data loads and before data_rl.json is written
         prompts, prompt_tokens = task.prompt_pool(tokenizer, "train", "rl", lambda: paths.scoring_reward_model)
-        policy, reference = build_policy(paths.sft_policy, cfg.model.lora, device, tokenizer)
+        # a learner group's ranks load the policy themselves: the driver holds no copy
+        policy, reference = (None, None) if group else build_policy(paths.sft_policy, cfg.model.lora, device,
+                                                                    tokenizer)
+        if group:  # placed before the rollout actors: with fractional GPUs each rank gets a GPU of its own
+            from cluster.learner_group import LearnerGroup
+            learner = stack.enter_context(LearnerGroup(cfg, paths.sft_policy))
         source = stack.enter_context(rollout_source(mode, cfg, paths, task, tokenizer, prompts, prompt_tokens,
                                                     policy, reference, device, dtype))
         correction = offpolicy_correction(cfg, mode)  # auto: tis only where generation runs ahead (Ray, staleness)
@@ -252,7 +285,8 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
             tqdm.write(f"off-policy correction: truncated importance sampling, weights capped at rl.tis_cap="
                        f"{cfg.rl.tis_cap:g} (rl.offpolicy_correction={cfg.rl.offpolicy_correction}, "
                        f"cluster.max_staleness={cfg.cluster.max_staleness}; not in the paper)")
-        learner = Learner(policy, reference, cfg.rl, device, dtype, correction, compile_bucket(cfg.model))
+        if not group:
+            learner = Learner(policy, reference, cfg.rl, device, dtype, correction, compile_bucket(cfg.model))
         start = resume_learner(learner, resumed) if resumed else 0
         run = own_run(cfg, resumed, overwrite)
         recorder = RLRecorder(cfg, paths, task, start, learner, tokenizer, prompts, run)
@@ -269,8 +303,9 @@ def run_rl(cfg: Config, resume: bool = False, mode: str = "local", on_step: Step
                     on_step(step, source)
         recorder.close()
         summary = source.summary()
-    warning = learner.update.skips.summary(learner.version)
-    if warning:
-        tqdm.write(warning, file=sys.stderr)
-    return finish_rl(cfg, paths, learner, tokenizer, metrics, run, reward_components=describe_reward(cfg.reward),
-                     **summary)
+        warning = learner.update.skips.summary(learner.version)
+        if warning:
+            tqdm.write(warning, file=sys.stderr)
+        # inside the session: a learner group's ranks write the last checkpoint and the policy
+        return finish_rl(cfg, paths, learner, tokenizer, metrics, run, reward_components=describe_reward(cfg.reward),
+                         **summary)

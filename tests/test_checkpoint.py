@@ -30,6 +30,16 @@ def test_full_disk_writing_a_checkpoint_removes_the_temporary_file(tmp_path):
     assert checkpoint.load(tmp_path / "step_000002.pt")["step"] == 2, "the previous checkpoint is intact"
 
 
+def test_retention_deletes_a_learner_groups_shards_with_their_checkpoint(tmp_path):
+    """A learner group's step_N.dcp/ (cluster/learner_group.py) goes when its step_N.pt does."""
+    for step in (1, 2, 3):
+        (tmp_path / f"step_{step:06d}.dcp").mkdir()
+        (tmp_path / f"step_{step:06d}.dcp" / "__0_0.distcp").write_bytes(b"x")
+        checkpoint.save(tmp_path, step, {"sharded": f"step_{step:06d}.dcp", "unsharded": {"version": step}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002.dcp", "step_000002.pt", "step_000003.dcp",
+                                                         "step_000003.pt"]
+
+
 def test_retention_deletes_only_the_same_runs_older_checkpoints(tmp_path):
     """Keeping the latest two counts one run's checkpoints: another run's (here at higher steps) are left alone, and
     the run's own older ones go."""

@@ -123,3 +123,27 @@ def test_bench_memory_counts_lora_adapters_and_no_reference(tokenizer):
         assert phases[lora]["policy grads"] == trained and phases[lora]["policy adam"] == 2 * trained
         assert phases[lora]["reference weights"] == (0 if lora else base)
         assert phases[lora]["reward model weights"] == rm.num_parameters() * 4
+
+
+def test_memory_per_learner_rank_counts_the_shards_by_hand():
+    """bench/memory_ranks.py: SmolLM2-1.7B's parameters from its shape, and a rank's shards of the fp32 state (policy,
+    reference, gradients: 4P/N each; AdamW 8P/N) and FSDP2's gathered units, against hand-computed values."""
+    from bench.bench_memory import model_config
+    from bench.memory_ranks import parameters, rank_parts
+    from common.config import load_config
+    from common.models import ASSETS
+
+    shape = model_config(ASSETS / "smollm2-1.7b-config.json")
+    h, i, v, layers = 2048, 8192, 49152, 24
+    layer = 4 * h * h + 3 * h * i + 2 * h  # q, k, v, o (32 kv heads of 64 = h) + gate, up, down + 2 norms
+    assert parameters(shape) == (layers * layer + v * h + h, layer, v * h + h)  # tied head: the embedding once
+    small = model_config(ASSETS / "smollm2-135m-config.json")
+    small.num_hidden_layers = 2
+    cfg = load_config(None, ["cluster.learner_ranks=4", "rl.batch_size=8", "rl.micro_batch_size=1",
+                             "generator.max_new_tokens=4", "data.max_prompt_tokens=8"])
+    p, lay, root = parameters(small)
+    parts = rank_parts(cfg, small)
+    assert [parts[k] for k in ("policy shards", "reference shards", "gradient shards", "AdamW shards")] == [
+        4 * p // 4, 4 * p // 4, 4 * p // 4, 8 * p // 4]
+    assert parts["FSDP2 gathered (root, 2 layers, 1 layer's grads)"] == 4 * (root + 3 * lay)
+    assert parts["logits gradient"] == 1 * 4 * 49152 * 4 and parts["activations"] > 0

@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`), and a short RL run
-through `launch.py --mode ray cluster.address=...` with the generator forced onto the second node.
+through `launch.py --mode ray cluster.address=...` with the generator forced onto the second node and the learner
+on 2 ranks (cluster.learner_ranks=2, FSDP2 over gloo) on the head node.
 
 Teardown ends exactly the process groups this test started (SIGTERM, then SIGKILL): `ray stop` would also stop
 every other Ray instance on the machine (other tests', other users')."""
@@ -82,13 +83,21 @@ def test_two_node_cluster_run_through_launch(two_node_cluster, tmp_path, tokeniz
     run_dir = tmp_path / "run"
     save_untrained_stand_ins(run_dir, TINY, tokenizer)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--mode", "ray", "--stage", "rl",
-           *tiny_overrides(run_dir, steps=2, generator_cpus=1, scorer_cpus=1), f"cluster.address={address}",
-           "cluster.generator_resources=node2:1", "cluster.scorer_resources=head_node:1"]
+           *tiny_overrides(run_dir, steps=2, generator_cpus=1, scorer_cpus=0.5, learner_ranks=2, learner_cpus=0.25),
+           f"cluster.address={address}", "cluster.generator_resources=node2:1",
+           "cluster.scorer_resources=head_node:0.5", "cluster.learner_resources=head_node:0.25", "rl.eval_every=0",
+           "rl.save_every=1"]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     where = json.loads((run_dir / "ray_placement.json").read_text())
     assert where["generator 0"]["node_id"] != where["scorer 0"]["node_id"], "generator must run on node 2"
-    assert [m["step"] for m in read_metrics(run_dir)] == [0, 1, 2]  # step 0: the held-out probe of the SFT policy
+    assert where["learner 0"]["node_id"] == where["learner 1"]["node_id"] == where["scorer 0"]["node_id"]
+    assert where["learner 0"]["pid"] != where["learner 1"]["pid"]
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[0]["perf/sync_bytes"] > 0  # synced after step 1
+    assert metrics[-1]["sync/staleness"] == 0  # the generator sampled step 2 with the weights the ranks published
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [
+        "step_000001.dcp", "step_000001.pt", "step_000002.dcp", "step_000002.pt"]
     assert (run_dir / "policy" / "config.json").is_file()
 
 
