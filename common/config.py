@@ -335,6 +335,10 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
                               f"(a scalar reward model has no distribution to reduce); got reward.head="
                               f"{self.reward.head}")
+        if self.rl.eval_every and not self.data.dev_fraction:
+            raise ConfigError(f"rl.eval_every={self.rl.eval_every} probes the validation pools, and "
+                              f"data.dev_fraction=0 leaves none: set data.dev_fraction > 0 (e.g. 0.3) or "
+                              f"rl.eval_every=0")
         if self.rl.reward_reduction != "expected" and self.reward.model_weight == 0:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} reduces the reward model's "
                               f"distribution, but reward.model_weight=0 uses no reward model; set "
