@@ -105,6 +105,12 @@ class RewardConfig:
     model_weight: float = opt(1.0, ge=0.0, help="weight of the reward model's reward in the RL reward; 0 = no reward "
                                                 "model (the rm stage is skipped and nothing loads one: the reward is "
                                                 "reward.functions' alone)")
+    degenerate_negatives: float = opt(0.0, ge=0.0, le=1.0,
+                                      help="share of training pairs that get an extra pair: their chosen answer "
+                                           "against a degenerate one (rare-token gibberish, a repeated token, the "
+                                           "answer unfinished or cut in half, each without EOS; "
+                                           "actors/degenerate.py); 0 = off (the paper trains on the data's pairs "
+                                           "alone)")
     functions: tuple[str, ...] = opt((), help="Python reward functions added to the reward, in TRL's convention "
                                               "(docs/rewards.md): FILE.py:NAME, module:NAME or a task's built-in "
                                               "name (sandbox_gold, ifeval_strict, ifeval_loose)")
@@ -204,6 +210,10 @@ class RLConfig:
     missing_eos_penalty: float = opt(0.0, ge=0.0, help="subtracted from the reward of a response cut at "
                                                        "generator.max_new_tokens (no EOS); 0 = off (the paper's "
                                                        "reward; a truncated answer is still scored as unfinished)")
+    normalize_reward: bool = opt(False, help="standardise the scalar reward model's output with the mean and std "
+                                             "of its scores on training answers, measured once by the rm stage "
+                                             "(reward_model/reward_stats.json), so kl_coef weighs the same against "
+                                             "every seed's reward model; off = the paper's raw reward")
     sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
                                            "response of the step's own batch (prompt, response, reward) go to "
                                            "stdout and to the trackers' rollout/samples; 0 = off")
@@ -335,6 +345,9 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
                               f"(a scalar reward model has no distribution to reduce); got reward.head="
                               f"{self.reward.head}")
+        if self.rl.normalize_reward and self.reward.head != "scalar":
+            raise ConfigError(f"rl.normalize_reward=true standardises a scalar reward model's output; reward.head="
+                              f"{self.reward.head} has a distribution (use its reductions): set one of them back")
         if self.rl.eval_every and not self.data.dev_fraction:
             raise ConfigError(f"rl.eval_every={self.rl.eval_every} probes the validation pools, and "
                               f"data.dev_fraction=0 leaves none: set data.dev_fraction > 0 (e.g. 0.3) or "
