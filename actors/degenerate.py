@@ -6,7 +6,10 @@ A policy that hacks its reward model writes what the model scores high and the g
   tokens left out; a BPE vocabulary lists its rarer, longer merges last), no EOS;
 - repeated: one such token max_new_tokens times, no EOS;
 - unfinished: a real answer (the SFT policy's, or a pair's chosen one) as it is, but without the end-of-turn tokens;
-- truncated: its first half, without the end-of-turn tokens.
+- truncated: its first half, without the end-of-turn tokens;
+- empty (scored as finished): no answer at all. Reward-model negatives of the other kinds alone can teach "short and
+  finished is good" so well that an empty answer becomes the new hole (measured, docs/collapse.md); a chat answer
+  is never empty, though the sandbox's judge gives it 0, above a bad answer.
 A response without EOS is scored as the scorer scores a truncated one (actors/scorer.py), so these are what the
 reward model sees when the policy writes them. Two users: `degenerate_check` (the RL probe's first call, tags
 rm_check/) measures the reward model on them against the SFT answers to the same validation prompts, and
@@ -21,9 +24,10 @@ import random
 import numpy as np
 import torch
 
+from common.config import DEGENERATE_KINDS
 from learner import distributional as dist
 
-KINDS = ("rare_tokens", "repeated", "unfinished", "truncated")
+KINDS = DEGENERATE_KINDS  # all but empty are scored unfinished
 
 
 def rare_token_ids(tokenizer) -> list[int]:
@@ -35,8 +39,8 @@ def rare_token_ids(tokenizer) -> list[int]:
 
 def degenerate_answer(kind: str, answer: str, tokenizer, pool: list[int], length: int,
                       rng: random.Random) -> str:
-    """One answer of `kind` (KINDS); `answer` is the real answer unfinished / truncated start from; every kind is
-    to be scored as unfinished (no EOS)."""
+    """One answer of `kind` (KINDS); `answer` is the real answer unfinished / truncated start from; every kind
+    but empty is to be scored as unfinished (no EOS)."""
     if kind == "rare_tokens":
         return tokenizer.decode([rng.choice(pool) for _ in range(length)])
     if kind == "repeated":
@@ -46,6 +50,8 @@ def degenerate_answer(kind: str, answer: str, tokenizer, pool: list[int], length
     if kind == "truncated":
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         return tokenizer.decode(ids[:max(1, len(ids) // 2)])
+    if kind == "empty":
+        return ""
     raise ValueError(f"unknown degenerate kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
@@ -65,7 +71,7 @@ def degenerate_check(scorer, sft: dict, n: int, length: int, seed: int) -> dict[
         out["rm_check/sft_gold"] = float(np.mean(sft["gold"]))
     for kind in KINDS:
         texts = [degenerate_answer(kind, a, scorer.tokenizer, pool, length, rng) for a in sft["texts"][:n]]
-        r = scorer.rewards_from_logits(scorer.head_logits(idx, texts, [False] * n), ref).numpy()
+        r = scorer.rewards_from_logits(scorer.head_logits(idx, texts, [finished(kind)] * n), ref).numpy()
         out[f"rm_check/{kind}_reward"] = float(r.mean())
         out[f"rm_check/{kind}_above_sft"] = float(np.mean(r > base))
         gold = scorer.gold(idx, texts)
@@ -74,10 +80,19 @@ def degenerate_check(scorer, sft: dict, n: int, length: int, seed: int) -> dict[
     return out
 
 
-def negative_pairs(pairs, share: float, tokenizer, length: int, seed: int) -> list[tuple[object, str, str]]:
-    """(pair, chosen answer, degenerate answer) for a `share` of `pairs` (each pair with that probability), the
-    kinds taken in turn; the degenerate answer is to be encoded as unfinished, the chosen one as it is."""
+def finished(kind: str) -> bool:
+    """Whether an answer of `kind` is scored as finished (with the end-of-turn tokens): only the empty one."""
+    return kind == "empty"
+
+
+def negative_pairs(pairs, share: float, tokenizer, length: int, seed: int,
+                   kinds: tuple[str, ...] = KINDS) -> list[tuple[object, str, str, bool]]:
+    """(pair, chosen answer, degenerate answer, whether it is finished) for a `share` of `pairs` (each pair with that
+    probability), `kinds` taken in turn; the chosen answer is encoded as it is."""
     rng, pool = random.Random(seed), rare_token_ids(tokenizer)
     picked = [p for p in pairs if rng.random() < share]
-    return [(p, p.chosen, degenerate_answer(KINDS[k % len(KINDS)], p.chosen, tokenizer, pool, length, rng))
-            for k, p in enumerate(picked)]
+    out = []
+    for k, p in enumerate(picked):
+        kind = kinds[k % len(kinds)]
+        out.append((p, p.chosen, degenerate_answer(kind, p.chosen, tokenizer, pool, length, rng), finished(kind)))
+    return out

@@ -203,7 +203,8 @@ class HeldoutProbe:
         self.pools = [(prefix, pool) for prefix, pool in pools if pool.n]
         with reference_policy(learner) as sft:
             self.sft = {prefix: pool.describe(pool.answers(sft)) for prefix, pool in self.pools}
-        # the reward model on degenerate answers to the in-distribution validation prompts, logged once (step 0)
+        # the reward model on degenerate answers to the in-distribution validation prompts, logged with the first
+        # probe (step 0 of a fresh run)
         prefix, pool = self.pools[0] if self.pools else ("", None)
         self.rm_check = {} if pool is None else degenerate_check(pool.scorer, self.sft[prefix], pool.n,
                                                                   cfg.generator.max_new_tokens, cfg.eval.seed)

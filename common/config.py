@@ -88,6 +88,9 @@ class SFTConfig:
     batch_size: int = opt(32, ge=1)
 
 
+DEGENERATE_KINDS = ("rare_tokens", "repeated", "unfinished", "truncated", "empty")  # actors/degenerate.py's KINDS
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     head: str = opt("scalar", choices=("scalar", "distributional"),
@@ -111,6 +114,8 @@ class RewardConfig:
                                            "answer unfinished or cut in half, each without EOS; "
                                            "actors/degenerate.py); 0 = off (the paper trains on the data's pairs "
                                            "alone)")
+    degenerate_kinds: tuple[str, ...] = opt(DEGENERATE_KINDS, help="the kinds those negatives take in turn "
+                                                                    "(actors/degenerate.py)")
     functions: tuple[str, ...] = opt((), help="Python reward functions added to the reward, in TRL's convention "
                                               "(docs/rewards.md): FILE.py:NAME, module:NAME or a task's built-in "
                                               "name (sandbox_gold, ifeval_strict, ifeval_loose)")
@@ -136,6 +141,9 @@ class RewardConfig:
             if not spec.strip() or (sep and (not where.strip() or not name.isidentifier())):
                 raise ConfigError(f"reward.functions[{i}]: {spec!r} is not FILE.py:NAME, module:NAME or a task's "
                                   f"built-in name (NAME a Python identifier)")
+        if not self.degenerate_kinds or not set(self.degenerate_kinds) <= set(DEGENERATE_KINDS):
+            raise ConfigError(f"reward.degenerate_kinds={list(self.degenerate_kinds)}: name one or more of "
+                              f"{', '.join(DEGENERATE_KINDS)}")
         if self.function_weights and len(self.function_weights) != len(self.functions):
             raise ConfigError(f"reward.function_weights: {len(self.function_weights)} weight(s) for "
                               f"{len(self.functions)} reward.functions; give one weight per function, in order, or "

@@ -54,15 +54,17 @@ def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats
 def encode_negatives(tokenizer, pairs: list[data.PreferencePair], cfg: Config,
                      stats: data.DataStats) -> list[EncodedPair]:
     """reward.degenerate_negatives: extra training pairs, a pair's chosen answer against a degenerate answer to the
-    same prompt (actors/degenerate.py) encoded as unfinished (no end-of-turn), as the scorer encodes a response cut
-    at generator.max_new_tokens. The rejected side's rating is the scale's bottom (0). A practitioner's fix for a
-    reward model that has never seen such answers (issue 25), not in the paper."""
+    same prompt (actors/degenerate.py; reward.degenerate_kinds in turn) encoded as unfinished (no end-of-turn), as
+    the scorer encodes a response cut at generator.max_new_tokens, or, the empty answer, as finished. The rejected
+    side's rating is the scale's bottom (0). A practitioner's fix for a reward model that has never seen such
+    answers (issue 25), not in the paper."""
     out = []
-    for p, chosen, bad in negative_pairs(pairs, cfg.reward.degenerate_negatives, tokenizer,
-                                         cfg.generator.max_new_tokens, cfg.seed):
+    for p, chosen, bad, bad_finished in negative_pairs(pairs, cfg.reward.degenerate_negatives, tokenizer,
+                                                       cfg.generator.max_new_tokens, cfg.seed,
+                                                       cfg.reward.degenerate_kinds):
         enc = [data.encode_conversation(tokenizer, p.prompt, r, cfg.data.max_length, cfg.data.max_prompt_tokens,
                                         cfg.data.overlong, stats, finished) for r, finished in ((chosen, True),
-                                                                                                (bad, False))]
+                                                                                                (bad, bad_finished))]
         if enc[0] is not None and enc[1] is not None:
             out.append(EncodedPair(enc[0], enc[1], p.chosen_rating, 0.0 if p.rated else None))
     return out

@@ -4,7 +4,8 @@ The temperature is part of the RL policy (README, "The algorithm, exactly": the 
 softmax(logits / T), the distribution that was sampled), so choosing it chooses what RL starts from and
 optimises. This stage measures the SFT policy at each of `eval.temperatures` (0 = greedy decoding) before any
 training: it answers the first `eval.num_prompts` prompts of each validation pool (in- and out-of-distribution;
-a choice is made on them, never on the test pools, tasks/base.py) with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (actors/heldout.py):
+a choice is made on them, never on the test pools, tasks/base.py) with the eval stage's sampler seed, and every
+answer is judged as the eval stage judges it (actors/heldout.py):
 the task's gold judge where it has one (the ifeval task: IFEval's verifiers, strict and loose), the run's reward
 model (`rm`) and reward functions (`reward_fn/<name>`), EOS within generator.max_new_tokens, length, and
 distinct-2, the share of distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats).

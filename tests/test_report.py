@@ -14,8 +14,8 @@ from common.config import load_config, save_config
 from common.metrics import record_stage_time
 from stages.eval import summarize
 from stages.report import write_report
-from stages.report_compare import kl_frontier
 from stages.report_choice import choice_section, choose, probe_points
+from stages.report_compare import kl_frontier
 from stages.report_runs import RunData, discover
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
