@@ -203,15 +203,14 @@ class HeldoutProbe:
         self.pools = [(prefix, pool) for prefix, pool in pools if pool.n]
         with reference_policy(learner) as sft:
             self.sft = {prefix: pool.describe(pool.answers(sft)) for prefix, pool in self.pools}
-        # the reward model on degenerate answers to the in-distribution validation prompts, logged with the first
-        # probe (step 0 of a fresh run)
+        # the reward model on degenerate answers to the in-distribution validation prompts (rm_check/), which the
+        # RL loop logs beside the step-0 probe of a fresh run
         prefix, pool = self.pools[0] if self.pools else ("", None)
         self.rm_check = {} if pool is None else degenerate_check(pool.scorer, self.sft[prefix], pool.n,
                                                                   cfg.generator.max_new_tokens, cfg.eval.seed)
 
     def __call__(self) -> dict[str, float]:
-        t0, out = time.perf_counter(), dict(self.rm_check)
-        self.rm_check = {}
+        t0, out = time.perf_counter(), {}
         for prefix, pool in self.pools:
             d, kl = compare_on_pool(pool, self.sft[prefix], self.learner.policy, self.learner.reference_logprobs)
             out.update(probe_metrics(d, kl, prefix))

@@ -263,7 +263,8 @@ def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: dat
     report = {"train_pairs": len(splits.train), "val_pairs": len(splits.val),
               "train_prompts": len(splits.train_prompts), "val_prompts": len(splits.val_prompts),
               "ood_pairs": len(splits.ood), "ood_prompts": len(splits.ood_prompts),
-              "dev_prompts": len(splits.prompts("dev")), "dev_ood_prompts": len(splits.prompts("dev_ood")),
+              "dev_pairs": len(splits.dev), "dev_prompts": len(splits.prompts("dev")),
+              "dev_ood_pairs": len(splits.dev_ood), "dev_ood_prompts": len(splits.prompts("dev_ood")),
               **({"unpaired_prompts": {k: len(v) - len(data.unique_prompts(getattr(splits, k)))
                                        for k, v in splits.task_pools.items()}} if splits.task_pools else {}),
               "load": splits.stats.as_dict(), **({"encode": extra.as_dict()} if extra is not None else {})}

@@ -29,7 +29,8 @@ def test_a_trl_preference_file_without_ratings_trains_the_reward_model(tmp_path,
     run = run_with_sft(tmp_path, stand_ins)
     assert launch.main(stage(run, "rm", f"data.source={preference_file(tmp_path)}")) == 0
     report = json.loads((run / "data_rm.json").read_text())
-    assert report["load"]["format"] == "standard" and report["train_pairs"] + report["val_pairs"] == len(QUESTIONS)
+    assert report["load"]["format"] == "standard"
+    assert report["train_pairs"] + report["dev_pairs"] + report["val_pairs"] == len(QUESTIONS)
     metrics = json.loads((run / "rm_metrics.json").read_text())
     assert metrics["data"] == report and 0.0 <= metrics["val"]["accuracy"] <= 1.0
     assert (run / "reward_model" / "config.json").is_file()
