@@ -49,9 +49,9 @@ def choice_section(variants: dict[str, list[RunData]]) -> list[str]:
         return []
     f = lambda x: "n/a" if not np.isfinite(x) else f"{x:+.3f}"  # noqa: E731
     table = ["| variant | step | seeds | gold gain ID (mean) | min over seeds | collapsed (gain < 0) | gold gain OOD "
-             "(mean) | KL |", "|---|---|---|---|---|---|---|---|"]
+             "(mean) | KL | |", "|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['variant']} | {r['step']} | {r['seeds']} | {f(r['mean'])} | {f(r['min'])} | {r['collapsed']} | "
-              f"{f(r['ood_mean'])} | {r['kl']:.2f} |" + (" **chosen**" if r is best else "") for r in rows]
+              f"{f(r['ood_mean'])} | {r['kl']:.2f} | {'**chosen**' if r is best else ''} |" for r in rows]
     return ["## Choice on the validation pools", "",
             "Each (variant, probe step) on the validation pools (never the test pools): the gold gain over the SFT "
             "answers to the same prompts, across seeds. Chosen: the fewest collapsed seeds, then the highest mean "
