@@ -183,8 +183,9 @@ def run_rm(cfg: Config, overwrite: bool = False) -> dict:
                              f"{len(splits.val)} validation pairs fit data.max_length={cfg.data.max_length} "
                              f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
                              f"data.max_length or use data.overlong=truncate_left")
-    check_overlong_share(splits.stats.origin, len(splits.train) + len(splits.val) + len(splits.ood),
-                         stats.dropped_overlong_pairs, cfg)
+    encode_pairs(tokenizer, splits.dev + splits.dev_ood, cfg, stats)  # the validation pools' pairs count too
+    check_overlong_share(splits.stats.origin, len(splits.train) + len(splits.val) + len(splits.ood) + len(splits.dev)
+                         + len(splits.dev_ood), stats.dropped_overlong_pairs, cfg)
     head = head_from_config(cfg.reward)
     model = load_reward_model(init, head.num_labels, tokenizer, device,
                               key="reward.init" if cfg.reward.init else "model.policy")
