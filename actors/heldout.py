@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from actors.degenerate import degenerate_check
 from actors.generator import Generator
 from actors.scorer import Scorer, build_scorer
 from common.config import Config, EvalConfig, GeneratorConfig
@@ -31,7 +32,8 @@ from learner.precision import autocast
 from tasks.base import Task
 
 TokenLogprobs = Callable[[RolloutBatch], torch.Tensor]  # batch -> [B, R] log pi(y_t | x, y_<t)
-POOLS = (("val", ""), ("ood", "_ood"))  # the held-out splits and the suffix of their stage / metric names
+POOLS = (("val", ""), ("ood", "_ood"))  # the test pools (eval) and the suffix of their stage / metric names
+DEV_POOLS = (("dev", ""), ("dev_ood", "_ood"))  # the validation pools (the RL probe, and every choice made on it)
 
 
 @torch.no_grad()
@@ -187,7 +189,8 @@ def reference_policy(learner: Learner) -> Iterator[torch.nn.Module]:
 
 class HeldoutProbe:
     """Over-optimisation measured during training (rl.eval_every): the policy answers a fixed held-out subset, the
-    first rl.eval_prompts prompts of each held-out pool with eval.seed, scored as in training (reward model and/or
+    first rl.eval_prompts prompts of each validation pool (dev, dev_ood: never the test pools eval reads) with
+    eval.seed, scored as in training (reward model and/or
     reward functions) and by the task's gold judge. Tags: eval/ (in-distribution) and eval_ood/
     (out-of-distribution). The SFT answers are sampled once, from the reference. Sampling forks the RNG, so a probe
     does not change the training run."""
@@ -196,10 +199,15 @@ class HeldoutProbe:
         self.learner = learner
         pools = [(f"eval{suffix}/", heldout_pool(cfg, task, reward_path, tokenizer, learner.device, learner.dtype,
                                                  split, cfg.rl.eval_prompts, f"probe{suffix}"))
-                 for split, suffix in POOLS]
+                 for split, suffix in DEV_POOLS]
         self.pools = [(prefix, pool) for prefix, pool in pools if pool.n]
         with reference_policy(learner) as sft:
             self.sft = {prefix: pool.describe(pool.answers(sft)) for prefix, pool in self.pools}
+        # the reward model on degenerate answers to the in-distribution validation prompts (rm_check/), which the
+        # RL loop logs beside the step-0 probe of a fresh run
+        prefix, pool = self.pools[0] if self.pools else ("", None)
+        self.rm_check = {} if pool is None else degenerate_check(pool.scorer, self.sft[prefix], pool.n,
+                                                                  cfg.generator.max_new_tokens, cfg.eval.seed)
 
     def __call__(self) -> dict[str, float]:
         t0, out = time.perf_counter(), {}

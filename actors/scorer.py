@@ -15,7 +15,7 @@ from common import data
 from common.config import Config
 from common.config_data import DataConfig
 from common.models import load_causal_lm, load_tokenizer, reward_head_logits
-from common.reward_head import RewardHead, load_trained_reward_model
+from common.reward_head import RewardHead, load_trained_reward_model, read_reward_stats
 from common.rollout import RolloutBatch, pad_right
 from learner import distributional as dist
 from learner.compile import compile_bucket, compile_layers
@@ -49,7 +49,8 @@ class Scorer:
                  risk_lambda: float = 1.0, reference_generator: Generator | None = None,
                  reference_seed: int = 0, missing_eos_penalty: float = 0.0,
                  functions: RewardFunctions | None = None, model_weight: float = 1.0,
-                 dtype: torch.dtype = torch.float32, compile_bucket: int = 0) -> None:
+                 dtype: torch.dtype = torch.float32, compile_bucket: int = 0,
+                 normalize: tuple[float, float] | None = None) -> None:
         if model is None and not functions:
             raise ValueError("a Scorer needs a reward model or reward functions")
         self.model, self.tokenizer, self.prompts = None if model is None else model.eval(), tokenizer, prompts
@@ -60,6 +61,7 @@ class Scorer:
         self.head, self.reduction, self.risk_lambda = head, reduction, risk_lambda
         self.reference_generator, self.reference_seed = reference_generator, reference_seed
         self.missing_eos_penalty = missing_eos_penalty
+        self.normalize = normalize  # (mean, std) of the scalar head on training answers: rl.normalize_reward
         self.dtype = dtype  # the reward model's forward runs under model.dtype's autocast, as policy and reference do
         self.compile_bucket = compile_bucket  # > 0: compiled layers, inputs padded to a multiple (learner/compile.py)
         if compile_bucket and model is not None:
@@ -94,9 +96,10 @@ class Scorer:
         return torch.cat(out)
 
     def rewards_from_logits(self, logits: torch.Tensor, ref_logp: torch.Tensor | None = None) -> torch.Tensor:
-        """[N, L] head outputs -> [N] scalar rewards (the scalar head's output, or the distribution's reduction)."""
+        """[N, L] head outputs -> [N] scalar rewards (the scalar head's output, standardised with rl.normalize_reward,
+        or the distribution's reduction)."""
         if not self.head.distributional:
-            return logits[:, 0]
+            return logits[:, 0] if self.normalize is None else (logits[:, 0] - self.normalize[0]) / self.normalize[1]
         return dist.reduce_scores(dist.score_logprobs(logits), self.reduction, self.risk_lambda, ref_logp)
 
     def win_prob(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -218,6 +221,7 @@ def build_scorer(cfg: Config, reward_path: str | None, task: Task | None, device
         return Scorer(None, tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, **common)
     rm_tokenizer = load_tokenizer(reward_path) if not cfg.model.tokenizer else tokenizer
     rm, head = load_trained_reward_model(reward_path, cfg.reward, rm_tokenizer, device, torch.float32)  # as validated
+    common["normalize"] = read_reward_stats(reward_path) if cfg.rl.normalize_reward else None
     ref_gen = None if reference is None else Generator(reference, tokenizer, cfg.generator, prompt_tokens, device)
     return Scorer(rm, rm_tokenizer, prompts, cfg.data, device, cfg.eval.batch_size, head=head,
                   reduction=cfg.rl.reward_reduction, risk_lambda=cfg.rl.risk_lambda, reference_generator=ref_gen,

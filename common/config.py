@@ -96,6 +96,9 @@ class SFTConfig:
     batch_size: int = opt(32, ge=1)
 
 
+DEGENERATE_KINDS = ("rare_tokens", "repeated", "unfinished", "truncated", "empty")  # actors/degenerate.py's KINDS
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     head: str = opt("scalar", choices=("scalar", "distributional"),
@@ -113,6 +116,14 @@ class RewardConfig:
     model_weight: float = opt(1.0, ge=0.0, help="weight of the reward model's reward in the RL reward; 0 = no reward "
                                                 "model (the rm stage is skipped and nothing loads one: the reward is "
                                                 "reward.functions' alone)")
+    degenerate_negatives: float = opt(0.0, ge=0.0, le=1.0,
+                                      help="share of training pairs that get an extra pair: their chosen answer "
+                                           "against a degenerate one (rare-token gibberish, a repeated token, the "
+                                           "answer unfinished or cut in half, each without EOS; "
+                                           "actors/degenerate.py); 0 = off (the paper trains on the data's pairs "
+                                           "alone)")
+    degenerate_kinds: tuple[str, ...] = opt(DEGENERATE_KINDS, help="the kinds those negatives take in turn "
+                                                                    "(actors/degenerate.py)")
     functions: tuple[str, ...] = opt((), help="Python reward functions added to the reward, in TRL's convention "
                                               "(docs/rewards.md): FILE.py:NAME, module:NAME or a task's built-in "
                                               "name (sandbox_gold, ifeval_strict, ifeval_loose)")
@@ -138,6 +149,9 @@ class RewardConfig:
             if not spec.strip() or (sep and (not where.strip() or not name.isidentifier())):
                 raise ConfigError(f"reward.functions[{i}]: {spec!r} is not FILE.py:NAME, module:NAME or a task's "
                                   f"built-in name (NAME a Python identifier)")
+        if not self.degenerate_kinds or not set(self.degenerate_kinds) <= set(DEGENERATE_KINDS):
+            raise ConfigError(f"reward.degenerate_kinds={list(self.degenerate_kinds)}: name one or more of "
+                              f"{', '.join(DEGENERATE_KINDS)}")
         if self.function_weights and len(self.function_weights) != len(self.functions):
             raise ConfigError(f"reward.function_weights: {len(self.function_weights)} weight(s) for "
                               f"{len(self.functions)} reward.functions; give one weight per function, in order, or "
@@ -225,6 +239,10 @@ class RLConfig:
     missing_eos_penalty: float = opt(0.0, ge=0.0, help="subtracted from the reward of a response cut at "
                                                        "generator.max_new_tokens (no EOS); 0 = off (the paper's "
                                                        "reward; a truncated answer is still scored as unfinished)")
+    normalize_reward: bool = opt(False, help="standardise the scalar reward model's output with the mean and std "
+                                             "of its scores on training answers, measured once by the rm stage "
+                                             "(reward_model/reward_stats.json), so kl_coef weighs the same against "
+                                             "every seed's reward model; off = the paper's raw reward")
     sample_every: int = opt(10, ge=0, help="at the first step and every N steps, the best, median and worst "
                                            "response of the step's own batch (prompt, response, reward) go to "
                                            "stdout and to the trackers' rollout/samples; 0 = off")
@@ -325,6 +343,13 @@ class Config:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} needs reward.head=distributional "
                               f"(a scalar reward model has no distribution to reduce); got reward.head="
                               f"{self.reward.head}")
+        if self.rl.normalize_reward and self.reward.head != "scalar":
+            raise ConfigError(f"rl.normalize_reward=true standardises a scalar reward model's output; reward.head="
+                              f"{self.reward.head} has a distribution (use its reductions): set one of them back")
+        if self.rl.eval_every and not self.data.dev_fraction:
+            raise ConfigError(f"rl.eval_every={self.rl.eval_every} probes the validation pools, and "
+                              f"data.dev_fraction=0 leaves none: set data.dev_fraction > 0 (e.g. 0.3) or "
+                              f"rl.eval_every=0")
         if self.rl.reward_reduction != "expected" and self.reward.model_weight == 0:
             raise ConfigError(f"rl.reward_reduction={self.rl.reward_reduction} reduces the reward model's "
                               f"distribution, but reward.model_weight=0 uses no reward model; set "

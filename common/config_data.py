@@ -31,6 +31,11 @@ class DataConfig:
     split: str = opt("average_rating_split", help="the hub split (or file) holding the preference pairs")
     val_fraction: float = opt(0.1, gt=0.0, lt=1.0, help="share of distinct prompts held out for validation")
     split_seed: int = opt(0, ge=0, help="seed of the train/validation split; fixed across training seeds")
+    dev_fraction: float = opt(0.3, ge=0.0, lt=1.0, help="share of each held-out pool's distinct prompts (ID and OOD) "
+                                                         "set apart as the validation pools (splits dev, dev_ood): "
+                                                         "the RL probe and every choice (steps, lr, kl_coef) read "
+                                                         "them; the rest are the test pools that eval reads once, "
+                                                         "at the end; 0 = no validation pools (no probe)")
     max_prompt_tokens: int = opt(256, ge=8, help="longer prompts are truncated from the left or dropped")
     max_length: int = opt(512, ge=16, help="prompt + response tokens for reward-model training")
     overlong: str = opt("truncate_left", choices=("truncate_left", "drop"))

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from common.config import ConfigError, RewardConfig
+from common.errors import PathNotFound
 from common.models import load_reward_model
 
 HEAD_FILE = "reward_head.json"
@@ -40,6 +41,20 @@ class RewardHead:
 
 def head_from_config(reward: RewardConfig) -> RewardHead:
     return RewardHead(reward.head, 1 if reward.head == "scalar" else reward.num_bins)
+
+
+REWARD_STATS = "reward_stats.json"  # the scalar head's score mean and std on training answers (rl.normalize_reward)
+
+
+def read_reward_stats(path: str | Path) -> tuple[float, float]:
+    """(mean, std) the rm stage measured for the reward model at `path`; one line naming the file if absent."""
+    file = Path(path, REWARD_STATS)
+    if not file.is_file():
+        raise PathNotFound(f"rl.normalize_reward=true needs {file}, which the rm stage writes for a scalar head: "
+                           f"train the reward model again with this version (--stage rm), or set "
+                           f"rl.normalize_reward=false")
+    raw = json.loads(file.read_text())
+    return float(raw["mean"]), max(float(raw["std"]), 1e-6)
 
 
 def save_head(head: RewardHead, path: str | Path) -> None:

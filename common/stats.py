@@ -1,5 +1,6 @@
 """Statistics for trustworthy comparisons: paired bootstrap confidence intervals over prompts, win rates with
-ties counted half, and aggregation over training seeds (mean, t interval, per-seed values)."""
+ties counted half, and aggregation over training seeds (mean, t interval, median and IQR, per-seed values, the
+collapse rate)."""
 
 from __future__ import annotations
 
@@ -78,13 +79,29 @@ def seed_summary(values, confidence: float = 0.95, bounds: tuple[float, float] |
     n, mean = len(v), float(v.mean())
     if n == 1:
         return {"n": 1, "mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                "values": v.tolist()}
+                "values": v.tolist(), **quartiles(v)}
     std = float(v.std(ddof=1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     lo, hi = mean - half, mean + half
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return {"n": n, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "values": v.tolist()}
+    return {"n": n, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "values": v.tolist(), **quartiles(v)}
+
+
+def quartiles(values) -> dict[str, float]:
+    """Median, first and third quartile and IQR of per-seed values (numpy's linear interpolation between order
+    statistics). Beside the mean's t interval because one collapsed seed drags a mean and widens its interval over
+    every other seed's figure, while the median and IQR say what a typical seed gives."""
+    q1, median, q3 = (float(x) for x in np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75]))
+    return {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1}
+
+
+def collapse_rate(gains) -> dict[str, float]:
+    """Seeds whose trained policy's gold is below its own SFT policy's (gain < 0: the method made it worse) out of
+    all seeds, and their fraction (issue 25: a 3-seed interval can hide a collapse rate near one in three)."""
+    g = np.asarray(gains, dtype=np.float64)
+    collapsed = int((g < 0).sum())
+    return {"collapsed": collapsed, "seeds": len(g), "rate": collapsed / len(g) if len(g) else float("nan")}
 
 
 def overoptimisation(steps, proxy, gold, gold_se, z: float = 2.0) -> dict:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-PLANS = ("results", "tune", "level2", "level2_kl", "baselines")  # named plans for `launch.py --plan NAME`
+from common.config import ConfigError
+
+PLANS = ("results", "tune", "confirm", "level2", "level2_kl", "baselines")  # named plans for `launch.py --plan NAME`
 
 
 def plan_variants(name: str):
     """The variants and the reference variant of a named plan."""
-    if name in ("results", "tune"):
+    if name in ("results", "tune", "confirm"):
         from experiments import demo
-        return (demo.RESULTS if name == "results" else demo.TUNE), None
+        return {"results": demo.RESULTS, "tune": demo.TUNE, "confirm": demo.CONFIRM}[name], None
     if name == "level2":
         from experiments import level2
         return level2.VARIANTS, level2.REFERENCE
@@ -20,3 +22,23 @@ def plan_variants(name: str):
         from experiments import baselines
         return baselines.VARIANTS, baselines.REFERENCE
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLANS)}")
+
+
+def plan_seeds(name: str | None, seeds: list[int] | None, overrides: list[str]) -> list[int] | None:
+    """The seeds a plan runs: `seeds` (--seeds) or the plan's own (tune: the tuning seeds, confirm: the fresh seeds;
+    None for the others: the config's seed). `confirm` refuses a tuning seed and a reward.path (a reward model
+    trained elsewhere): every fresh seed trains its own SFT policy and reward model."""
+    if name not in ("tune", "confirm"):
+        return seeds
+    from experiments import demo
+    chosen = seeds or list(demo.TUNE_SEEDS if name == "tune" else demo.FRESH_SEEDS)
+    if name == "confirm":
+        used = sorted(set(chosen) & set(demo.TUNE_SEEDS))
+        if used:
+            raise ConfigError(f"--plan confirm: seed(s) {', '.join(map(str, used))} chose the settings (TUNE_SEEDS in "
+                              f"experiments/demo.py); confirm on fresh seeds, e.g. the default "
+                              f"{','.join(map(str, demo.FRESH_SEEDS))}")
+        if any(o.split("=", 1)[0].strip() == "reward.path" for o in overrides):
+            raise ConfigError("--plan confirm: reward.path is refused; every fresh seed trains its own reward model "
+                              "(and SFT policy)")
+    return chosen

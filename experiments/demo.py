@@ -1,18 +1,20 @@
-"""The demo's headline figures and the sweep that chose its settings, as plans for the one runner.
+"""The demo's settings: the sweep that chooses them (tune), and the runs that quote them (confirm, results).
 
-    make results        # = python launch.py --plan results --seeds 0,1,2 --jobs 2 run_dir=runs/results torch_threads=1
-    python launch.py --plan tune --seeds 0,1,2 --jobs 2 run_dir=runs/tune torch_threads=1
+    python launch.py --plan tune --jobs 2 run_dir=runs/tune torch_threads=1        # TUNE_SEEDS, validation pools only
+    python launch.py --plan confirm --jobs 2 run_dir=runs/confirm torch_threads=1  # FRESH_SEEDS, test pools once
+    make results                                                                    # = the confirm plan
 
-`results` runs configs/tiny.yaml unchanged over the seeds: the report's means, 95% across-seed t-intervals and
-per-seed values (in-distribution and out-of-distribution held-out, the training probe, truncation) are the
-figures README.md and docs/results_sandbox.md quote, with the command and machine beside them. `tune` is the
-small sweep the demo's rl settings come from: one factor at a time around the demo's point (kl_coef 0.05,
-lr 3e-4): kl_coef 0.02 and 0.1 at that lr, lr 1e-4 at that kl_coef, each run TUNE_STEPS long and probed on
-held-out prompts every rl.eval_every steps, so one run also shows where over more or fewer steps gold peaks (the
-steps axis of the sweep: the demo's rl.steps was read off it; with a constant learning rate a shorter run is the
-start of a longer one). Every variant shares its seed's SFT policy and reward model with the demo's point. One factor
-at a time rather than the full 3 x 2 grid: 12 RL runs instead of 18 on a 2-core machine; the grid is one
-`--grid rl.kl_coef=... rl.lr=...` away.
+`tune` is a small sweep around the shipped point (configs/tiny.yaml): one factor at a time (kl_coef, lr), each run
+TUNE_STEPS long and probed every rl.eval_every steps on the validation pools (data.dev_fraction of each held-out
+pool, tasks/base.py), which gives the steps axis: with a constant learning rate a shorter run is the start of a
+longer one. It runs no eval stage, so the test pools stay unread; the report's "Choice on the validation pools"
+(stages/report_choice.py) picks the (variant, step) with the fewest collapsed seeds, then the highest mean gold gain.
+Every variant of a seed shares that seed's SFT policy and reward model (one reward scale per seed).
+
+`confirm` runs the shipped config unchanged on FRESH_SEEDS, disjoint from TUNE_SEEDS (a seed used for tuning or for
+the collapse diagnosis is refused), each seed training its own SFT policy and reward model (no variant takes another
+one's; reward.path is refused): the report gives the mean with its 95% interval, the median and IQR, and the collapse
+rate on the test pools. `results` is the same single variant on whatever seeds are given (the old `make results`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,28 @@ from __future__ import annotations
 from experiments.runner import Variant, grid_variants
 
 RESULTS = grid_variants([])  # one variant, "default": the config as it is
-TUNE_STEPS = 150  # every tune run goes this far; the probe every rl.eval_every steps gives the steps axis
-DEMO_POINT = "kl_coef=0.05,lr=3e-4"  # configs/tiny.yaml's kl_coef and lr: trains the SFT policy and reward model
-TUNE = [Variant(DEMO_POINT, ("rl.kl_coef=0.05", "rl.lr=3e-4", f"rl.steps={TUNE_STEPS}"))] + [
-    Variant(f"kl_coef={kl},lr={lr}", (f"rl.kl_coef={kl}", f"rl.lr={lr}", f"rl.steps={TUNE_STEPS}"),
-            policy_from=DEMO_POINT, reward_from=DEMO_POINT)
-    for kl, lr in (("0.02", "3e-4"), ("0.1", "3e-4"), ("0.05", "1e-4"))]
+# Seeds that chose the settings or diagnosed the collapse (docs/collapse.md: 3, 4, 5); the fresh seeds never touch a
+# choice. 6 tuning seeds, 10 fresh ones (issue 25: >= 5 and >= 10).
+TUNE_SEEDS = (0, 1, 2, 3, 4, 5)
+FRESH_SEEDS = tuple(range(100, 110))
+CONFIRM = [Variant("shipped")]  # trains its own SFT policy and reward model per seed
+TUNE_STEPS = 120  # every tune run goes this far; the probe every rl.eval_every steps gives the steps axis
+SHIPPED = {"kl_coef": "0.05", "lr": "3e-4"}  # configs/tiny.yaml's rl.kl_coef and rl.lr: trains SFT and RM
+FACTORS = (("kl_coef", ("0.02", "0.1")), ("lr", ("1e-4",)))  # one factor at a time around SHIPPED
+
+
+def point_name(point: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items())
+
+
+def tune_variants() -> list[Variant]:
+    """The shipped point (it trains the seed's SFT policy and reward model) and one variant per factor value, all
+    without the eval stage."""
+    first = point_name(SHIPPED)
+    points = [dict(SHIPPED)] + [{**SHIPPED, key: value} for key, values in FACTORS for value in values]
+    return [Variant(point_name(p), (*(f"rl.{k}={v}" for k, v in p.items()), f"rl.steps={TUNE_STEPS}"),
+                    policy_from=None if i == 0 else first, reward_from=None if i == 0 else first, skip=("eval",))
+            for i, p in enumerate(points)]
+
+
+TUNE = tune_variants()

@@ -55,11 +55,12 @@ ARTIFACT = {"sft": "sft_model", "rm": "reward_model"}  # what another variant ca
 @dataclass(frozen=True)
 class Variant:
     """A named set of overrides; `policy_from` / `reward_from` name the variant whose SFT policy / reward model
-    (same seed) this one uses instead of training its own."""
+    (same seed) this one uses instead of training its own; `skip` names stages it does not run."""
     name: str
     overrides: tuple[str, ...] = ()
     policy_from: str | None = None
     reward_from: str | None = None
+    skip: tuple[str, ...] = ()  # stages of `--stage all` this variant leaves out (tune: eval, the test pools)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
                 # the run's own (a variant may set reward.model_weight=0: no rm stage)
                 task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()
-                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from}
+                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from, **dict.fromkeys(v.skip, True)}
                 stages = [s for s in task_stages if not skip.get(s)]
                 if "pairs" in task_stages and runs:
                     needs.append((runs[0], "pairs"))

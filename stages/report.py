@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from common.files import write_text_atomic
-from common.stats import overoptimisation_check, seed_summary
+from common.stats import collapse_rate, overoptimisation_check, seed_summary
 from stages import plots
+from stages.report_choice import choice_section
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_provenance import changed_on_resume, failed_runs, mixed_runs, provenance, reward_line, setup_line
 from stages.report_runs import (
@@ -50,6 +51,7 @@ def aggregate(runs: list[RunData], pool: str | None = None) -> dict:
                            "trained": seed_summary([x["treated_mean"] for x in c], conf),
                            "diff": seed_summary([x["diff_mean"] for x in c], conf),
                            "win_rate": seed_summary([x["win_rate"] for x in c], conf, bounds=(0.0, 1.0)),
+                           "collapse": collapse_rate([x["diff_mean"] for x in c]),
                            "seeds_ci_above_zero": sum(x["diff_ci_low"] > 0 for x in c),
                            "seeds_ci_below_zero": sum(x["diff_ci_high"] < 0 for x in c)}
     ranges = {"kl_to_ref": (0.0, np.inf), "length_mean": (0.0, np.inf), "eos_rate": (0.0, 1.0)}  # true ranges
@@ -76,6 +78,16 @@ def ci(s: dict) -> str:
     return f3(s["mean"]) + ("" if s["n"] < 2 else f" [{f3(s['ci_low'])}, {f3(s['ci_high'])}]")
 
 
+def median_iqr(s: dict) -> str:
+    """`median [q1, q3]` of a seed summary."""
+    return f3(s["median"]) + ("" if s["n"] < 2 else f" [{f3(s['q1'])}, {f3(s['q3'])}]")
+
+
+def collapsed(c: dict) -> str:
+    """`k of n (rate)`: seeds whose gold fell below their SFT policy's."""
+    return f"{c['collapsed']} of {c['seeds']} ({c['rate']:.2f})"
+
+
 def verdict(variant: str, agg: dict, reward: str = "reward-model reward") -> str:
     """One sentence per metric: did the held-out score rise, and is the rise beyond chance across seeds? (`reward`:
     what the reward RL maximised is called, report_runs.reward_name)"""
@@ -96,7 +108,10 @@ def verdict(variant: str, agg: dict, reward: str = "reward-model reward") -> str
         lines.append(f"- **{variant}**: held-out {label} {direction} by {f3(d['mean'])} vs SFT "
                      f"(per seed: {', '.join(f3(x) for x in d['values'])}); {across}. "
                      f"{agg[metric]['seeds_ci_above_zero']} of {n} seeds have a prompt-bootstrap CI above 0, "
-                     f"{agg[metric]['seeds_ci_below_zero']} below 0. Win rate {ci(agg[metric]['win_rate'])}.")
+                     f"{agg[metric]['seeds_ci_below_zero']} below 0. Median {median_iqr(d)} (IQR). Win rate "
+                     f"{ci(agg[metric]['win_rate'])}." + (f" Collapsed (gold below SFT's): "
+                                                         f"{collapsed(agg[metric]['collapse'])}."
+                                                         if metric == "gold" else ""))
     return "\n".join(lines)
 
 
@@ -104,7 +119,8 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
     has_gold = any("gold" in a for a in aggs.values())
     name = reward_name([r for runs in variants.values() for r in runs], short=True)
     head = ["variant", "seeds", f"{name} SFT", f"{name} trained", "diff vs SFT [CI]", "win rate [CI]"]
-    head += ["gold SFT", "gold trained", "gold diff [CI]", "gold win rate [CI]"] if has_gold else []
+    head += ["gold SFT", "gold trained", "gold diff [CI]", "gold diff median [IQR]", "collapsed (gold < SFT)",
+             "gold win rate [CI]"] if has_gold else []
     head += ["KL to SFT", "length SFT -> trained", "truncated SFT -> trained"]
     rows = []
     for v, a in aggs.items():
@@ -114,7 +130,8 @@ def summary_table(variants: dict[str, list[RunData]], aggs: dict[str, dict]) -> 
                ci(a["reward"]["win_rate"])]
         if has_gold:
             g = a.get("gold")
-            row += [ci(g["sft"]), ci(g["trained"]), ci(g["diff"]), ci(g["win_rate"])] if g else ["n/a"] * 4
+            row += [ci(g["sft"]), ci(g["trained"]), ci(g["diff"]), median_iqr(g["diff"]), collapsed(g["collapse"]),
+                    ci(g["win_rate"])] if g else ["n/a"] * 6
         row += [ci(a["kl_to_ref"]["trained"]), f"{f3(a['length_mean']['sft']['mean'])} -> "
                 f"{f3(a['length_mean']['trained']['mean'])}", f"{f3(a['truncation_rate']['sft']['mean'])} -> "
                 f"{f3(a['truncation_rate']['trained']['mean'])}"]
@@ -170,7 +187,7 @@ def probe_section(variants: dict[str, list[RunData]]) -> list[str]:
         return []
     flagged = sum(r[-1] != "no" for r in rows)
     return (["## Over-optimisation during training (held-out probe)", "",
-            "Every `rl.eval_every` steps the policy answered a fixed held-out subset (same prompts, same sampling "
+            "Every `rl.eval_every` steps the policy answered the validation pools (same prompts, same sampling "
             f"seed each time), scored by the {name} and the gold judge (curves `eval/` in the training "
             "figures). A run is flagged when gold peaked before the end, fell from the peak by more than two "
             f"combined standard errors, and the {name} at the end is above its value at gold's peak. "
@@ -321,7 +338,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
     lines += ["## Training curves", ""]
     for v in variants:
         lines += img(f"training:{v}", f"training curves {v}")
-    lines += img("probe", "held-out probe during training") + probe_section(variants)
+    lines += img("probe", "held-out probe during training") + probe_section(variants) + choice_section(variants)
     if figures.get("gold_vs_rm"):
         lines += [f"## Gold vs {name} during training", "",
                   f"If the {name} keeps rising while the gold reward stalls or falls, the policy is exploiting "

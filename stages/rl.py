@@ -129,7 +129,8 @@ class RLRecorder:
         self.probe = (HeldoutProbe(cfg, task, paths.scoring_reward_model, learner, tokenizer) if cfg.rl.eval_every
                       else None)
         if self.probe is not None and start == 0:
-            self.logger.log(0, self.probe())  # step 0: the SFT policy itself
+            self.logger.log(0, self.probe() | self.probe.rm_check)  # step 0: the SFT policy, and the reward model
+            # on degenerate answers (actors/degenerate.py)
 
     def record(self, step: int, metrics: dict[str, float], learner: Learner, batch: RolloutBatch) -> None:
         rl = self.rl

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
+from actors.degenerate import negative_pairs
 from common import data
 from common.config import Config, RewardConfig
 from common.files import write_text_atomic
 from common.metrics import RunLogger
 from common.models import apply_lora, load_reward_model, load_tokenizer, reward_head_logits
 from common.paths import RunPaths
-from common.reward_head import head_from_config, save_head
+from common.reward_head import REWARD_STATS, head_from_config, save_head
 from common.rollout import pad_right
 from common.runtime import begin_outputs, prepare
 from learner import distributional as dist
@@ -47,6 +49,39 @@ def encode_pairs(tokenizer, pairs: list[data.PreferencePair], cfg: Config, stats
         else:
             stats.dropped_overlong_pairs += 1
     return out
+
+
+def encode_negatives(tokenizer, pairs: list[data.PreferencePair], cfg: Config,
+                     stats: data.DataStats) -> list[EncodedPair]:
+    """reward.degenerate_negatives: extra training pairs, a pair's chosen answer against a degenerate answer to the
+    same prompt (actors/degenerate.py; reward.degenerate_kinds in turn) encoded as unfinished (no end-of-turn), as
+    the scorer encodes a response cut at generator.max_new_tokens, or, the empty answer, as finished. The rejected
+    side's rating is the scale's bottom (0). A practitioner's fix for a reward model that has never seen such
+    answers (issue 25), not in the paper."""
+    out = []
+    for p, chosen, bad, bad_finished in negative_pairs(pairs, cfg.reward.degenerate_negatives, tokenizer,
+                                                       cfg.generator.max_new_tokens, cfg.seed,
+                                                       cfg.reward.degenerate_kinds):
+        enc = [data.encode_conversation(tokenizer, p.prompt, r, cfg.data.max_length, cfg.data.max_prompt_tokens,
+                                        cfg.data.overlong, stats, finished) for r, finished in ((chosen, True),
+                                                                                                (bad, bad_finished))]
+        if enc[0] is not None and enc[1] is not None:
+            out.append(EncodedPair(enc[0], enc[1], p.chosen_rating, 0.0 if p.rated else None))
+    return out
+
+
+@torch.no_grad()
+def score_stats(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device,
+                batch_size: int) -> dict[str, float]:
+    """Mean and std of the scalar head's scores on the answers (both sides) of up to 1024 training pairs: what
+    rl.normalize_reward standardises the reward with (reward_model/reward_stats.json)."""
+    model.eval()
+    pairs, scores = pairs[:1024], []
+    for start in range(0, len(pairs), batch_size):
+        lw, ll = pair_logits(model, pairs[start:start + batch_size], pad_id, device)
+        scores.append(torch.cat([lw[:, 0], ll[:, 0]]).cpu())
+    s = torch.cat(scores).double()
+    return {"mean": float(s.mean()), "std": float(s.std()), "answers": len(s)}
 
 
 # (DataStats field, what it counts) for the one line per kind the rm stage prints when the count is not 0
@@ -139,14 +174,18 @@ def run_rm(cfg: Config, overwrite: bool = False) -> dict:
     stats = data.DataStats()
     train, val = encode_pairs(tokenizer, splits.train, cfg, stats), encode_pairs(tokenizer, splits.val, cfg, stats)
     ood = encode_pairs(tokenizer, splits.ood, cfg, stats)  # held-out templates / topics (sandbox)
+    data_train = train  # the data's own pairs (reward_stats.json is measured on them)
+    negatives = encode_negatives(tokenizer, splits.train, cfg, stats) if cfg.reward.degenerate_negatives else []
+    train = train + negatives
     report_data_notes(splits.stats)
     if not train or not val:
         raise data.DataError(f"{splits.stats.origin}: {len(train)} of {len(splits.train)} train and {len(val)} of "
                              f"{len(splits.val)} validation pairs fit data.max_length={cfg.data.max_length} "
                              f"(data.overlong={cfg.data.overlong}); reward-model training needs both: raise "
                              f"data.max_length or use data.overlong=truncate_left")
-    check_overlong_share(splits.stats.origin, len(splits.train) + len(splits.val) + len(splits.ood),
-                         stats.dropped_overlong_pairs, cfg)
+    encode_pairs(tokenizer, splits.dev + splits.dev_ood, cfg, stats)  # the validation pools' pairs count too
+    check_overlong_share(splits.stats.origin, len(splits.train) + len(splits.val) + len(splits.ood) + len(splits.dev)
+                         + len(splits.dev_ood), stats.dropped_overlong_pairs, cfg)
     head = head_from_config(cfg.reward)
     model = load_reward_model(init, head.num_labels, tokenizer, device,
                               key="reward.init" if cfg.reward.init else "model.policy")
@@ -180,11 +219,20 @@ def run_rm(cfg: Config, overwrite: bool = False) -> dict:
                | {"rm/val_ece": val_metrics["calibration"]["ece"]})
     logger.close()
     result = {"head": head.kind, "num_bins": head.num_bins, "val": val_metrics, "val_before_training": before,
-              "data": report}
+              "data": report, "degenerate_negatives": len(negatives)}
+    stats_file = None
+    if head.kind == "scalar":
+        result["score_stats"] = score_stats(model, data_train, pad, device, 2 * bs)
+        stats_file = json.dumps(result["score_stats"], indent=2)
     if ood:  # the same metrics on pairs whose requests no training pair uses
         result["val_ood"] = evaluate_pairs(model, ood, pad, device, 2 * bs, cfg.reward)
     record = training_record("reward", cfg, paths.run_dir, card_figures(result))
-    save_trained(model, tokenizer, paths.reward_out, record, extra=lambda tmp: save_head(head, tmp))
+    def extra(tmp):
+        save_head(head, tmp)
+        if stats_file is not None:
+            (Path(tmp) / REWARD_STATS).write_text(stats_file)
+
+    save_trained(model, tokenizer, paths.reward_out, record, extra=extra)
     write_text_atomic(paths.file("rm_metrics.json"), json.dumps(result, indent=2))
     return result
 

@@ -3,8 +3,9 @@
 The temperature is part of the RL policy (README, "The algorithm, exactly": the learner and the reference use
 softmax(logits / T), the distribution that was sampled), so choosing it chooses what RL starts from and
 optimises. This stage measures the SFT policy at each of `eval.temperatures` (0 = greedy decoding) before any
-training: it answers the first `eval.num_prompts` prompts of each held-out pool (in- and out-of-distribution)
-with the eval stage's sampler seed, and every answer is judged as the eval stage judges it (actors/heldout.py):
+training: it answers the first `eval.num_prompts` prompts of each validation pool (in- and out-of-distribution;
+a choice is made on them, never on the test pools, tasks/base.py) with the eval stage's sampler seed, and every
+answer is judged as the eval stage judges it (actors/heldout.py):
 the task's gold judge where it has one (the ifeval task: IFEval's verifiers, strict and loose), the run's reward
 model (`rm`) and reward functions (`reward_fn/<name>`), EOS within generator.max_new_tokens, length, and
 distinct-2, the share of distinct word bigrams in an answer (1 = no repeated bigram; degenerate sampling repeats).
@@ -20,7 +21,7 @@ import json
 import numpy as np
 import torch
 
-from actors.heldout import POOLS, HeldoutPool, heldout_pool
+from actors.heldout import DEV_POOLS, HeldoutPool, heldout_pool
 from common.config import Config
 from common.files import write_text_atomic
 from common.models import load_causal_lm, load_tokenizer
@@ -65,7 +66,7 @@ def run_temperature(cfg: Config) -> dict:
     reward_path = paths.scoring_reward_model  # checked before anything is written
     begin_outputs(cfg, "temperature")
     result = {"policy": sft_path, "max_new_tokens": cfg.generator.max_new_tokens, "pools": {}}
-    for split, suffix in POOLS:
+    for split, suffix in DEV_POOLS:
         pool = heldout_pool(cfg, task, reward_path, tokenizer, device,
                             resolve_dtype(cfg.model.dtype, device),
                             split, cfg.eval.num_prompts, f"temperature{suffix}")
@@ -83,8 +84,8 @@ def format_table(result: dict) -> str:
         rows = pool["by_temperature"]
         first = next(iter(rows.values()))
         cols = [k for k in first if k.startswith(("gold", "rm", "reward_fn/"))] + ["eos_rate", "length", "distinct_2"]
-        name = "in-distribution" if split == "val" else "out-of-distribution"
-        lines += [f"{name} held-out prompts: {pool['num_prompts']} (T = 0: greedy)",
+        name = "in-distribution" if split == "dev" else "out-of-distribution"
+        lines += [f"{name} validation prompts: {pool['num_prompts']} (T = 0: greedy)",
                   f"{'T':<6}" + "".join(f"{c.removeprefix('reward_fn/')[:11]:>12}" for c in cols)]
         lines += [f"{t:<6}" + "".join(f"{r[c]:>12.3f}" for c in cols) for t, r in rows.items()]
     return "\n".join(lines)

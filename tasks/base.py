@@ -12,6 +12,11 @@ also have prompts without a pair (the ifeval task: every sampled answer tied und
 preference, but RL and eval still ask them, split by the same rule as the rest, so the held-out pools are all
 held-out prompts, not only those with a pair. A task whose data holds prompts only (`prompts_only`: a prompt-only
 data set) has no pairs at all: its prompts are split by that rule alone, and no reward model can be trained on it.
+
+Validation and test. Each held-out pool is split again by prompt (`data.dev_fraction`, a hash with another salt):
+`dev` and `dev_ood` are the validation pools, which the RL probe reads and every choice (steps, lr, kl_coef) is made
+on; what is left of `val` and `ood` are the test pools, which the eval stage reads once, at the end. No prompt is
+in two of train, dev, val, dev_ood, ood (tests/test_tasks.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from common import data
 from common.config import Config
 from common.files import write_text_atomic
 
-SPLITS = ("train", "val", "ood")  # ood: out-of-distribution held-out; empty for a task without one
+# val / ood: the in-distribution and out-of-distribution test pools (ood empty for a task without one); dev / dev_ood:
+# the validation pools carved out of them (data.dev_fraction)
+SPLITS = ("train", "val", "ood", "dev", "dev_ood")
+DEV_SALT = 1_000_003  # added to data.split_seed for the dev/test split, so it is not the train/held-out hash again
 Messages = tuple[dict, ...]  # a prompt: chat messages ending with a user turn
 # (last user message, response) -> the gold judge's score, or named scores among which "gold" (the headline one;
 # the ifeval task adds "gold_loose")
@@ -42,6 +50,8 @@ class Splits:
     val: list[data.PreferencePair]  # in-distribution held-out: new prompts on requests training also asks
     stats: data.DataStats
     ood: list[data.PreferencePair] = field(default_factory=list)  # held-out requests / instruction types
+    dev: list[data.PreferencePair] = field(default_factory=list)  # validation pools (see the module docstring)
+    dev_ood: list[data.PreferencePair] = field(default_factory=list)
     # a task with prompts without a pair: split -> all its prompts in the task's order (see the module docstring)
     task_pools: dict[str, list[Messages]] = field(default_factory=dict)
 
@@ -171,6 +181,7 @@ class Task:
             "train": [m for m in unpaired_in if data.messages_key(m) not in val_keys],
             "val": [m for m in unpaired_in if data.messages_key(m) in val_keys],
             "ood": [m for m in unpaired if self.ood_kind(m[-1]["content"])]}
+        dev, val, dev_ood, ood = self.carve_dev(val, ood, pools)
         if prompts_only and (not pools["train"] or not pools["val"]):
             raise data.DataError(f"{stats.origin}: {len(unpaired)} distinct prompt(s) give {len(pools['train'])} "
                                  f"train and {len(pools['val'])} validation prompts; a split by prompt needs at least "
@@ -183,7 +194,25 @@ class Task:
             train = train[:cfg.max_train_pairs]
         if cfg.max_val_pairs:
             val, ood = val[:cfg.max_val_pairs], ood[:cfg.max_val_pairs]
-        return Splits(train=train, val=val, stats=stats, ood=ood, task_pools=pools)
+            dev, dev_ood = dev[:cfg.max_val_pairs], dev_ood[:cfg.max_val_pairs]
+        return Splits(train=train, val=val, stats=stats, ood=ood, dev=dev, dev_ood=dev_ood, task_pools=pools)
+
+    def carve_dev(self, val: list[data.PreferencePair], ood: list[data.PreferencePair],
+                  pools: dict[str, list[Messages]]) -> tuple[list, list, list, list]:
+        """(dev, val, dev_ood, ood): data.dev_fraction of each held-out pool's prompts (paired and unpaired alike,
+        all pairs of a prompt on one side) become its validation pool; `pools` (unpaired prompts) is split in place."""
+        fraction, seed = self.cfg.data.dev_fraction, self.cfg.data.split_seed + DEV_SALT
+        out = []
+        for test, name in ((val, "val"), (ood, "ood")):
+            keys = [p.prompt_key for p in test] + [data.messages_key(m) for m in pools.get(name, [])]
+            # two prompts at least, so that the test pool keeps one (validation_keys leaves both sides non-empty)
+            dev_keys = data.validation_keys(keys, fraction, seed) if fraction and len(set(keys)) > 1 else set()
+            out += [[p for p in test if p.prompt_key in dev_keys], [p for p in test if p.prompt_key not in dev_keys]]
+            if pools:
+                pools["dev" if name == "val" else "dev_ood"] = [m for m in pools[name]
+                                                                if data.messages_key(m) in dev_keys]
+                pools[name] = [m for m in pools[name] if data.messages_key(m) not in dev_keys]
+        return out[0], out[1], out[2], out[3]
 
     def encode_prompts(self, tokenizer, prompts: list[Messages],
                        stats: data.DataStats) -> tuple[list[Messages], list[list[int]]]:
@@ -204,8 +233,9 @@ class Task:
 
     def prompt_pool(self, tokenizer, split: str, stage: str,
                     before_report: Callable[[], object] | None = None) -> tuple[list[Messages], list[list[int]]]:
-        """The prompts of `split` ("train" for RL, "val" / "ood" for eval) with their chat-templated ids (both
-        empty for an empty split); the stage's data counts go to <run_dir>/data_<stage>.json, after
+        """The prompts of `split` ("train" for RL, "dev" / "dev_ood" for the probe, "val" / "ood" for eval) with
+        their chat-templated ids (both empty for an empty split); the stage's data counts go to
+        <run_dir>/data_<stage>.json, after
         `before_report` (the stage's remaining input checks: a run that fails on one leaves no data report).
         Every prompt pool (rl, eval, the benches) is built here."""
         splits = self.splits()
@@ -233,6 +263,8 @@ def write_data_report(run_dir: str | Path, name: str, splits: Splits, extra: dat
     report = {"train_pairs": len(splits.train), "val_pairs": len(splits.val),
               "train_prompts": len(splits.train_prompts), "val_prompts": len(splits.val_prompts),
               "ood_pairs": len(splits.ood), "ood_prompts": len(splits.ood_prompts),
+              "dev_pairs": len(splits.dev), "dev_prompts": len(splits.prompts("dev")),
+              "dev_ood_pairs": len(splits.dev_ood), "dev_ood_prompts": len(splits.prompts("dev_ood")),
               **({"unpaired_prompts": {k: len(v) - len(data.unique_prompts(getattr(splits, k)))
                                        for k, v in splits.task_pools.items()}} if splits.task_pools else {}),
               "load": splits.stats.as_dict(), **({"encode": extra.as_dict()} if extra is not None else {})}

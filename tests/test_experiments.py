@@ -1,13 +1,14 @@
 """experiments/ (the runner and its named plans): grid parsing, config validation before anything runs, sharing,
 skipping finished runs, failures, and the plans behind the headline figures."""
 
+import dataclasses
 import json
 
 import pytest
 
 from common.config import ConfigError, config_hash, load_config, save_config
 from common.errors import SettingsChanged
-from experiments import plan_variants
+from experiments import demo, plan_seeds, plan_variants
 from experiments.runner import parse_grid, parse_seeds, plan, run_sweep
 from helpers import CONFIG, FAST, expect_error, hold_lock, snapshot
 
@@ -83,13 +84,12 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert [r.name for r in runs] == ["default/seed_0", "default/seed_1", "default/seed_2"] and ref is None
     variants, _ = plan_variants("tune")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
-    assert len(runs) == 4 and all(r.stages == ["rl", "eval"] for r in runs[1:]), "one SFT and RM per seed"
-    overrides = {r.variant: set(r.overrides) for r in runs}
-    assert {"rl.kl_coef=0.05", "rl.lr=3e-4"} <= overrides["kl_coef=0.05,lr=3e-4"], "the demo's point trains"
+    assert runs[0].stages == ["sft", "rm", "rl"] and all(r.stages == ["rl"] for r in runs[1:]), \
+        "one SFT and RM per seed; no eval stage: a tuning sweep never reads the test pools"
     tiny = load_config("configs/tiny.yaml")
-    assert (tiny.rl.kl_coef, tiny.rl.lr) == (0.05, 3e-4), "the tune plan is centred on the demo's settings"
-    assert all("rl.steps=150" in r.overrides for r in runs) and tiny.rl.steps < 150, "steps: read off the probe"
-    assert {"rl.kl_coef=0.02", "rl.kl_coef=0.1", "rl.lr=1e-4"} <= set().union(*overrides.values())
+    assert runs[0].config.rl == dataclasses.replace(tiny.rl, steps=demo.TUNE_STEPS), "centred on the shipped point"
+    assert tiny.rl.steps < demo.TUNE_STEPS, "steps: read off the probe"
+    assert len(runs) == 1 + sum(len(v) for _, v in demo.FACTORS)
     variants, ref = plan_variants("level2_kl")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
     names = [r.variant for r in runs]
@@ -113,6 +113,20 @@ def test_baselines_plan_sweeps_rl_baseline_over_kl_coef_on_one_sft_policy_and_re
     assert {c.baseline for c in cfg.values()} == {"moving_average", "none", "batch_mean", "rloo"}
     assert (cfg["rloo_k4@kl_coef=0.1"].rloo_k, cfg["rloo_k4@kl_coef=0.1"].kl_coef) == (4, 0.1)
     assert len({c.batch_size for c in cfg.values()}) == 1, "every family's learner sees the same sequences per step"
+
+
+def test_confirm_plan_runs_fresh_seeds_that_train_their_own_models(tmp_path):
+    assert plan_seeds("tune", None, []) == list(demo.TUNE_SEEDS) and len(demo.TUNE_SEEDS) >= 5
+    fresh = plan_seeds("confirm", None, [])
+    assert len(fresh) >= 10 and not set(fresh) & set(demo.TUNE_SEEDS)
+    with pytest.raises(ConfigError, match="seed.s. 4 chose the settings"):
+        plan_seeds("confirm", [4, 100], [])
+    with pytest.raises(ConfigError, match="reward.path is refused"):
+        plan_seeds("confirm", [100], ["reward.path=runs/tune/x/seed_0/reward_model"])
+    variants, _ = plan_variants("confirm")
+    _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], fresh[:2], variants, "all")
+    assert all(r.stages == ALL_STAGES and not r.depends_on for r in runs), "nothing taken from another run"
+    assert plan_seeds("level2", [7], []) == [7] and plan_seeds(None, None, []) is None
 
 
 def test_runs_start_when_their_artifacts_exist_and_a_failure_stops_only_its_dependants(tmp_path, monkeypatch):

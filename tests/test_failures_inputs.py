@@ -232,6 +232,12 @@ def test_eval_without_trained_policy_names_the_stage(tmp_path, capsys):
                  "no trained policy", "run --stage rl first")
 
 
+def test_normalize_reward_without_the_rm_stages_statistics_names_the_file(tmp_path, capsys, stand_ins):
+    run = run_with_sft(tmp_path, stand_ins)  # a reward model from before reward_stats.json (or from elsewhere)
+    expect_error(capsys, stage(run, "rl", f"reward.path={stand_ins / 'reward_model'}", "rl.normalize_reward=true"),
+                 str(stand_ins / "reward_model" / "reward_stats.json"), "--stage rm", "rl.normalize_reward=false")
+
+
 def test_reward_init_not_found(tmp_path, capsys, stand_ins):
     run = run_with_sft(tmp_path, stand_ins)
     expect_error(capsys, stage(run, "rm", "reward.init=./no_init_model"), "not found: ./no_init_model", "reward.init")

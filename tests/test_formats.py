@@ -160,7 +160,8 @@ def test_prompt_only_data_splits_its_prompts_by_the_hash_rule(tmp_path):
     everything = [({"role": "user", "content": f"Question {i}?"},) for i in range(30)]
     everything.append(({"role": "system", "content": "Be brief."}, user("Hi")))
     val = validation_keys([messages_key(m) for m in everything], cfg.data.val_fraction, cfg.data.split_seed)
-    assert splits.val_prompts == [m for m in everything if messages_key(m) in val] != []
+    held_out = [m for m in everything if messages_key(m) in val]  # then split into validation (dev) and test (val)
+    assert sorted(splits.val_prompts + splits.prompts("dev"), key=held_out.index) == held_out and splits.val_prompts
     assert splits.train_prompts == [m for m in everything if messages_key(m) not in val]
     assert splits.ood_prompts == []
     # each prompt's other columns, from its first row, for reward functions (TRL's convention)

@@ -97,10 +97,11 @@ def test_split_keeps_heldout_instruction_types_out_of_training_and_judges_by_pro
     s = load_task(cfg).splits()
     types = {t.prompt: t.instruction_id_list[0] for t in tasks}
     kind = lambda prompts: {types[m[-1]["content"]] for m in prompts}  # noqa: E731
-    assert kind(s.prompts("train")) == kind(s.prompts("val")) == set(train_ids)
-    assert kind(s.prompts("ood")) == set(heldout) and {types[p.prompt[-1]["content"]] for p in s.ood} == set(heldout)
-    pools = [{m[-1]["content"] for m in s.prompts(k)} for k in ("train", "val", "ood")]
-    assert sum(map(len, pools)) == len(tasks) and not (pools[0] & pools[1] or pools[0] & pools[2])
+    assert kind(s.prompts("train")) == kind(s.prompts("val") + s.prompts("dev")) == set(train_ids)
+    assert kind(s.prompts("ood") + s.prompts("dev_ood")) == set(heldout)
+    assert {types[p.prompt[-1]["content"]] for p in s.ood + s.dev_ood} == set(heldout)
+    pools = [{m[-1]["content"] for m in s.prompts(k)} for k in ("train", "val", "ood", "dev", "dev_ood")]
+    assert sum(map(len, pools)) == len(tasks) and len(set().union(*pools)) == len(tasks), "every prompt in one pool"
     # every prompt is asked, tied or not; the pairs are on their own prompt's side
     assert {p.prompt[-1]["content"] for p in s.train} < pools[0] and {p.prompt[-1]["content"] for p in s.val} < pools[1]
     judge = load_task(cfg).gold_judge()
@@ -157,7 +158,7 @@ def test_real_task_end_to_end_cut_to_a_few_steps(tmp_path):
     assert launch.main(args) == 0
     pairs = json.loads((run / "pairs_metrics.json").read_text())
     assert pairs["pairs"] + pairs["ties"] + pairs["no_answers"] == pairs["prompts"] == 30
-    assert pairs["answers"] == 90 and pairs["split"]["ood_prompts"] == 6
+    assert pairs["answers"] == 90 and pairs["split"]["ood_prompts"] + pairs["split"]["dev_ood_prompts"] == 6
     rows = [json.loads(line) for line in (run / "data" / ifeval_task.PAIRS_FILE).read_text().splitlines()]
     table = ifeval_task.verifier_table(run / "data")
     for row in rows:  # each pair: the verifiers rank chosen above rejected

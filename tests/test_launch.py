@@ -16,9 +16,10 @@ from helpers import FAST
 
 # FAST (tests/helpers.py) with what this end-to-end run checks on top: 16 held-out prompts in and out of distribution
 # (from 40 OOD pairs), 8 responses of up to 8 tokens a step, and one head of 32, a head size vLLM's CPU attention
-# accepts, so that the rl stage samples with vLLM where it is installed (generator.backend=auto).
+# accepts, so that the rl stage samples with vLLM where it is installed (generator.backend=auto); the reward model
+# trained with degenerate negatives and its reward standardised (issue 25's options, on their path end to end).
 DEMO = [*FAST, "sandbox.num_ood_pairs=40", "model.tiny.num_heads=1", "rl.batch_size=8", "generator.max_new_tokens=8",
-        "eval.num_prompts=16"]
+        "eval.num_prompts=16", "reward.degenerate_negatives=0.25", "rl.normalize_reward=true"]
 
 
 def run(run_dir: Path, *args: str) -> int:
@@ -44,6 +45,7 @@ def test_all_stages_write_their_outputs(demo_run):
     assert ev["num_prompts"] == 16 and ev["ood"]["num_prompts"] == 16  # in- and out-of-distribution held-out
     assert set(ev["ood"]["kinds"]) <= {"new_topic", "new_template"} and "truncation_rate" in ev["policies"]["sft"]
     assert "val_ood" in rm and (demo_run / "invocation.json").is_file()
+    assert rm["degenerate_negatives"] > 0 and (demo_run / "reward_model" / "reward_stats.json").is_file()
     # the sandbox also reports the gold judge; both heads report P(beats the SFT answer)
     assert set(ev["comparisons"]) == {"reward", "gold", "win_prob_vs_sft"}
     gold = ev["comparisons"]["gold"]
@@ -51,6 +53,8 @@ def test_all_stages_write_their_outputs(demo_run):
     assert ev["policies"]["sft"]["kl_to_ref"] == 0.0
     steps = [json.loads(line)["step"] for line in (demo_run / "metrics_rl.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4], "step 0 is the held-out probe of the SFT policy (rl.eval_every)"
+    first = json.loads((demo_run / "metrics_rl.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= first["rm_check/rare_tokens_above_sft"] <= 1.0, "the reward model on degenerate answers, at step 0"
     tags = set(json.loads((demo_run / "metrics_rl.jsonl").read_text().splitlines()[-1]))
     for tag in ("rollout/reward", "rollout/kl", "rollout/gold", "rollout/eos_rate", "rollout/truncation_rate",
                 "baseline/value", "losses/policy", "perf/tokens_per_s", "sync/version", "eval/reward", "eval/gold",

@@ -3,6 +3,7 @@ stages/eval.summarize, and the matched-KL interpolation (report_compare.kl_front
 
 import json
 import math
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -13,8 +14,9 @@ from common.config import load_config, save_config
 from common.metrics import record_stage_time
 from stages.eval import summarize
 from stages.report import write_report
+from stages.report_choice import choice_section, choose, probe_points
 from stages.report_compare import kl_frontier
-from stages.report_runs import discover
+from stages.report_runs import RunData, discover
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -87,6 +89,7 @@ def test_report_tables_hold_the_runs_numbers(sweep):
     assert "kl_coef=0.05" in text and "kl_coef=0.2" in text and "`rl.kl_coef=0.05`" in text
     assert "excludes 0" in text and "the same prompts in every run" in text
     assert "kl_coef=1.0/seed_0: RuntimeError: boom" in text  # failed sweep runs are listed
+    assert "| 1.000 [1.000, 1.000] | 0 of 3 (0.00) |" in text, "gold diff median [IQR], then the collapse rate"
     assert "'sft answer 0'" in text and "'trained answer 0'" in text  # example responses
 
 
@@ -101,6 +104,23 @@ def test_single_run_directory_and_missing_eval(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run"):
         discover([tmp_path / "empty"])
+
+
+def test_choice_on_the_validation_pools_fewest_collapses_then_highest_mean():
+    def run(variant, seed, gains):  # probe rows: step 0 (the SFT policy) and steps 10, 20
+        rows = [{"step": 0, "eval/gold_gain": 0.0, "eval/kl": 0.0}] + [
+            {"step": s, "eval/gold_gain": g, "eval/kl": s / 10, "eval_ood/gold_gain": g / 2}
+            for s, g in zip((10, 20), gains)]
+        return RunData(Path(variant), variant, seed, {}, rl=rows)
+    variants = {"A": [run("A", 0, (0.5, 2.5)), run("A", 1, (1.0, -0.2))],
+                "B": [run("B", 0, (0.3, 0.8)), run("B", 1, (0.4, 0.6))]}
+    rows = {(r["variant"], r["step"]): r for r in probe_points(variants)}
+    assert set(rows) == {("A", 10), ("A", 20), ("B", 10), ("B", 20)}, "step 0 is no setting"
+    assert rows[("A", 20)]["mean"] == pytest.approx(1.15) and rows[("A", 20)]["collapsed"] == 1
+    assert rows[("A", 20)]["min"] == -0.2 and rows[("B", 20)]["ood_mean"] == pytest.approx(0.35)
+    best = choose(list(rows.values()))
+    assert (best["variant"], best["step"]) == ("A", 10), "A@20 has the highest mean, but a seed collapsed"
+    assert "**A at step 10**" in "\n".join(choice_section(variants))
 
 
 def test_report_compares_variants_with_the_plans_reference(tmp_path):

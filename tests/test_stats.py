@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from common.stats import bootstrap_ci, overoptimisation, paired_comparison, seed_summary, t_quantile, win_rate
+from common.stats import (
+    bootstrap_ci,
+    collapse_rate,
+    overoptimisation,
+    paired_comparison,
+    seed_summary,
+    t_quantile,
+    win_rate,
+)
 
 
 def test_constant_difference_gives_zero_width_interval():
@@ -60,6 +68,19 @@ def test_seed_summary_hand_computed():
     out = seed_summary([1.0, 2.0, 3.0])
     assert out["std"] == pytest.approx(1.0)
     assert out["ci_high"] - 2.0 == pytest.approx(4.3026527 / np.sqrt(3), abs=1e-6)
+
+
+def test_median_iqr_and_collapse_rate_hand_computed():
+    # sorted: -12.2, 1.3, 1.8, 2.4, 2.9; quartiles at positions 1, 2, 3 (linear interpolation lands on order stats)
+    gains = [2.4, -12.2, 1.8, 2.9, 1.3]
+    out = seed_summary(gains)
+    assert (out["median"], out["q1"], out["q3"]) == (1.8, 1.3, 2.4) and out["iqr"] == pytest.approx(1.1)
+    assert out["mean"] == pytest.approx(-0.76), "one collapsed seed drags the mean below every other seed's figure"
+    assert collapse_rate(gains) == {"collapsed": 1, "seeds": 5, "rate": 0.2}
+    # four seeds: quartile positions 0.75, 1.5, 2.25 interpolate; a gain of exactly 0 is not a collapse
+    out = seed_summary([0.0, 1.0, 2.0, 4.0])
+    assert (out["q1"], out["median"], out["q3"]) == (0.75, 1.5, 2.5)
+    assert collapse_rate([0.0, -0.1, 1.0, -3.0])["rate"] == 0.5
 
 
 def test_seed_summary_t_interval_covers_true_mean_about_95_percent():

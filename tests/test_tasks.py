@@ -99,10 +99,10 @@ def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
     train = {request(p) for p in text(splits.train)}
     assert all(t not in templates and k not in topics for t, k in train), "no training prompt is out-of-distribution"
     assert {request(p) for p in text(splits.val)} <= train, "in-distribution held-out asks what training asks"
-    ood = text(splits.ood)
-    assert len(splits.ood) == 80 and all(request(p) not in train for p in ood)
+    ood = text(splits.ood + splits.dev_ood)
+    assert len(ood) == 80 and all(request(p) not in train for p in ood)
     assert {sandbox.ood_kind(p, cfg.sandbox) for p in ood} == {"new_topic", "new_template"}
-    assert not set(text(splits.train)) & set(text(splits.val) + ood), "a prompt is never on both sides"
+    assert not set(text(splits.train)) & set(text(splits.val + splits.dev) + ood), "a prompt is never on both sides"
     # no held-out requests configured: the old split (and the old data stream) comes back, with no OOD split
     plain = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'plain'}", "sandbox.num_pairs=50",
                                               "sandbox.num_ood_pairs=0", "sandbox.heldout_templates=0",
@@ -114,6 +114,23 @@ def test_ood_split_holds_out_whole_templates_and_topics(tmp_path):
         old.choice(list(sandbox.TOPICS)))
     with pytest.raises(ValueError, match="num_ood_pairs"):
         sandbox.write_sandbox_data(tmp_path / "x", SandboxConfig(heldout_templates=0, heldout_topics=0), 0)
+
+
+def test_validation_pools_are_disjoint_from_the_test_pools_and_training(tmp_path):
+    """dev / dev_ood (the probe's and every choice's) take data.dev_fraction of each held-out pool's prompts; no
+    prompt is in two splits, so a choice made on them never reads a test prompt."""
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", "sandbox.num_pairs=300", "sandbox.num_ood_pairs=80"])
+    splits = load_task(cfg).splits()
+    keys = {s: {m[-1]["content"] for m in splits.prompts(s)} for s in ("train", "dev", "val", "dev_ood", "ood")}
+    names = list(keys)
+    assert all(not keys[a] & keys[b] for i, a in enumerate(names) for b in names[i + 1:])
+    assert all(keys[s] for s in names), "every pool has prompts"
+    held_id, held_ood = len(keys["dev"]) + len(keys["val"]), len(keys["dev_ood"]) + len(keys["ood"])
+    assert 0.15 < len(keys["dev"]) / held_id < 0.45 and 0.15 < len(keys["dev_ood"]) / held_ood < 0.45  # 0.3 each
+    no_dev = load_task(load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", "sandbox.num_pairs=300",
+                                                         "sandbox.num_ood_pairs=80", "data.dev_fraction=0",
+                                                         "rl.eval_every=0"])).splits()
+    assert not no_dev.dev and {p.prompt_key for p in no_dev.val} == {p.prompt_key for p in splits.val + splits.dev}
 
 
 # ----------------------------------------------------------------------------------------------- parsing

@@ -29,7 +29,7 @@ def test_stage_writes_every_pool_and_temperature_reproducibly(tmp_path, tokenize
             "eval.batch_size=4", "eval.temperatures=0,1", "generator.max_new_tokens=6"]
     assert launch.main(argv) == 0
     first = json.loads((tmp_path / "temperature.json").read_text())
-    assert set(first["pools"]) == {"val", "ood"}  # the sandbox has both held-out pools
+    assert set(first["pools"]) == {"dev", "dev_ood"}  # the sandbox's validation pools, in and out of distribution
     for pool in first["pools"].values():
         assert pool["num_prompts"] == 6 and set(pool["by_temperature"]) == {"0", "1"}
         for row in pool["by_temperature"].values():

@@ -29,7 +29,8 @@ def test_a_trl_preference_file_without_ratings_trains_the_reward_model(tmp_path,
     run = run_with_sft(tmp_path, stand_ins)
     assert launch.main(stage(run, "rm", f"data.source={preference_file(tmp_path)}")) == 0
     report = json.loads((run / "data_rm.json").read_text())
-    assert report["load"]["format"] == "standard" and report["train_pairs"] + report["val_pairs"] == len(QUESTIONS)
+    assert report["load"]["format"] == "standard"
+    assert report["train_pairs"] + report["dev_pairs"] + report["val_pairs"] == len(QUESTIONS)
     metrics = json.loads((run / "rm_metrics.json").read_text())
     assert metrics["data"] == report and 0.0 <= metrics["val"]["accuracy"] <= 1.0
     assert (run / "reward_model" / "config.json").is_file()
@@ -50,7 +51,8 @@ def test_a_prompt_only_file_runs_rl_and_eval_on_a_given_reward_model(tmp_path, s
     assert not (run / "reward_model").exists() and not (run / "data_rm.json").exists(), "no rm stage"
     data_rl = json.loads((run / "data_rl.json").read_text())
     assert data_rl["train_pairs"] == data_rl["val_pairs"] == 0 and data_rl["load"]["format"] == "prompt_only"
-    assert data_rl["train_prompts"] + data_rl["val_prompts"] == len(QUESTIONS) and data_rl["val_prompts"] > 0
+    assert data_rl["train_prompts"] + data_rl["dev_prompts"] + data_rl["val_prompts"] == len(QUESTIONS)
+    assert data_rl["val_prompts"] > 0
     assert json.loads((run / "rl_metrics.json").read_text())["steps"] == 2
     assert json.loads((run / "eval.json").read_text())["num_prompts"] == data_rl["val_prompts"]
 
