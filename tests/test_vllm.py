@@ -220,7 +220,7 @@ def test_local_rl_run_with_vllm_backend(tokenizer, tmp_path):
 
 
 def test_bf16_vllm_and_learner_agree_within_bf16_rounding(tokenizer, tmp_path):
-    """model.dtype=bfloat16 (what auto picks on a CPU with AMX): vLLM holds bf16 weights, the sync casts into them
+    """model.dtype=bfloat16 (what auto picks on a CPU with AMX): vLLM holds bf16 weights, the sync sends them in bf16
     and the learner runs under bf16 autocast. Their per-token log-probs differ by bf16's rounding of the logits
     (measured 2.4e-3 to 3.0e-3 here; 0 in fp32), not by stale weights: below 5e-3 at every step."""
     run_rl(vllm_run_config(tokenizer, tmp_path / "run", "model.dtype=bfloat16", "rl.eval_every=0"))
