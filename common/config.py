@@ -82,7 +82,7 @@ class ModelConfig:
                           "(compute capability >= 8.0), else float16 with loss scaling; on CPU bfloat16 where it "
                           "has AMX, else float32")
     compile: bool = opt(False, help="torch.compile the decoder layers of policy, reference and reward model, widths "
-                                     "padded to compile_bucket's multiples; ~20 s per new width (perf/compile_s), "
+                                     "padded to compile_bucket's multiples; 7-20 s per new width (perf/compile_s), "
                                      "then ~25% faster learner passes on CPU: pays on long runs (learner/compile.py)")
     compile_bucket: int = opt(16, ge=1, help="model.compile: batches are padded to a multiple of this many tokens")
     tiny: TinyModelConfig = section(TinyModelConfig)

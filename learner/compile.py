@@ -2,13 +2,14 @@
 
 Regional compilation: each decoder layer is compiled, not the whole model. The layers of a model share one code
 object and torch.compile passes their weights in as inputs, so one compiled graph serves every layer of the
-policy, the reference and the reward model alike: on SmolLM2-135M (CPU, bf16, one thread) the first forward +
-backward of a new shape compiles in ~20 s against ~80 s for the whole model, and runs the learner's forward +
-backward ~24% faster and a no-grad forward ~27% faster (bench/README.md). What it fuses is the layer's
+policy, the reference and the reward model alike: on SmolLM2-135M (CPU, bf16, one thread) a new width compiles in
+7-20 s against ~80 s for the whole model, then the learner's forward + backward runs about a third faster, the
+reference and reward-model forwards too (bench/README.md). What it fuses is the layer's
 elementwise work (RMSNorm, rotary, SiLU-gate, the autocast casts); the matrix multiplies are the same kernels.
 
 Shapes are static (dynamic-shape kernels measured slower than eager on CPU), so every new width compiles once:
-the callers pad their batches to a multiple of `model.compile_bucket` tokens (`bucket_width`), so a run sees a
+the callers pad their batches to a multiple of `model.compile_bucket` tokens (`RolloutBatch.left_padded_to` in
+the learner, `pad_right(..., multiple)` in the scorer), so a run sees a
 few widths, not one per step. `perf/compile_s` reports the seconds spent compiling in each step, so the start-up
 cost is counted, not hidden in the first steps' timings.
 
@@ -18,7 +19,6 @@ would compile a graph per length; `eager()` switches compilation off around them
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -64,11 +64,6 @@ def compile_seconds() -> float:
 def compile_bucket(model_cfg) -> int:
     """The `compile_bucket` argument of Learner and Scorer from the config's model section: 0 = eager."""
     return model_cfg.compile_bucket if model_cfg.compile else 0
-
-
-def bucket_width(width: int, multiple: int) -> int:
-    """The padded width: `width` rounded up to a multiple of `multiple` (1 = unchanged)."""
-    return math.ceil(width / multiple) * multiple if multiple > 1 else width
 
 
 def eager():

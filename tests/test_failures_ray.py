@@ -173,30 +173,36 @@ def test_actor_restart_is_counted_and_logged(ray_instance, ray_run, tmp_path, ca
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_to_the_ray_driver_stops_cleanly(sig, code, ray_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("sft_model", "reward_model", "data"):
-        (run / name).symlink_to(ray_run / name)
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--mode", "ray",
-           *stage(run, "rl", *RAY_FAST, "rl.steps=200", "rl.save_every=1", "rl.eval_every=0")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    log = run / "metrics_rl.jsonl"
+def test_signal_to_the_ray_driver_stops_cleanly(ray_run, tmp_path):
+    """SIGTERM (exit 143) and SIGINT (exit 130) to a Ray run's driver, two runs side by side (one Ray start-up's
+    wait for both): one line each, and the last checkpoint written is intact."""
+    runs = {}
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        run = tmp_path / sig.name
+        run.mkdir()
+        for name in ("sft_model", "reward_model", "data"):
+            (run / name).symlink_to(ray_run / name)
+        cmd = [sys.executable, str(ROOT / "launch.py"), "--mode", "ray",
+               *stage(run, "rl", *RAY_FAST, "rl.steps=200", "rl.save_every=1", "rl.eval_every=0")]
+        runs[sig] = (run, code, subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True, preexec_fn=default_sigint))
 
-    def trained() -> int:  # logged learner steps; the log's first row is step 0, the SFT policy's probe
+    def trained(run) -> int:  # logged learner steps; the log's first row is step 0, the SFT policy's probe
+        log = run / "metrics_rl.jsonl"
         return sum(json.loads(line)["step"] > 0 for line in log.read_text().splitlines()) if log.is_file() else 0
     deadline = time.monotonic() + 300
-    while trained() < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    logged = trained()
-    assert logged >= 2, "two steps were logged before the signal"
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    check_one_line(proc.returncode, out, err, f"interrupted by {sig.name}", code=code)
-    found = checkpoint.load_latest(run / "checkpoints")  # raises if the latest is not readable
-    assert found is not None, "the checkpoint of the first logged step is on disk"
-    # a step logs, then checkpoints: the signal may have stopped the checkpoint of the step it logged last
-    assert found[1]["step"] >= logged - 1, "the last checkpoint written is intact"
-    assert not list((run / "checkpoints").glob("*.tmp"))
+    logged = {}
+    for sig, (run, _, proc) in runs.items():
+        while trained(run) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        logged[sig] = trained(run)
+        assert logged[sig] >= 2, f"{sig.name}: two steps were logged before the signal"
+        proc.send_signal(sig)
+    for sig, (run, code, proc) in runs.items():
+        out, err = proc.communicate(timeout=120)
+        check_one_line(proc.returncode, out, err, f"interrupted by {sig.name}", code=code)
+        found = checkpoint.load_latest(run / "checkpoints")  # raises if the latest is not readable
+        assert found is not None, f"{sig.name}: the checkpoint of the first logged step is on disk"
+        # a step logs, then checkpoints: the signal may have stopped the checkpoint of the step it logged last
+        assert found[1]["step"] >= logged[sig] - 1, f"{sig.name}: the last checkpoint written is intact"
+        assert not list((run / "checkpoints").glob("*.tmp"))
