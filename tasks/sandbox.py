@@ -52,6 +52,11 @@ NAMES = ("Ada", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jade
          "Otto", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Xia", "Yara", "Zed", "Abe", "Bea",
          "Cal", "Dee", "Eli", "Fay", "Gil", "Hal", "Ida", "Jon", "Kim", "Lou", "Mia", "Ned")
 FILLERS = ("um", "stuff", "things", "whatever", "hmm", "okay", "maybe", "like", "so", "yeah", "anyway", "well")
+# An answer with no word at all does not answer the request: it scores as the worst answer the data can hold (max_words
+# = 6 off-topic words; SandboxConfig.max_words' default). Without this floor the judge, which only counts bad words
+# against an answer, scored silence 0, above the SFT policy's -3 to -3.5, so a policy that learnt to say nothing
+# "gained" gold (docs/collapse.md). The data never holds an empty answer, so pairs and SFT examples are unchanged.
+EMPTY_GOLD = -6.0
 _WORD_TOPIC = {w.lower(): t for t, words in TOPICS.items() for w in words}
 _TOPIC_RE = re.compile(r"\b(" + "|".join(TOPICS) + r")\b")
 
@@ -68,10 +73,13 @@ def gold_score(prompt: str, response: str) -> float:
     """The gold judge: distinct on-topic words - off-topic words - repeated on-topic words.
 
     Any token that is not a word of the prompt's topic counts as off topic (other topics' words, chatter,
-    garbage), so a longer answer only helps when every added word is a new on-topic word.
+    garbage), so a longer answer only helps when every added word is a new on-topic word. An answer without a word
+    scores EMPTY_GOLD.
     """
     topic = topic_of(prompt)
     words = re.findall(r"[a-z]+", response.lower())
+    if not words:
+        return EMPTY_GOLD
     on = [w for w in words if _WORD_TOPIC.get(w) == topic]
     off = len(words) - len(on)
     distinct = len(set(on))

@@ -57,14 +57,15 @@ def test_a_tasks_gold_judge_is_offered_as_a_reward_function_in_trls_convention(t
     task = load_task(load_config(None, [f"run_dir={tmp_path}"]))
     (name, reward), = task.reward_functions().items()
     prompt = "Hi, I am Ada. List some fruits."
-    completions = ["apple, pear, plum.", "um, red, apple."]
+    completions = ["apple, pear, plum.", "um, red, apple.", " ."]
     expected = [sandbox.gold_score(prompt, c) for c in completions]
-    assert name == "sandbox_gold" and expected == [3.0, -1.0]
+    # 3 distinct on topic; 1 on - 2 off; an answer without a word scores the data's floor, below any mediocre answer
+    assert name == "sandbox_gold" and expected == [3.0, -1.0, sandbox.EMPTY_GOLD] and sandbox.EMPTY_GOLD == -6.0
     messages = [{"role": "user", "content": prompt}]
     conversational = [[{"role": "assistant", "content": c}] for c in completions]
-    assert reward(prompts=[messages, messages], completions=conversational, completion_ids=[[1, 2], [3]],
-                  solution=["x", "y"]) == expected
-    assert reward(prompts=[prompt, prompt], completions=completions, completion_ids=[[1, 2], [3]]) == expected
+    assert reward(prompts=[messages] * 3, completions=conversational, completion_ids=[[1, 2], [3], [4]],
+                  solution=["x", "y", "z"]) == expected
+    assert reward(prompts=[prompt] * 3, completions=completions, completion_ids=[[1, 2], [3], [4]]) == expected
 
 
 def test_no_code_outside_tasks_branches_on_the_data_source():
