@@ -25,12 +25,15 @@ def plan_variants(name: str):
 
 
 def plan_seeds(name: str | None, seeds: list[int] | None, overrides: list[str]) -> list[int] | None:
-    """The seeds a plan runs: `seeds` (--seeds) or the plan's own (tune: the tuning seeds, confirm: the fresh seeds;
-    None for the others: the config's seed). `confirm` refuses a tuning seed and a reward.path (a reward model
+    """The seeds a plan runs: `seeds` (--seeds) or the plan's own (tune: the tuning seeds, confirm: the fresh seeds,
+    baselines and level2_kl: the comparison seeds; None for the others: the config's seed). `confirm` refuses a
+    tuning seed and a reward.path (a reward model
     trained elsewhere): every fresh seed trains its own SFT policy and reward model."""
+    from experiments import demo
+    if name in ("baselines", "level2_kl"):
+        return seeds or list(demo.COMPARE_SEEDS)
     if name not in ("tune", "confirm"):
         return seeds
-    from experiments import demo
     chosen = seeds or list(demo.TUNE_SEEDS if name == "tune" else demo.FRESH_SEEDS)
     if name == "confirm":
         used = sorted(set(chosen) & set(demo.TUNE_SEEDS))

@@ -213,3 +213,32 @@ def throughput(variants: dict[str, list], path: Path) -> Path | None:
     axes[1].set_title("RL response tokens / s (line style = seed)", fontsize=10)
     axes[1].set_xlabel("RL step")
     return _save(fig, path)
+
+
+def path_frontiers(fronts: dict[str, dict[int, list]], metric: str, path: Path) -> Path | None:
+    """Matched KL along the runs (stages/report_frontier.py) drawn: per family the mean over seeds of its
+    interpolated path (SFT at (0, 0)) on a sqrt(KL) axis, with the 95% t-band across seeds, up to the largest KL
+    that every family reaches in every seed (where the report's table reads it)."""
+    from common.stats import seed_summary
+    from stages.report_compare import kl_frontier
+    seeds = sorted(set.intersection(*(set(s) for s in fronts.values()))) if fronts else []
+    if len(fronts) < 2 or not seeds:
+        return None
+    hi = min(max(k for k, _ in fronts[f][s]) for f in fronts for s in seeds)
+    grid = np.linspace(0.0, np.sqrt(max(hi, 0.0)), 25) ** 2
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for i, (family, by_seed) in enumerate(fronts.items()):
+        stats = [seed_summary([kl_frontier(by_seed[s], k) for s in seeds]) for k in grid]
+        mean = np.array([s["mean"] for s in stats])
+        ax.plot(grid, mean, color=f"C{i}", label=family)
+        if len(seeds) > 1:
+            ax.fill_between(grid, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats], color=f"C{i}",
+                            alpha=0.15)
+    ax.set_xscale("function", functions=(np.sqrt, np.square))
+    ax.set_xlim(left=0.0)
+    ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel("held-out KL to SFT (sqrt scale), nats, validation pool")
+    ax.set_ylabel(f"{metric} gain over SFT")
+    ax.set_title(f"{metric} at matched KL along the runs: mean of {len(seeds)} seeds, 95% band", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -18,6 +18,7 @@ from common.stats import collapse_rate, overoptimisation_check, seed_summary
 from stages import plots
 from stages.report_choice import choice_section
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
+from stages.report_frontier import along_path, frontiers
 from stages.report_provenance import changed_on_resume, failed_runs, mixed_runs, provenance, reward_line, setup_line
 from stages.report_runs import (
     RunData,
@@ -281,6 +282,9 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
         figs[f"heldout:{v}"] = plots.heldout_distribution(runs, v, out / f"heldout_{i}.png")
     figs["frontier"] = plots.kl_reward_frontier(variants, out / "kl_reward_frontier.png")
     figs["families"] = plots.family_frontiers(families(variants), out / "matched_kl.png")
+    gold = any("eval/gold_gain" in r for rs in variants.values() for run in rs for r in run.rl)
+    metric = "gold" if gold else "reward"
+    figs["paths"] = plots.path_frontiers(frontiers(variants, metric), metric, out / "matched_kl_paths.png")
     figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
     figs["probe"] = plots.probe_curves(variants, out / "heldout_probe.png")
     figs["throughput"] = plots.throughput(variants, out / "throughput.png")
@@ -327,6 +331,8 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
             lines += versus_reference(variants, reference, "gold" if "gold" in first else "reward")
             lines += matched_kl(variants, reference, "gold" if "gold" in first else "reward")
             lines += img("families", "frontiers per seed, read at matched KL")
+            lines += along_path(variants, reference, "gold" if "gold" in first else "reward")
+            lines += img("paths", "gain at matched KL along the runs")
         lines += ["## Per seed", ""] + per_seed_table(variants) + [""]
         lines += reward_models(variants)
         lines += ["## Held-out reward distributions", ""]

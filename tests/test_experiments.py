@@ -92,26 +92,28 @@ def test_plans_results_tune_and_level2_kl(tmp_path):
     assert len(runs) == 1 + sum(len(v) for _, v in demo.FACTORS)
     variants, ref = plan_variants("level2_kl")
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
-    names = [r.variant for r in runs]
-    assert ref in names and len(runs) == 12
+    assert ref in [r.variant for r in runs] and len(runs) == 4
     trains = {r.variant: r.stages for r in runs}
-    assert trains["scalar@kl_coef=0.02"] == ["sft", "rm", "rl", "eval"]
-    assert trains["dist_expected@kl_coef=0.02"] == ["rm", "rl", "eval"]
+    assert trains["scalar@kl_coef=0.05"] == ["sft", "rm", "rl", "eval"]
+    assert trains["dist_expected@kl_coef=0.05"] == ["rm", "rl", "eval"]
     assert sum(s[0] in ("sft", "rm") for s in trains.values()) == 2, "two reward models, one SFT policy"
-    kl = {r.variant: next(o for o in r.overrides if o.startswith("rl.kl_coef=")) for r in runs}
-    assert kl["dist_win_prob_vs_ref@kl_coef=0.005"] == "rl.kl_coef=0.005"
+    rl = {r.variant: r.config.rl for r in runs}
+    assert rl["dist_win_prob_vs_ref@kl_coef=0.01"].kl_coef == 0.01, "win probability's kl_coef on its own scale"
+    assert {(c.steps, c.eval_every) for c in rl.values()} == {(60, 5)}, "a dense probe path per run"
 
 
-def test_baselines_plan_sweeps_rl_baseline_over_kl_coef_on_one_sft_policy_and_reward_model(tmp_path):
-    """--plan baselines expands (every run's config validated): 5 families x 3 kl_coef values, one SFT policy and
-    reward model per seed, each family's rl.baseline (and rl.rloo_k), the reference among them."""
+def test_baselines_plan_runs_each_baseline_once_on_one_sft_policy_and_reward_model(tmp_path):
+    """--plan baselines expands (every run's config validated): 5 families on the comparison seeds, one SFT policy
+    and reward model per seed, each family's rl.baseline (and rl.rloo_k), the reference among them."""
     variants, ref = plan_variants("baselines")
+    assert plan_seeds("baselines", None, []) == list(demo.COMPARE_SEEDS) and len(demo.COMPARE_SEEDS) >= 5
+    assert not set(demo.COMPARE_SEEDS) & (set(demo.TUNE_SEEDS) | set(demo.FRESH_SEEDS))
     _, runs = plan("configs/tiny.yaml", [f"run_dir={tmp_path}"], [0], variants, "all")
-    assert len(runs) == 15 and ref in [r.variant for r in runs]
+    assert len(runs) == 5 and ref in [r.variant for r in runs]
     assert sum(r.stages[0] in ("sft", "rm") for r in runs) == 1, "one SFT policy and reward model per seed"
     cfg = {r.variant: r.config.rl for r in runs}
     assert {c.baseline for c in cfg.values()} == {"moving_average", "none", "batch_mean", "rloo"}
-    assert (cfg["rloo_k4@kl_coef=0.1"].rloo_k, cfg["rloo_k4@kl_coef=0.1"].kl_coef) == (4, 0.1)
+    assert cfg["rloo_k4"].rloo_k == 4 and len({(c.kl_coef, c.lr) for c in cfg.values()}) == 1
     assert len({c.batch_size for c in cfg.values()}) == 1, "every family's learner sees the same sequences per step"
 
 

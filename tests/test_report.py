@@ -199,3 +199,26 @@ def test_the_report_quotes_each_runs_own_settings_not_the_last_command(tmp_path)
     assert ("**default**: seed 0 `rl.lr=0.0003`, seed 1 `rl.lr=0.001`" in text)
     assert "Last started by `python launch.py --seeds 1 rl.lr=1e-3`" in text
     assert "read from each run's config.yaml" in text
+
+
+def test_matched_kl_along_the_runs_reads_each_probe_path_and_tests_equivalence():
+    """Two families, 3 seeds, probe points by hand: the reference's path (1, 1), (4, 2) read at 2.25 nats is
+    1.5 (linear in sqrt(KL)); the other reaches 2.25 with gain 1.5 + d. Differences d = 0.1, 0.2, 0.3: mean 0.2,
+    sd 0.1; 90% t (2 df, 2.920) gives [0.031, 0.369], inside +-0.5 (equivalent) but not +-0.3, where the 95%
+    interval (4.303: [-0.048, 0.448]) still holds 0 (no difference detected)."""
+    from stages.report_frontier import along_path, tost
+
+    def run(variant, seed, pts):
+        rows = [{"step": 0, "eval/kl": 0.0, "eval/gold_gain": 0.0}]
+        rows += [{"step": 5 * (i + 1), "eval/kl": k, "eval/gold_gain": g} for i, (k, g) in enumerate(pts)]
+        return RunData(Path("."), variant, seed, {}, rl=rows)
+
+    d = (0.1, 0.2, 0.3)
+    variants = {"ref@kl_coef=0.05": [run("ref@kl_coef=0.05", s, [(1.0, 1.0), (4.0, 2.0)]) for s in range(3)],
+                "other": [run("other", s, [(1.0, 1.0 + d[s]), (2.25, 1.5 + d[s])]) for s in range(3)]}
+    lines = along_path(variants, "ref@kl_coef=0.05", n_targets=1)
+    row = next(line for line in lines if line.startswith("| 2.25 | other"))
+    assert "+0.200 [" in row and "equivalent within +-0.5 (TOST, 90% [+0.03, +0.37])" in row
+    assert next(line for line in lines if line.startswith("| 2.25 | ref")).startswith("| 2.25 | ref | +1.500")
+    assert tost(list(d), 0.3) == "no difference detected; interval +-0.25"
+    assert tost([1.0, 1.1, 1.2], 0.3) == "differs (95% interval excludes 0)" and tost([0.1], 0.5) == "one seed: no test"
