@@ -261,10 +261,15 @@ def best_of_n(runs: list, path: Path) -> Path | None:
                 label = f"{name}, {'ID' if split == 'val' else 'OOD'}" if j == 0 else None
                 ax.plot(kl, gold, color=f"C{i}", ls="-" if split == "val" else "--", marker="o", ms=3,
                         alpha=1.0 if len(runs) == 1 else 0.6, label=label)
-    for n, k in zip(runs[0].best_of_n["ns"], kl):
-        ax.annotate(f"n={n}", (k, ax.get_ylim()[0]), fontsize=7, ha="center", va="bottom", color="0.4")
+    b = runs[0].best_of_n
+    first = next(iter(b["pools"].values()))["by_n"]
+    for i, n in enumerate(b["ns"]):  # n beside the first run's verifier-picked points (the top curve)
+        ax.annotate(f"n={n}", (first[str(n)]["kl"], first[str(n)]["verifier"]["gold"]), textcoords="offset points",
+                    xytext=(0, 5), fontsize=7, color="0.4", ha="right" if i == len(b["ns"]) - 1 else "center")
     ax.set_xscale("function", functions=(np.sqrt, np.square))
     ax.set_xlim(left=0.0)
+    kls = [first[str(n)]["kl"] for n in b["ns"]]
+    ax.set_xticks(kls, [f"{k:.2f}" for k in kls])
     ax.set_xlabel("KL(best of n || SFT) = log n - (n-1)/n (sqrt scale), nats")
     ax.set_ylabel(f"{runs[0].best_of_n['gold_name']} of the picked answer")
     ax.set_title(f"best of n without training, {len(runs)} run(s)", fontsize=9)
