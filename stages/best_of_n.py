@@ -127,10 +127,10 @@ def format_lines(result: dict) -> list[str]:
 
 
 def rm_scores(pool: HeldoutPool, logits: torch.Tensor) -> np.ndarray:
-    """[N] the reward model's score of each answer, as RL reduces its head (scalar output, or the distribution's
-    reduction). win_prob_vs_ref compares with one reference answer per prompt; the picker ranks by the expected
-    score instead (a deviation, named: one answer's win probability against the same reference is not needed to
-    rank answers to one prompt, and the reference sampler is not built here)."""
+    """[N] the reward model's own score of each answer (reward.functions left out: the picker is the reward model),
+    as RL reduces its head: the scalar output, or the distribution's reduction. rl.reward_reduction=win_prob_vs_ref
+    needs a reference answer per prompt, which this stage does not sample: there the picker ranks by the expected
+    score instead (a deviation, named)."""
     scorer = pool.scorer
     if scorer.head.distributional and scorer.reduction == "win_prob_vs_ref":
         return dist.expected_score(dist.score_logprobs(logits)).numpy()
