@@ -1,9 +1,10 @@
 """Entry point: `python launch.py [--mode local] [--config configs/tiny.yaml] [--stage all] [key=value ...]`.
 
-Stages: pairs (data.source=ifeval only), sft (offline sandbox only), rm, rl, eval; `all` runs them in order (pairs
-only for the ifeval task, sft only for model.policy=tiny) and ends with `report`. `--stage report [--runs DIR ...]`
-writes report.md and plots for one or more runs or sweeps. `--push-to-hub REPO` uploads the run's policy to REPO and
-its reward model to REPO-reward-model after the stages (`--stage push`: alone, from a finished run directory).
+Stages: pairs (data.source=ifeval only), sft (offline sandbox only), rm, best_of_n (ifeval only; elsewhere on
+request), rl, eval; `all` runs them in order (pairs only for the ifeval task, sft only for model.policy=tiny) and
+ends with `report`. `--stage report [--runs DIR ...]` writes report.md and plots for one or more runs or sweeps.
+`--push-to-hub REPO` uploads the run's policy to REPO and its reward model to REPO-reward-model after the stages
+(`--stage push`: alone, from a finished run directory).
 Experiments: `--seeds 0,1,2 [--grid rl.kl_coef=0.01,0.05,0.1 | --plan level2] [--jobs 2]` runs each (variant, seed)
 in <run_dir>/<variant>/seed_<s> (experiments/runner.py) and ends with the report.
 
@@ -36,6 +37,7 @@ REPORT = "report"
 PUSH = "push"
 EXPERIMENT = "experiment"  # what `running` holds while a sweep runs its runs' stages as child processes
 TEMPERATURE = "temperature"
+BEST_OF_N = "best_of_n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,9 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/tiny.yaml", help="YAML config (default: the offline demo)")
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + (REPORT, TEMPERATURE, PUSH),
+    parser.add_argument("--stage", default="all",
+                        choices=("all",) + STAGES + (REPORT, TEMPERATURE, BEST_OF_N, PUSH),
                         help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
-                             "all; needs the rm stage's reward model); push: only the upload of --push-to-hub")
+                             "all; needs the rm stage's reward model); best_of_n: the SFT policy's best of n "
+                             "answers by the reward model and by the gold judge, no training (in all for the ifeval "
+                             "task, after rm; stages/best_of_n.py); push: only the upload of --push-to-hub")
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2 (tune and confirm have "
                                         "their own defaults)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -91,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stages_for(stage: str, cfg) -> list[str]:
     """`--stage`'s stages: one, or for `all` the ones the task needs (tasks/: pairs for the ifeval task, sft for
-    the sandbox's tiny policy, then rm (not with reward.model_weight=0), rl, eval)."""
+    the sandbox's tiny policy, then rm (not with reward.model_weight=0), best_of_n for the ifeval task, rl, eval)."""
     if stage != "all":
         return [stage]
     from tasks.registry import load_task
@@ -115,6 +120,9 @@ def run_stage(name: str, cfg, resume: bool, mode: str = "local", overwrite: bool
     if name == TEMPERATURE:
         from stages.temperature import run_temperature
         return run_temperature(cfg)
+    if name == BEST_OF_N:
+        from stages.best_of_n import run_best_of_n
+        return run_best_of_n(cfg)
     from stages.eval import run_eval
     return run_eval(cfg)
 

@@ -38,12 +38,15 @@ DEV_POOLS = (("dev", ""), ("dev_ood", "_ood"))  # the validation pools (the RL p
 
 @torch.no_grad()
 def sample_answers(generator, n: int, batch_size: int, seed: int, dtype: torch.dtype, device: torch.device,
-                   greedy: bool = False) -> list[RolloutBatch]:
-    """Batches of answers to prompts 0..n-1; batch k is sampled with seed + k whatever the policy."""
+                   greedy: bool = False, repeats: int = 1) -> list[RolloutBatch]:
+    """Batches of answers to prompts 0..n-1, each prompt `repeats` times in a row (independent samples: the
+    generators sample a prompt listed k times k times; stages/best_of_n.py); batch k of `batch_size` answers is
+    sampled with seed + k whatever the policy."""
+    order = [i for i in range(n) for _ in range(repeats)]
     batches = []
-    for k, start in enumerate(tqdm(range(0, n, batch_size), desc="eval generate", leave=False)):
+    for k, start in enumerate(tqdm(range(0, len(order), batch_size), desc="eval generate", leave=False)):
         with autocast(dtype, device):
-            batches.append(generator.generate(list(range(start, min(n, start + batch_size))), seed + k, greedy))
+            batches.append(generator.generate(order[start:start + batch_size], seed + k, greedy))
     return batches
 
 
@@ -121,10 +124,10 @@ class HeldoutPool:
         self.engine = None
 
     def answers(self, model: torch.nn.Module, generator_cfg: GeneratorConfig | None = None,
-                greedy: bool = False) -> list[RolloutBatch]:
-        """The model's answers to prompts 0..n-1, sampled with the eval seed whatever the model: by hf on the
-        model itself (with `generator_cfg`, default the run's), or by the pool's vLLM engine after loading the
-        model's weights into it."""
+                greedy: bool = False, repeats: int = 1) -> list[RolloutBatch]:
+        """The model's answers to prompts 0..n-1 (`repeats` each, in a row), sampled with the eval seed whatever the
+        model: by hf on the model itself (with `generator_cfg`, default the run's), or by the pool's vLLM engine
+        after loading the model's weights into it."""
         if self.engine is not None:
             self.engine.load_weights(merged_state_dict(model), self.engine.version + 1)
             self.engine.prompt_tokens = self.prompt_tokens  # the engine serves every pool: this pool's prompts
@@ -132,7 +135,7 @@ class HeldoutPool:
         else:
             gen = Generator(model, self.tokenizer, generator_cfg or self.generator_cfg, self.prompt_tokens,
                             self.device)
-        return sample_answers(gen, self.n, self.batch_size, self.seed, self.dtype, self.device, greedy)
+        return sample_answers(gen, self.n, self.batch_size, self.seed, self.dtype, self.device, greedy, repeats)
 
     def describe(self, batches: list[RolloutBatch]) -> dict:
         return describe(batches, self.scorer, self.tokenizer.eos_token_id)

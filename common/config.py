@@ -16,6 +16,7 @@ import yaml
 
 from common.config_cluster import ClusterConfig, check_learner_group  # noqa: F401 (re-exported)
 from common.config_data import DataConfig, IFEvalConfig, SandboxConfig
+from common.config_eval import BestOfNConfig, EvalConfig
 
 # the checking machinery (and reading the YAML file) lives in config_schema.py
 from common.config_schema import (  # noqa: F401 (ConfigError, flatten, to_dict, config_diff, changed_keys, parse_resources too)
@@ -269,26 +270,6 @@ def offpolicy_correction(cfg: Config, mode: str) -> str:
     return "tis" if mode == "ray" and cfg.cluster.max_staleness >= 1 else "none"
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    num_prompts: int = opt(0, ge=0, help="held-out validation prompts scored; 0 = all")
-    batch_size: int = opt(32, ge=1)
-    seed: int = opt(1234, help="sampling seed, the same for the SFT and the trained policy")
-    backend: str = opt("hf", choices=("hf", "auto"),
-                       help="the eval stage's sampler: hf = transformers generate on each policy; auto = vLLM where "
-                            "generator.backend=auto would pick it (one engine samples both policies, the trained "
-                            "weights loaded into it: faster for a real model on CPU), else hf")
-    bootstrap_samples: int = opt(2000, ge=100)
-    confidence: float = opt(0.95, gt=0.0, lt=1.0)
-    temperatures: tuple[float, ...] = opt((0.0, 0.3, 0.7, 1.0), help="--stage temperature: the SFT policy's "
-                                          "held-out answers at each sampling temperature; 0 = greedy")
-
-    def __post_init__(self) -> None:
-        if not self.temperatures or any(t < 0 for t in self.temperatures):
-            raise ConfigError(f"eval.temperatures={list(self.temperatures)}: expected one or more temperatures "
-                              f">= 0 (0 = greedy decoding)")
-
-
 TRACKERS = ("tensorboard", "wandb", "trackio")  # tracking.report_to's choices (common/trackers.py)
 UNSAFE_NAME_CHARS = "/\\#?%:"  # characters wandb refuses in a project name
 
@@ -332,6 +313,7 @@ class Config:
     generator: GeneratorConfig = section(GeneratorConfig)
     rl: RLConfig = section(RLConfig)
     eval: EvalConfig = section(EvalConfig)
+    best_of_n: BestOfNConfig = section(BestOfNConfig)
     cluster: ClusterConfig = section(ClusterConfig)
     tracking: TrackingConfig = section(TrackingConfig)
 

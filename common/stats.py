@@ -129,3 +129,36 @@ def overoptimisation_check(rows: list[dict], prefix: str = "eval/") -> dict | No
         return None
     col = lambda k: [r[prefix + k] for r in rows]  # noqa: E731
     return overoptimisation([r["step"] for r in rows], col("reward"), col("gold"), col("gold_se"))
+
+
+def concordant_pairs(scores, gold) -> tuple[float, int]:
+    """(concordant, pairs) over the pairs of items whose gold differs: a pair counts 1 when the item with the higher
+    gold has the higher score and 1/2 when their scores tie. Rank-based: the items of each gold level are placed
+    among the sorted scores of the lower levels (np.searchsorted), O(levels * N log N), not O(N^2)."""
+    s, g = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(gold, dtype=np.float64).ravel()
+    below, concordant, pairs = np.empty(0), 0.0, 0
+    for level in np.unique(g):
+        cur = s[g == level]
+        lo, hi = np.searchsorted(below, cur, "left"), np.searchsorted(below, cur, "right")
+        concordant += float(lo.sum() + 0.5 * (hi - lo).sum())
+        pairs += len(cur) * len(below)
+        below = np.sort(np.concatenate([below, cur]))
+    return concordant, pairs
+
+
+def auroc(scores, gold) -> float:
+    """AUROC of `scores` for telling passing answers from failing ones (gold 1 vs 0), ties in score counted half
+    (the Mann-Whitney statistic): P(score of a pass > score of a fail). For gold with more than two values (the
+    sandbox's judge) the same count over every pair whose gold differs (Harrell's concordance). NaN when all gold
+    is equal (no pair to order)."""
+    concordant, pairs = concordant_pairs(scores, gold)
+    return concordant / pairs if pairs else float("nan")
+
+
+def auroc_within_groups(scores, gold) -> float:
+    """auroc over pairs of items in the same row only ([G, K]: the K answers to one prompt), pooled over rows (each
+    row weighs by its number of pairs): whether the scores order answers to the same prompt, which is what picking
+    the best of n needs, without the prompts' differing difficulty in it."""
+    rows = [concordant_pairs(s, g) for s, g in zip(np.asarray(scores), np.asarray(gold))]
+    pairs = sum(p for _, p in rows)
+    return sum(c for c, _ in rows) / pairs if pairs else float("nan")

@@ -25,6 +25,8 @@ What is shared, and why that is honest:
   of the same seed. A grid over downstream keys only (rl.*, generator.*, eval.*) shares both with its first
   variant: they would be retrained bit for bit anyway (they depend only on the seed and upstream sections), and
   one reward model per seed puts the variants' rewards on one scale (a KL-reward frontier needs that).
+- best_of_n (the SFT policy's best of n by the reward model, before RL): a variant that takes another's reward
+  model and changes only rl.* keys that stage does not read would measure the same thing again, so it skips it.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from tasks.registry import load_task
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
 STAGE_OUTPUT = {"pairs": "pairs_metrics.json", "sft": "sft_metrics.json", "rm": "rm_metrics.json",
-                "rl": "rl_metrics.json", "eval": "eval.json"}
+                "rl": "rl_metrics.json", "eval": "eval.json", "best_of_n": "best_of_n.json"}
 ARTIFACT = {"sft": "sft_model", "rm": "reward_model"}  # what another variant can take from a run
+BEST_OF_N_RL_KEYS = ("rl.reward_reduction", "rl.risk_lambda")  # the rl.* keys stages/best_of_n.py reads
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
                 # the run's own (a variant may set reward.model_weight=0: no rm stage)
                 task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()
-                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from, **dict.fromkeys(v.skip, True)}
+                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from,
+                        "best_of_n": repeats_best_of_n(v), **dict.fromkeys(v.skip, True)}
                 stages = [s for s in task_stages if not skip.get(s)]
                 if "pairs" in task_stages and runs:
                     needs.append((runs[0], "pairs"))
@@ -167,6 +171,14 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
             by_key[(v.name, seed)] = run
             runs.append(run)
     return root, runs
+
+
+def repeats_best_of_n(v: Variant) -> bool:
+    """Whether `v`'s best_of_n stage would measure what its reward model's owner measures (same seed): it takes that
+    reward model (and so the same SFT policy) and changes only rl.* keys best_of_n does not read (it reads the
+    reward reduction, which ranks a distributional head's answers). Such a variant skips it."""
+    keys = [o.partition("=")[0] for o in v.overrides]
+    return v.reward_from is not None and all(k.startswith("rl.") and k not in BEST_OF_N_RL_KEYS for k in keys)
 
 
 def run_config(config: str, overrides: list[str], variant: str, seed: int):

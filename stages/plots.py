@@ -20,7 +20,7 @@ CURVES = (("rollout/reward", "{reward}"), ("rollout/kl", "KL to reference (log-r
           ("baseline/value", "baseline (moving average)"), ("rollout/response_len", "response length (tokens)"),
           ("losses/policy", "policy loss"), ("rollout/gold", "gold reward (sandbox judge)"),
           ("rollout/truncation_rate", "truncated (no EOS) share"))
-STAGES = ("pairs", "sft", "rm", "rl", "eval")
+STAGES = ("pairs", "sft", "rm", "best_of_n", "rl", "eval")  # the throughput figure and table
 
 
 def _smooth(y: np.ndarray) -> np.ndarray:
@@ -240,5 +240,38 @@ def path_frontiers(fronts: dict[str, dict[int, list]], metric: str, path: Path) 
     ax.set_xlabel("held-out KL to SFT (sqrt scale), nats, validation pool")
     ax.set_ylabel(f"{metric} gain over SFT")
     ax.set_title(f"{metric} at matched KL along the runs: mean of {len(seeds)} seeds, 95% band", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def best_of_n(runs: list, path: Path) -> Path | None:
+    """Best of n without training (stages/best_of_n.py): the picked answer's gold against sqrt(KL), KL = log n -
+    (n-1)/n, picked by the reward model and by the gold judge (the ceiling); ID solid, OOD dashed; one line per
+    run."""
+    runs = [r for r in runs if r.best_of_n and r.best_of_n.get("pools")]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for j, run in enumerate(runs):
+        b = run.best_of_n
+        for split, pool in b["pools"].items():
+            kl = [pool["by_n"][str(n)]["kl"] for n in b["ns"]]
+            for i, (key, name) in enumerate((("rm", "RM-picked"), ("verifier", "verifier-picked"))):
+                gold = [pool["by_n"][str(n)][key]["gold"] for n in b["ns"]]
+                label = f"{name}, {'ID' if split == 'val' else 'OOD'}" if j == 0 else None
+                ax.plot(kl, gold, color=f"C{i}", ls="-" if split == "val" else "--", marker="o", ms=3,
+                        alpha=1.0 if len(runs) == 1 else 0.6, label=label)
+    b = runs[0].best_of_n
+    first = next(iter(b["pools"].values()))["by_n"]
+    for i, n in enumerate(b["ns"]):  # n beside the first run's verifier-picked points (the top curve)
+        ax.annotate(f"n={n}", (first[str(n)]["kl"], first[str(n)]["verifier"]["gold"]), textcoords="offset points",
+                    xytext=(0, 5), fontsize=7, color="0.4", ha="right" if i == len(b["ns"]) - 1 else "center")
+    ax.set_xscale("function", functions=(np.sqrt, np.square))
+    ax.set_xlim(left=0.0)
+    kls = [first[str(n)]["kl"] for n in b["ns"]]
+    ax.set_xticks(kls, [f"{k:.2f}" for k in kls])
+    ax.set_xlabel("KL(best of n || SFT) = log n - (n-1)/n (sqrt scale), nats")
+    ax.set_ylabel(f"{runs[0].best_of_n['gold_name']} of the picked answer")
+    ax.set_title(f"best of n without training, {len(runs)} run(s)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -16,6 +16,7 @@ import numpy as np
 from common.files import write_text_atomic
 from common.stats import collapse_rate, overoptimisation_check, seed_summary
 from stages import plots
+from stages.report_bon import best_of_n_section
 from stages.report_choice import choice_section
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_frontier import along_path, frontiers
@@ -288,6 +289,7 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
     figs["gold_vs_rm"] = plots.gold_vs_rm(variants, out / "gold_vs_rm.png")
     figs["probe"] = plots.probe_curves(variants, out / "heldout_probe.png")
     figs["throughput"] = plots.throughput(variants, out / "throughput.png")
+    figs["best_of_n"] = plots.best_of_n([r for rs in variants.values() for r in rs], out / "best_of_n.png")
     return figs
 
 
@@ -341,6 +343,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
         lines += ["## KL-reward frontier", "",
                   "One dot per run, a cross per variant's mean; up and to the left is better.", ""]
         lines += img("frontier", "KL-reward frontier")
+    lines += best_of_n_section(variants) + img("best_of_n", "best of n against KL")
     lines += ["## Training curves", ""]
     for v in variants:
         lines += img(f"training:{v}", f"training curves {v}")

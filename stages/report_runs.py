@@ -32,6 +32,7 @@ class RunData:
     stage_times: dict = field(default_factory=dict)
     rm: dict | None = None
     resume_changes: list[dict] = field(default_factory=list)  # resume_changes.jsonl: --allow-config-change's
+    best_of_n: dict | None = None  # best_of_n.json (stages/best_of_n.py)
 
 
 def read_json(path: Path) -> dict | None:
@@ -52,7 +53,7 @@ def load_run(path: Path) -> RunData:
     resumed = [json.loads(line) for line in changes.read_text().splitlines() if line.strip()] if changes.is_file() \
         else []
     return RunData(path, variant, int(config["seed"]), config, read_json(path / "eval.json"), rl,
-                   read_json(path / "stage_times.json") or {}, rm, resumed)
+                   read_json(path / "stage_times.json") or {}, rm, resumed, read_json(path / "best_of_n.json"))
 
 
 def discover(paths: list[str | Path]) -> list[RunData]:
@@ -63,9 +64,10 @@ def discover(paths: list[str | Path]) -> list[RunData]:
             raise PathNotFound(f"report: {p} is not a directory")
         dirs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
         found += [load_run(d) for d in dirs]
-    runs = [r for r in found if r.eval or r.rl]
+    runs = [r for r in found if r.eval or r.rl or r.best_of_n]
     if not runs:
-        raise PathNotFound(f"report: no run with metrics_rl.jsonl or eval.json under {', '.join(map(str, paths))}")
+        raise PathNotFound(f"report: no run with metrics_rl.jsonl, eval.json or best_of_n.json under "
+                           f"{', '.join(map(str, paths))}")
     return sorted(runs, key=lambda r: (r.variant, r.seed))
 
 

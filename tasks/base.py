@@ -84,6 +84,7 @@ class Task:
     # the report's sentence on the two held-out pools ({n_id}, {n_ood}: their prompt counts)
     heldout_text = ("ID: {n_id} held-out prompts (a split by prompt of the preference data). OOD: {n_ood} prompts "
                     "the task holds out from training.")
+    gold_name = "gold"  # what the gold judge's headline score is called in printed lines (the ifeval task: strict)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -95,10 +96,10 @@ class Task:
         return RL_STAGES[1:] if self.prompts_only() else RL_STAGES
 
     def planned_stages(self) -> tuple[str, ...]:
-        """The stages `--stage all` runs (launch.py, experiments/runner.py): `stages()` without rm when
-        reward.model_weight=0, where the reward is reward.functions' alone and nothing trains or loads a reward
-        model. The one place a run's stage list is filtered."""
-        return tuple(s for s in self.stages() if s != "rm" or self.cfg.reward.model_weight > 0)
+        """The stages `--stage all` runs (launch.py, experiments/runner.py): `stages()` without rm (and best_of_n,
+        which picks by the reward model) when reward.model_weight=0, where the reward is reward.functions' alone and
+        nothing trains or loads a reward model. The one place a run's stage list is filtered."""
+        return tuple(s for s in self.stages() if s not in ("rm", "best_of_n") or self.cfg.reward.model_weight > 0)
 
     def experiment_overrides(self, root: Path) -> list[str]:  # noqa: ARG002 - a task built per run
         """Overrides an experiment under `root` gives every run, so that they share what the task builds once."""

@@ -279,13 +279,16 @@ class IFEvalTask(PreferenceTask):
     heldout_text = ("ID: {n_id} held-out prompts with instruction types training also asks (new prompts). OOD: "
                     "{n_ood} prompts whose instruction type no training prompt carries (one column per held-out "
                     "type). Gold: IFEval's strict prompt-level accuracy (loose: gold_loose).")
+    gold_name = "strict"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.dir = Path(cfg.ifeval.dir) if cfg.ifeval.dir else Path(cfg.run_dir) / "data"
 
     def stages(self) -> tuple[str, ...]:
-        return ("pairs",) + RL_STAGES
+        """pairs, rm, then best_of_n (the SFT policy's best of n by the reward model and by the verifiers: what RL on
+        that reward model can hope for, measured before it trains), rl, eval."""
+        return ("pairs", "rm", "best_of_n") + RL_STAGES[1:]
 
     def experiment_overrides(self, root: Path) -> list[str]:
         """The task is the same for every seed (seeded by data.split_seed): an experiment builds it once, in

@@ -168,8 +168,9 @@ def test_the_ifeval_task_is_built_once_and_shared_by_every_seed(tmp_path):
     """Its prompts and pairs depend on the SFT policy and data.split_seed, not on seed: the first run builds them
     in <run_dir>/data and every other run waits for that run's pairs stage and reads the same directory."""
     _, runs = plan("configs/smollm2_ifeval.yaml", [f"run_dir={tmp_path}"], [0, 1, 2], [], "all")
-    assert runs[0].stages == ["pairs", "rm", "rl", "eval"] and not runs[0].depends_on
-    assert all(r.stages == ["rm", "rl", "eval"] and r.depends_on == [(runs[0], "pairs")] for r in runs[1:])
+    assert runs[0].stages == ["pairs", "rm", "best_of_n", "rl", "eval"] and not runs[0].depends_on
+    assert all(r.stages == ["rm", "best_of_n", "rl", "eval"] and r.depends_on == [(runs[0], "pairs")]
+               for r in runs[1:])
     assert all(f"ifeval.dir={tmp_path / 'data'}" in r.overrides for r in runs)
 
 

@@ -154,7 +154,8 @@ def test_real_task_end_to_end_cut_to_a_few_steps(tmp_path):
             "ifeval.heldout_instructions=[keywords:frequency]", "data.val_fraction=0.4", "ifeval.num_prompts=24",
             "ifeval.num_ood_prompts=6", "ifeval.samples_per_prompt=3", "generator.max_new_tokens=32",
             "reward.batch_size=4", "rl.steps=2", "rl.batch_size=2", "eval.num_prompts=4", "eval.batch_size=4",
-            "eval.bootstrap_samples=100", "generator.backend=hf", "eval.backend=auto"]  # one vLLM engine (eval)
+            "eval.bootstrap_samples=100", "generator.backend=hf", "eval.backend=auto",  # one vLLM engine (eval)
+            "best_of_n.samples=2", "best_of_n.num_prompts=2"]
     assert launch.main(args) == 0
     pairs = json.loads((run / "pairs_metrics.json").read_text())
     assert pairs["pairs"] + pairs["ties"] + pairs["no_answers"] == pairs["prompts"] == 30
@@ -171,6 +172,8 @@ def test_real_task_end_to_end_cut_to_a_few_steps(tmp_path):
         p = pool["policies"]["trained"]
         assert 0.0 <= p["gold_mean"] <= p["gold_loose_mean"] <= 1.0
     assert set(result["ood"]["kinds"]) == {"keywords:frequency"}
+    bon = json.loads((run / "best_of_n.json").read_text())  # after rm, before rl; strict accuracy as gold
+    assert bon["gold_name"] == "strict" and bon["ns"] == [1, 2] and set(bon["pools"]) == {"val", "ood"}
     assert (run / "report" / "report.md").is_file()
     assert launch.main(args + ["--stage", "pairs"]) == 0  # kept, not rebuilt
     assert json.loads((run / "pairs_metrics.json").read_text())["reused"] == str(run / "data")

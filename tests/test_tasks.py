@@ -43,7 +43,7 @@ def test_data_source_picks_the_task_and_the_task_its_stages(tmp_path):
     real = load_task(load_config(None, [*base, f"model.policy={tmp_path / 'sft'}"]))
     assert real.stages() == ("rm", "rl", "eval"), "the sft stage only warms up the sandbox's tiny policy"
     ifeval = load_task(load_config(None, [*base, "data.source=ifeval"]))
-    assert isinstance(ifeval, IFEvalTask) and ifeval.stages() == ("pairs", "rm", "rl", "eval")
+    assert isinstance(ifeval, IFEvalTask) and ifeval.stages() == ("pairs", "rm", "best_of_n", "rl", "eval")
     assert ifeval.dir == tmp_path / "data" and ifeval.experiment_overrides(tmp_path / "x") == \
         [f"ifeval.dir={tmp_path / 'x' / 'data'}"]
     files = load_task(load_config(None, [*base, f"data.source={tmp_path / 'pairs.jsonl'}"]))
