@@ -62,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "over seeds; tune: the sweep behind the demo's settings, on the validation pools of the tuning "
                         "seeds; confirm: the shipped settings on fresh seeds, each with its own SFT policy and reward "
                         "model, on the test pools; level2: scalar vs distributional "
-                        "reward model, each reduction; level2_kl: the same over kl_coef, compared at matched KL; "
-                        "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4 over kl_coef, the same)")
+                        "reward model, each reduction; level2_kl: the same, compared at matched KL along the runs; "
+                        "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4, the same)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")

@@ -7,9 +7,10 @@ A policy that hacks its reward model writes what the model scores high and the g
 - repeated: one such token max_new_tokens times, no EOS;
 - unfinished: a real answer (the SFT policy's, or a pair's chosen one) as it is, but without the end-of-turn tokens;
 - truncated: its first half, without the end-of-turn tokens;
-- empty (scored as finished): no answer at all. Reward-model negatives of the other kinds alone can teach "short and
-  finished is good" so well that an empty answer becomes the new hole (measured, docs/collapse.md); a chat answer
-  is never empty, though the sandbox's judge gives it 0, above a bad answer.
+- empty (scored as finished): an answer without a word, nothing or a lone punctuation mark (NO_WORDS). Reward-model
+  negatives of the other kinds alone can teach "short and finished is good" so well that an empty answer becomes
+  the new hole (measured, docs/collapse.md); with "" alone among the negatives a comparison seed's policy found the
+  next one, answering "." to every prompt (docs/results_sandbox.md), hence the punctuation marks.
 A response without EOS is scored as the scorer scores a truncated one (actors/scorer.py), so these are what the
 reward model sees when the policy writes them. Two users: `degenerate_check` (the RL probe's first call, tags
 rm_check/) measures the reward model on them against the SFT answers to the same validation prompts, and
@@ -28,6 +29,7 @@ from common.config import DEGENERATE_KINDS
 from learner import distributional as dist
 
 KINDS = DEGENERATE_KINDS  # all but empty are scored unfinished
+NO_WORDS = ("", ".", "!", "?", "...", "-")  # the empty kind's answers: "" and punctuation-only answers
 
 
 def rare_token_ids(tokenizer) -> list[int]:
@@ -51,7 +53,7 @@ def degenerate_answer(kind: str, answer: str, tokenizer, pool: list[int], length
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         return tokenizer.decode(ids[:max(1, len(ids) // 2)])
     if kind == "empty":
-        return ""
+        return rng.choice(NO_WORDS)
     raise ValueError(f"unknown degenerate kind {kind!r}; choose from {', '.join(KINDS)}")
 
 

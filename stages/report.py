@@ -347,7 +347,8 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
     lines += ["## Training curves", ""]
     for v in variants:
         lines += img(f"training:{v}", f"training curves {v}")
-    lines += img("probe", "held-out probe during training") + probe_section(variants) + choice_section(variants)
+    lines += img("probe", "held-out probe during training") + probe_section(variants)
+    lines += choice_section(variants) if reference is None else []  # a comparison plan chooses nothing
     if figures.get("gold_vs_rm"):
         lines += [f"## Gold vs {name} during training", "",
                   f"If the {name} keeps rising while the gold reward stalls or falls, the policy is exploiting "
