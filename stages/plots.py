@@ -221,11 +221,11 @@ def path_frontiers(fronts: dict[str, dict[int, list]], metric: str, path: Path) 
     that every family reaches in every seed (where the report's table reads it)."""
     from common.stats import seed_summary
     from stages.report_compare import kl_frontier
+    from stages.report_frontier import reach
     seeds = sorted(set.intersection(*(set(s) for s in fronts.values()))) if fronts else []
     if len(fronts) < 2 or not seeds:
         return None
-    hi = min(max(k for k, _ in fronts[f][s]) for f in fronts for s in seeds)
-    grid = np.linspace(0.0, np.sqrt(max(hi, 0.0)), 25) ** 2
+    grid = np.linspace(0.0, np.sqrt(reach(fronts, seeds)), 25) ** 2
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for i, (family, by_seed) in enumerate(fronts.items()):
         stats = [seed_summary([kl_frontier(by_seed[s], k) for s in seeds]) for k in grid]
