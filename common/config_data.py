@@ -114,8 +114,15 @@ class IFEvalConfig:
     num_prompts: int = opt(400, ge=4, help="prompts with training-type instructions (split by prompt into train "
                                            "and in-distribution held-out by data.val_fraction)")
     num_ood_prompts: int = opt(60, ge=0, help="prompts with held-out instruction types (held-out only)")
-    samples_per_prompt: int = opt(4, ge=2, help="answers sampled from the SFT policy per prompt; the best and the "
-                                                "worst by the verifiers form its pair, all equal = a tie (dropped)")
+    samples_per_prompt: int = opt(4, ge=2, help="answers sampled from the SFT policy per prompt, labelled by the "
+                                                "verifiers; all equal = a tie (no pair, counted)")
+    pairs: str = opt("best_worst", choices=("best_worst", "all"),
+                     help="which pairs a prompt's answers give: best_worst = its best against its worst (one pair); "
+                          "all = every two answers the verifiers score differently (every pass x fail pair)")
+    pair_lengths: str = opt("any", choices=("any", "same_finish"),
+                            help="same_finish = pair only answers that both ended (EOS) or were both cut at "
+                                 "generator.max_new_tokens, so that a pair never teaches 'finished beats cut' in place "
+                                 "of the instruction; any = no such check")
     batch_size: int = opt(64, ge=1, help="prompts per generate call while sampling the pairs")
 
     def __post_init__(self) -> None:

@@ -33,22 +33,26 @@ from tasks.registry import load_task
 @torch.no_grad()
 def sample_answers(cfg: Config, sft_path: str, prompt_tokens: list[list[int]], tokenizer,
                    device: torch.device) -> tuple[list, dict]:
-    """answers[i] = the SFT policy's samples_per_prompt answers to prompt i, and sampling counts."""
+    """answers[i] = the SFT policy's samples_per_prompt answers to prompt i, finished[i] whether each ended with EOS
+    (not cut at max_new_tokens), and sampling counts."""
     generator = build_generator(cfg, sft_path, tokenizer, prompt_tokens, device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     n, bs, k = len(prompt_tokens), cfg.ifeval.batch_size, cfg.ifeval.samples_per_prompt
     answers: list[list[str]] = [[] for _ in range(n)]
+    finished: list[list[bool]] = [[] for _ in range(n)]
     truncated = tokens = 0
     chunks = [start for _ in range(k) for start in range(0, n, bs)]  # k rounds over the prompts
     for c, start in enumerate(tqdm(chunks, desc="pairs: sampling", leave=False)):
         idx = list(range(start, min(n, start + bs)))
         with autocast(dtype, device):  # seed: the chunk's place in the task, nothing else (reproducible, seed-free)
             batch = generator.generate(idx, cfg.data.split_seed * 1_000_003 + c)
-        truncated += int((~batch.finished(tokenizer.eos_token_id)).sum())
+        ended = batch.finished(tokenizer.eos_token_id).tolist()
+        truncated += len(ended) - sum(ended)
         tokens += int(batch.response_mask.sum())
-        for i, text in zip(idx, batch.response_texts):
+        for i, text, e in zip(idx, batch.response_texts, ended):
             answers[i].append(text)
-    return answers, {"truncated_answers": truncated, "response_tokens": tokens}
+            finished[i].append(bool(e))
+    return answers, finished, {"truncated_answers": truncated, "response_tokens": tokens}
 
 
 def run_pairs(cfg: Config) -> dict:
@@ -76,8 +80,8 @@ def run_pairs(cfg: Config) -> dict:
     kept, prompt_tokens = task.encode_prompts(tokenizer, [p.messages for p in prompts], stats)
     kept_text = {m[-1]["content"] for m in kept}
     prompts = [p for p in prompts if p.prompt in kept_text]  # too long for data.max_prompt_tokens (drop): left out
-    answers, sampling = sample_answers(cfg, paths.sft_policy, prompt_tokens, tokenizer, device)
-    counts = task.write_pairs(prompts, answers, {**sampling, "dropped_overlong": stats.dropped_overlong,
+    answers, finished, sampling = sample_answers(cfg, paths.sft_policy, prompt_tokens, tokenizer, device)
+    counts = task.write_pairs(prompts, answers, finished, {**sampling, "dropped_overlong": stats.dropped_overlong,
                                                  "sample_s": round(time.perf_counter() - t0, 1)}, t0)
     try:
         splits = task.splits()  # the written files read back through the normal data path

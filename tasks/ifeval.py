@@ -189,31 +189,48 @@ def verify(task: TaskPrompt, response: str) -> Verdict:
     return Verdict(s.binary_strict, s.binary_loose, s.partial_strict, s.partial_loose)
 
 
-def preference_rows(tasks: list[TaskPrompt], answers: list[list[str]]) -> tuple[list[dict], dict]:
-    """One HelpSteer2_binarized row per prompt from its sampled answers: the best by the verifiers (preference
-    score, first of equals) as chosen, the worst as rejected, ratings on HelpSteer2's 0..4 scale (2 x score). A
-    prompt whose non-empty answers all score the same is a tie: no row, counted. Returns (rows, counts)."""
+def preference_rows(tasks: list[TaskPrompt], answers: list[list[str]], finished: list[list[bool]] | None = None,
+                    mode: str = "best_worst", lengths: str = "any") -> tuple[list[dict], dict]:
+    """HelpSteer2_binarized rows from each prompt's sampled answers, ranked by the verifiers (preference score),
+    ratings on HelpSteer2's 0..4 scale (2 x score). mode best_worst: the best (first of equals) against the worst,
+    one row per prompt; all: every two answers with different scores (every pass x fail pair of the prompt).
+    lengths same_finish (needs `finished`, per answer: ended with EOS): only answers that both ended or were both
+    cut are paired, so that no pair rewards finishing in place of following the instruction. A prompt whose
+    non-empty answers all score the same is a tie: no row, counted; one whose differing answers never share a
+    finish state is counted as `unmatched`. Returns (rows, counts)."""
     rows, counts = [], {"prompts": len(tasks), "pairs": 0, "ties": 0, "no_answers": 0, "answers": 0,
-                        "empty_answers": 0}
-    for task, texts in zip(tasks, answers):
-        texts = [t.strip() for t in texts]
+                        "empty_answers": 0, "unmatched": 0, "prompts_with_pairs": 0}
+    finished = finished or [[True] * len(texts) for texts in answers]
+    for task, texts, ended in zip(tasks, answers, finished):
         counts["answers"] += len(texts)
-        counts["empty_answers"] += sum(not t for t in texts)
-        scored = [(verify(task, t).preference_score, t) for t in texts if t]
+        counts["empty_answers"] += sum(not t.strip() for t in texts)
+        scored = [(verify(task, t.strip()).preference_score, t.strip(), e) for t, e in zip(texts, ended) if t.strip()]
         if len(scored) < 2:
             counts["no_answers"] += 1
             continue
-        best, worst = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
-        if best[0] == worst[0]:
+        if len({s for s, _, _ in scored}) == 1:
             counts["ties"] += 1
             continue
+        pairs = answer_pairs(scored, mode, lengths)
+        counts["unmatched"] += not pairs
+        counts["prompts_with_pairs"] += bool(pairs)
         user = {"role": "user", "content": task.prompt}
-        rows.append({"prompt": task.prompt, "chosen": [user, {"role": "assistant", "content": best[1]}],
-                     "rejected": [user, {"role": "assistant", "content": worst[1]}],
-                     "chosen_rating": 2.0 * best[0], "rejected_rating": 2.0 * worst[0]})
+        rows += [{"prompt": task.prompt, "chosen": [user, {"role": "assistant", "content": best[1]}],
+                  "rejected": [user, {"role": "assistant", "content": worst[1]}],
+                  "chosen_rating": 2.0 * best[0], "rejected_rating": 2.0 * worst[0]} for best, worst in pairs]
     counts["pairs"] = len(rows)
     counts["tie_rate"] = counts["ties"] / max(1, counts["prompts"] - counts["no_answers"])
     return rows, counts
+
+
+def answer_pairs(scored: list[tuple[float, str, bool]], mode: str, lengths: str) -> list[tuple]:
+    """(chosen, rejected) among one prompt's (score, text, finished) answers; see preference_rows."""
+    if lengths == "same_finish":
+        groups = [[a for a in scored if a[2] == state] for state in (True, False)]
+        return [p for g in groups if len({a[0] for a in g}) > 1 for p in answer_pairs(g, mode, "any")]
+    if mode == "best_worst":
+        return [(max(scored, key=lambda a: a[0]), min(scored, key=lambda a: a[0]))]
+    return [(a, b) for a in scored for b in scored if a[0] > b[0]]
 
 
 def write_prompts(path: Path, prompts: list[TaskPrompt]) -> None:
@@ -351,11 +368,13 @@ class IFEvalTask(PreferenceTask):
         require_packages()
         return task_prompts(self.cfg.ifeval, self.cfg.data.split_seed)
 
-    def write_pairs(self, prompts: list[TaskPrompt], answers: list[list[str]], extra: dict, started: float) -> dict:
-        """Label each prompt's sampled answers with the verifiers, write the task's files (task.json last, each
-        under a temporary name renamed into place) and return the counts (`started`: the stage's perf_counter
-        at its start, for its seconds)."""
-        rows, counts = preference_rows(prompts, answers)
+    def write_pairs(self, prompts: list[TaskPrompt], answers: list[list[str]], finished: list[list[bool]],
+                    extra: dict, started: float) -> dict:
+        """Label each prompt's sampled answers with the verifiers (`finished`: per answer, whether it ended with
+        EOS), write the task's files (task.json last, each under a temporary name renamed into place) and return
+        the counts (`started`: the stage's perf_counter at its start, for its seconds)."""
+        rows, counts = preference_rows(prompts, answers, finished, self.cfg.ifeval.pairs,
+                                       self.cfg.ifeval.pair_lengths)
         self.dir.mkdir(parents=True, exist_ok=True)
         write_prompts(self.dir / PROMPTS_FILE, prompts)
         write_atomic(self.dir / PAIRS_FILE, "".join(json.dumps(r) + "\n" for r in rows))

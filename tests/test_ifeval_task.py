@@ -69,6 +69,22 @@ def test_ties_are_dropped_and_counted_and_pairs_rank_by_the_verifiers():
     assert (row["chosen_rating"], row["rejected_rating"]) == (4.0, 0.0)
 
 
+def test_all_pairs_are_every_pass_x_fail_pair_and_same_finish_pairs_only_answers_that_ended_alike():
+    (no_comma,) = [task("punctuation:no_comma")]
+    texts = [["Calm blue water.", "Deep blue sea.", "Calm, blue water.", "Deep, cold water.", "Wet, water."]]
+    ended = [[True, False, True, False, False]]  # two passes (one cut), three fails (two cut)
+    rows, counts = ifeval_task.preference_rows([no_comma], texts, ended, mode="all")
+    pairs = {(r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows}
+    assert len(rows) == counts["pairs"] == 2 * 3 and all("," not in c and "," in r for c, r in pairs)
+    rows, counts = ifeval_task.preference_rows([no_comma], texts, ended, mode="all", lengths="same_finish")
+    pairs = {(r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows}
+    assert pairs == {("Calm blue water.", "Calm, blue water."), ("Deep blue sea.", "Deep, cold water."),
+                     ("Deep blue sea.", "Wet, water.")}
+    rows, counts = ifeval_task.preference_rows([no_comma], texts, [[True, True, False, False, False]],
+                                                mode="best_worst", lengths="same_finish")
+    assert rows == [] and (counts["unmatched"], counts["ties"]) == (1, 0)  # passes all ended, fails all cut
+
+
 def write_task(tmp_path: Path, tasks: list, answers: list) -> Path:
     """A task directory as --stage pairs writes it (prompts, pairs, task.json), from given answers."""
     out = tmp_path / "task"
