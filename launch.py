@@ -30,7 +30,7 @@ from common.errors import ENVIRONMENT_ERRNOS, Interrupted, UserError, disk_error
 from common.metrics import record_invocation, record_stage_time
 from common.runtime import lock_run_dir
 from common.trackers import require as require_tracker
-from experiments import PLANS, plan_seeds, plan_variants
+from experiments import PLANS, plan_finish, plan_seeds, plan_variants
 
 STAGES = ("pairs", "sft", "rm", "rl", "eval")
 REPORT = "report"
@@ -38,6 +38,7 @@ PUSH = "push"
 EXPERIMENT = "experiment"  # what `running` holds while a sweep runs its runs' stages as child processes
 TEMPERATURE = "temperature"
 BEST_OF_N = "best_of_n"
+VALIDATE = "validate"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,11 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", default="local", choices=("local", "ray"),
                         help="local: one process, one device; ray: the rl stage on Ray actors (cluster: section)")
     parser.add_argument("--stage", default="all",
-                        choices=("all",) + STAGES + (REPORT, TEMPERATURE, BEST_OF_N, PUSH),
+                        choices=("all",) + STAGES + (REPORT, TEMPERATURE, BEST_OF_N, VALIDATE, PUSH),
                         help="temperature: the SFT policy's held-out answers at each of eval.temperatures (not in "
                              "all; needs the rm stage's reward model); best_of_n: the SFT policy's best of n "
                              "answers by the reward model and by the gold judge, no training (in all for the ifeval "
-                             "task, after rm; stages/best_of_n.py); push: only the upload of --push-to-hub")
+                             "task, after rm; stages/best_of_n.py); validate: eval on the validation pools "
+                             "(validation.json; not in all): what a choice between trained policies reads; push: "
+                             "only the upload of --push-to-hub")
     parser.add_argument("--seeds", help="sweep: comma-separated training seeds, e.g. 0,1,2 (tune and confirm have "
                                         "their own defaults)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -63,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "seeds; confirm: the shipped settings on fresh seeds, each with its own SFT policy and reward "
                         "model, on the test pools; level2: scalar vs distributional "
                         "reward model, each reduction; level2_kl: the same, compared at matched KL along the runs; "
-                        "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4, the same)")
+                        "baselines: rl.baseline moving_average, none, batch_mean, rloo k=2, 4, the same; real: the "
+                        "real-model experiment of configs/smollm2_ifeval.yaml, experiments/real_model.py)")
     parser.add_argument("--jobs", type=int, default=1, help="experiment: runs executed at the same time")
     parser.add_argument("--runs", nargs="+", help="report: run or sweep directories (default: run_dir)")
     parser.add_argument("--report-dir", help="report: output directory (default: <first run dir>/report)")
@@ -124,7 +128,7 @@ def run_stage(name: str, cfg, resume: bool, mode: str = "local", overwrite: bool
         from stages.best_of_n import run_best_of_n
         return run_best_of_n(cfg)
     from stages.eval import run_eval
-    return run_eval(cfg)
+    return run_eval(cfg, validation=name == VALIDATE)
 
 
 def write_report(runs: list[str], report_dir: str | None) -> None:
@@ -262,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         from experiments.runner import run_sweep
         root, runs = run_sweep(args.config, args.overrides, seeds, variants, args.stage, args.mode, args.jobs,
                                reference)
+        finish = plan_finish(args.plan) if args.stage == "all" else None
+        if finish is not None and not any(r.status == "failed" for r in runs):
+            runs += finish(args.config, args.overrides, seeds, args.mode, args.jobs, root)
         if args.stage == "all" and any(r.status in ("done", "skipped") for r in runs):
             write_report([str(root)], args.report_dir)
         return 1 if any(r.status == "failed" for r in runs) else 0

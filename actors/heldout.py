@@ -12,8 +12,12 @@ to the reference on its own samples.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,12 +126,14 @@ class HeldoutPool:
         self.tokenizer, self.generator_cfg, self.device, self.dtype = tokenizer, generator_cfg, device, dtype
         self.batch_size, self.seed = eval_cfg.batch_size, eval_cfg.seed
         self.engine = None
+        self.repeats = 1  # answers per prompt (the eval stage: eval.samples_per_prompt)
 
     def answers(self, model: torch.nn.Module, generator_cfg: GeneratorConfig | None = None,
-                greedy: bool = False, repeats: int = 1) -> list[RolloutBatch]:
-        """The model's answers to prompts 0..n-1 (`repeats` each, in a row), sampled with the eval seed whatever the
-        model: by hf on the model itself (with `generator_cfg`, default the run's), or by the pool's vLLM engine
-        after loading the model's weights into it."""
+                greedy: bool = False, repeats: int | None = None) -> list[RolloutBatch]:
+        """The model's answers to prompts 0..n-1 (`repeats` each, in a row; default the pool's), sampled with the
+        eval seed whatever the model: by hf on the model itself (with `generator_cfg`, default the run's), or by
+        the pool's vLLM engine after loading the model's weights into it."""
+        repeats = repeats or self.repeats
         if self.engine is not None:
             self.engine.load_weights(merged_state_dict(model), self.engine.version + 1)
             self.engine.prompt_tokens = self.prompt_tokens  # the engine serves every pool: this pool's prompts
@@ -143,6 +149,40 @@ class HeldoutPool:
     @property
     def prompt_texts(self) -> list[str]:
         return [self.prompts[i][-1]["content"] for i in range(self.n)]
+
+
+ANSWER_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "prompt_index", "version",
+                 "response_texts", "temperature")  # what describe() reads; extras (sampler log-probs) are not kept
+
+
+def save_answers(path: Path, batches: list[RolloutBatch]) -> None:
+    """Sampled answers as plain tensors and strings (loadable with weights_only), written under a temporary name
+    and renamed: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save([{k: getattr(b, k) for k in ANSWER_FIELDS} for b in batches], tmp)
+    os.replace(tmp, path)
+
+
+def load_answers(path: Path) -> list[RolloutBatch]:
+    return [RolloutBatch(**row) for row in torch.load(path, weights_only=True)]
+
+
+def sft_answers(pool: HeldoutPool, sft: torch.nn.Module, cache_dir: str, key: dict) -> list[RolloutBatch]:
+    """The SFT policy's answers to the pool (pool.answers), read from `cache_dir` when a run before sampled the
+    same ones (`key`: everything they depend on, hashed into the file name), else sampled and kept there."""
+    if not cache_dir:
+        return pool.answers(sft)
+    key = {**key, "prompts": pool.prompt_texts, "seed": pool.seed, "batch_size": pool.batch_size,
+           "repeats": pool.repeats, "engine": pool.engine is not None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"sft_answers_{digest}.pt"
+    if path.is_file():
+        tqdm.write(f"eval: the SFT policy's answers read from {path}")
+        return load_answers(path)
+    batches = pool.answers(sft)
+    save_answers(path, batches)
+    return batches
 
 
 def heldout_pool(cfg: Config, task: Task, reward_path: str | None, tokenizer, device: torch.device,

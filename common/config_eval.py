@@ -18,6 +18,12 @@ class EvalConfig:
                        help="the eval stage's sampler: hf = transformers generate on each policy; auto = vLLM where "
                             "generator.backend=auto would pick it (one engine samples both policies, the trained "
                             "weights loaded into it: faster for a real model on CPU), else hf")
+    samples_per_prompt: int = opt(1, ge=1, help="answers each policy gives each held-out prompt in the eval and "
+                                                "validate stages; a prompt's figures are the mean over its answers, so "
+                                                "the prompt bootstrap carries both policies' sampling noise")
+    sft_answers: str = opt("", help="a directory where the SFT policy's eval answers are kept and read back by every "
+                                    "run that would sample the same ones (same SFT policy, prompts, seed, sampler "
+                                    "settings); '' = each run samples them")
     bootstrap_samples: int = opt(2000, ge=100)
     confidence: float = opt(0.95, gt=0.0, lt=1.0)
     temperatures: tuple[float, ...] = opt((0.0, 0.3, 0.7, 1.0), help="--stage temperature: the SFT policy's "

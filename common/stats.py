@@ -21,6 +21,25 @@ def bootstrap_ci(values: np.ndarray, n_samples: int = 2000, confidence: float = 
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
+def cluster_bootstrap_ci(values: np.ndarray, n_samples: int = 2000, confidence: float = 0.95,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean of `values` ([S, P]: seeds x prompts, e.g. per-prompt gains of each seed's
+    policy) under a two-way cluster bootstrap: each replicate draws S seeds and P prompts with replacement and
+    takes the mean over the crossed cells, so the interval carries the seed-to-seed spread (training), the
+    prompt-to-prompt spread (which prompts were asked) and, through each cell being a mean over sampled answers,
+    both policies' sampling noise."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"cluster_bootstrap_ci needs a non-empty [seeds, prompts] array, got {values.shape}")
+    rng = np.random.default_rng(seed)
+    s, p = values.shape
+    si = rng.integers(0, s, size=(n_samples, s))  # [B, S]
+    pi = rng.integers(0, p, size=(n_samples, p))  # [B, P]
+    means = np.stack([values[si[b]][:, pi[b]].mean() for b in range(n_samples)])  # [B]
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:
     """Share of paired items where a beats b, ties counted half."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from common.config import ConfigError
 
-PLANS = ("results", "tune", "confirm", "level2", "level2_kl", "baselines")  # named plans for `launch.py --plan NAME`
+# named plans for `launch.py --plan NAME`
+PLANS = ("results", "tune", "confirm", "level2", "level2_kl", "baselines", "real")
 
 
 def plan_variants(name: str):
@@ -21,6 +22,9 @@ def plan_variants(name: str):
     if name == "baselines":
         from experiments import baselines
         return baselines.VARIANTS, baselines.REFERENCE
+    if name == "real":
+        from experiments import real_model
+        return real_model.VARIANTS, None
     raise ValueError(f"unknown plan {name!r}; choose from {', '.join(PLANS)}")
 
 
@@ -30,6 +34,9 @@ def plan_seeds(name: str | None, seeds: list[int] | None, overrides: list[str]) 
     tuning seed and a reward.path (a reward model
     trained elsewhere): every fresh seed trains its own SFT policy and reward model."""
     from experiments import demo
+    if name == "real":
+        from experiments import real_model
+        return seeds or list(real_model.SEEDS)
     if name in ("baselines", "level2_kl"):
         return seeds or list(demo.COMPARE_SEEDS)
     if name not in ("tune", "confirm"):
@@ -45,3 +52,12 @@ def plan_seeds(name: str | None, seeds: list[int] | None, overrides: list[str]) 
             raise ConfigError("--plan confirm: reward.path is refused; every fresh seed trains its own reward model "
                               "(and SFT policy)")
     return chosen
+
+
+def plan_finish(name: str | None):
+    """What a plan runs after its sweep (the real plan: the choice on the validation pools and the chosen variant's
+    test eval), as finish(config, overrides, seeds, mode, jobs, root); None for the others."""
+    if name == "real":
+        from experiments import real_model
+        return real_model.finish
+    return None

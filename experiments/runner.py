@@ -50,7 +50,8 @@ from tasks.registry import load_task
 DOWNSTREAM = ("rl.", "generator.", "eval.")  # sections that do not change the SFT policy or the reward model
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
 STAGE_OUTPUT = {"pairs": "pairs_metrics.json", "sft": "sft_metrics.json", "rm": "rm_metrics.json",
-                "rl": "rl_metrics.json", "eval": "eval.json", "best_of_n": "best_of_n.json"}
+                "rl": "rl_metrics.json", "eval": "eval.json", "best_of_n": "best_of_n.json",
+                "validate": "validation.json"}
 ARTIFACT = {"sft": "sft_model", "rm": "reward_model"}  # what another variant can take from a run
 BEST_OF_N_RL_KEYS = ("rl.reward_reduction", "rl.risk_lambda")  # the rl.* keys stages/best_of_n.py reads
 
@@ -64,6 +65,16 @@ class Variant:
     policy_from: str | None = None
     reward_from: str | None = None
     skip: tuple[str, ...] = ()  # stages of `--stage all` this variant leaves out (tune: eval, the test pools)
+    also: tuple[str, ...] = ()  # stages it runs after those of `--stage all` (validate: the validation pools)
+    one_reward_model: bool = False  # every seed takes reward_from's reward model of the first seed (else its own)
+
+
+def owner_of(v: Variant, kind: str, seed: int, first: int) -> tuple[str, int] | None:
+    """(variant, seed) of the run whose `kind` artifact ("rm" or "sft") `v`'s run of `seed` takes (`first`: the
+    experiment's first seed); None: it trains its own."""
+    name = v.reward_from if kind == "rm" else v.policy_from
+    owner_seed = first if kind == "rm" and v.one_reward_model else seed
+    return None if name is None or (name, owner_seed) == (v.name, seed) else (name, owner_seed)
 
 
 @dataclass
@@ -152,20 +163,23 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
             tracked = json.dumps(f"{sweep_name}/{v.name}/seed_{seed}")  # quoted: the name stays a YAML string
             extra, stages, needs = [*shared, *v.overrides, f"seed={seed}", f"run_dir={run_dir}",
                                     f"tracking.run_name={tracked}"], [stage], []
+            # the run's own stages (a variant may set reward.model_weight=0: no rm stage)
+            task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()
+            taken = {kind: owner_of(v, kind, seed, seeds[0]) for kind in ("rm", "sft")}
+            for kind, owner in taken.items():  # at any --stage, so that a later stage has the same config
+                if owner is not None and kind in task_stages:  # no rm stage: no reward model to share
+                    run = by_key.get(owner)  # None: a run of an earlier sweep on this root (a plan's later step)
+                    where = run.run_dir if run else root / owner[0] / f"seed_{owner[1]}"
+                    extra.append(("reward.path=" if kind == "rm" else "model.policy=") + str(where / ARTIFACT[kind]))
+                    needs += [(run, kind)] if run else []
             if stage == "all":  # explicit stages, so that a resumed experiment skips the finished ones
-                # the run's own (a variant may set reward.model_weight=0: no rm stage)
-                task_stages = load_task(run_config(config, overrides + extra, v.name, seed)).planned_stages()
-                skip = {"pairs": bool(runs), "sft": v.policy_from, "rm": v.reward_from,
-                        "best_of_n": repeats_best_of_n(v), **dict.fromkeys(v.skip, True)}
-                stages = [s for s in task_stages if not skip.get(s)]
+                skip = {"pairs": bool(runs), "sft": taken["sft"], "rm": taken["rm"],
+                        "best_of_n": repeats_best_of_n(v, taken["rm"]), **dict.fromkeys(v.skip, True)}
+                stages = [s for s in task_stages if not skip.get(s)] + list(v.also)
                 if "pairs" in task_stages and runs:
                     needs.append((runs[0], "pairs"))
-                for owner, kind in ((v.reward_from, "rm"), (v.policy_from, "sft")):
-                    if owner is not None and kind in task_stages:  # no rm stage: no reward model to share
-                        run = by_key[(owner, seed)]
-                        extra.append(("reward.path=" if kind == "rm" else "model.policy=")
-                                     + str(run.run_dir / ARTIFACT[kind]))
-                        needs.append((run, kind))
+            else:
+                needs = []
             cfg = run_config(config, overrides + extra, v.name, seed)
             run = Run(v.name, seed, run_dir, overrides + extra, stages, depends_on=needs, config=cfg)
             by_key[(v.name, seed)] = run
@@ -173,12 +187,13 @@ def plan(config: str, overrides: list[str], seeds: list[int], variants: list[Var
     return root, runs
 
 
-def repeats_best_of_n(v: Variant) -> bool:
-    """Whether `v`'s best_of_n stage would measure what its reward model's owner measures (same seed): it takes that
+def repeats_best_of_n(v: Variant, owner: tuple[str, int] | None) -> bool:
+    """Whether `v`'s run would measure in best_of_n what its reward model's `owner` run measures: it takes that
     reward model (and so the same SFT policy) and changes only rl.* keys best_of_n does not read (it reads the
-    reward reduction, which ranks a distributional head's answers). Such a variant skips it."""
+    reward reduction, which ranks a distributional head's answers). Such a run skips it."""
     keys = [o.partition("=")[0] for o in v.overrides]
-    return v.reward_from is not None and all(k.startswith("rl.") and k not in BEST_OF_N_RL_KEYS for k in keys)
+    return owner is not None and all(k.startswith("rl.") and k not in BEST_OF_N_RL_KEYS
+                                                       for k in keys)
 
 
 def run_config(config: str, overrides: list[str], variant: str, seed: int):
@@ -342,14 +357,14 @@ def report_progress(runs: list[Run], run: Run) -> None:
           + (f" (see {run.run_dir / 'error.txt'})" if run.status == "failed" and run.seconds else ""), flush=True)
 
 
-def write_summary(root: Path, runs: list[Run]) -> None:
+def write_summary(root: Path, runs: list[Run], name: str = "sweep.json") -> None:
     rows = [{"variant": r.variant, "seed": r.seed, "run_dir": str(r.run_dir), "status": r.status,
              "seconds": round(r.seconds, 1), "error": r.error.splitlines()[-1] if r.error else ""} for r in runs]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "sweep.json").write_text(json.dumps(rows, indent=2))
+    (root / name).write_text(json.dumps(rows, indent=2))
     counts = {s: sum(r.status == s for r in runs) for s in ("done", "skipped", "failed")}
     print(f"sweep summary: {counts['done']} done, {counts['skipped']} skipped (already finished), "
-          f"{counts['failed']} failed; details in {root / 'sweep.json'}")
+          f"{counts['failed']} failed; details in {root / name}")
     for row in rows:
         if row["status"] == "failed":
             print(f"  FAILED {row['variant']}/seed_{row['seed']}: {row['error']}")

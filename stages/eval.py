@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.generator import choose_backend
-from actors.heldout import POOLS, compare_on_pool, heldout_pool
+from actors.heldout import DEV_POOLS, POOLS, compare_on_pool, heldout_pool, sft_answers
 from actors.reward_functions import describe as describe_reward
 from common.config import Config
 from common.errors import PathNotFound
@@ -50,7 +50,9 @@ def eval_engine(cfg: Config, sft_path: str, tokenizer, prompt_tokens: list[list[
     return VLLMGenerator(cfg, sft_path, tokenizer, prompt_tokens, device)
 
 
-def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
+def run_eval(cfg: Config, policy_path: str | None = None, validation: bool = False) -> dict:
+    """`--stage eval` on the test pools (eval.json); `validation` (`--stage validate`): the same on the validation
+    pools, the ones every choice is made on (validation.json), never the test pools."""
     paths, task = RunPaths(cfg), load_task(cfg)
     device = prepare(cfg)
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -61,29 +63,48 @@ def run_eval(cfg: Config, policy_path: str | None = None) -> dict:
     sft = load_causal_lm(sft_path, device, torch.float32, tokenizer).eval()
     trained = load_causal_lm(trained_path, device, torch.float32, tokenizer, key="the trained policy").eval()
     result: dict = {}
+    stage, k = ("validate", "validation.json") if validation else ("eval", "eval.json"), cfg.eval.samples_per_prompt
     pools = [(split, heldout_pool(cfg, task, paths.scoring_reward_model, tokenizer, device, dtype, split,
-                                  cfg.eval.num_prompts, f"eval{suffix}")) for split, suffix in POOLS]
+                                  cfg.eval.num_prompts, f"{stage[0]}{suffix}"))
+             for split, suffix in (DEV_POOLS if validation else POOLS)]
     pools = [(split, pool) for split, pool in pools if pool.n]
-    begin_outputs(cfg, "eval")  # the models and prompt pools have loaded
+    begin_outputs(cfg, stage[0])  # the models and prompt pools have loaded
     engine = eval_engine(cfg, sft_path, tokenizer, [t for _, p in pools for t in p.prompt_tokens[:p.n]], device)
+    sampler = {"sft": sft_path, "generator": dataclasses.asdict(cfg.generator), "dtype": str(dtype)}
     for split, pool in pools:
-        pool.engine = engine
-        d, kl = compare_on_pool(pool, pool.describe(pool.answers(sft)), trained, sft)
+        pool.engine, pool.repeats = engine, k
+        sft_batches = sft_answers(pool, sft, cfg.eval.sft_answers, sampler)
+        d, kl = per_prompt_means(*compare_on_pool(pool, pool.describe(sft_batches), trained, sft), k)
         summary = summarize(d, kl, cfg, pool.prompt_texts)
-        if split == "val":
+        if split in ("val", "dev"):
             result = summary
         else:  # the out-of-distribution pool: same layout, with each prompt's kind (sandbox: new_topic /
             # new_template; ifeval: its held-out instruction type)
             summary["kinds"] = [task.ood_kind(p) for p in pool.prompt_texts]
             result["ood"] = summary
     result["reward_components"] = describe_reward(cfg.reward)  # what `reward` is made of
-    write_text_atomic(paths.file("eval.json"), json.dumps(result, indent=2))
-    attach_evaluation(trained_path, result)  # eval.json beside the policy's weights, its card with the table
+    result["pools"] = "validation" if validation else "test"
+    write_text_atomic(paths.file(stage[1]), json.dumps(result, indent=2))
+    if not validation:
+        attach_evaluation(trained_path, result)  # eval.json beside the policy's weights, its card with the table
     print(f"reward = {result['reward_components']['text']}\n" + format_table(result))
     if "ood" in result:
         print("\nout-of-distribution (requests or instruction types never asked in training):\n"
               + format_table(result["ood"]))
     return result
+
+
+def per_prompt_means(d: dict, kl: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
+    """compare_on_pool's per-answer arrays (prompt-major: answers i*k .. i*k+k-1 are prompt i's) as per-prompt means
+    over each prompt's k answers; texts keep each prompt's first answer. k = 1: unchanged."""
+    if k == 1:
+        return d, kl
+    mean = lambda x: x.reshape(len(x) // k, k, *x.shape[1:]).mean(1)  # noqa: E731
+    out = {name: {key: mean(v) if isinstance(v, np.ndarray) else v for key, v in pol.items()}
+           for name, pol in d.items()}
+    for pol in out.values():
+        pol["texts"] = pol["texts"][::k]
+    return out, mean(kl)
 
 
 def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> dict:
@@ -113,7 +134,8 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     per_prompt["trained"]["kl_to_ref"] = np.asarray(kl, dtype=float).round(6).tolist()
     examples = [{"prompt": prompt_texts[i], "sft": d["sft"]["texts"][i], "trained": d["trained"]["texts"][i]}
                 for i in range(min(5, len(prompt_texts)))]
-    return {"num_prompts": len(prompt_texts), "confidence": e.confidence, "policies": policies,
+    return {"num_prompts": len(prompt_texts), "samples_per_prompt": e.samples_per_prompt,
+            "confidence": e.confidence, "policies": policies,
             "comparisons": comparisons, "examples": examples, "per_prompt": per_prompt,
             "prompts_sha256": hashlib.sha256("\n".join(prompt_texts).encode()).hexdigest()}
 

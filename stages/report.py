@@ -21,6 +21,7 @@ from stages.report_choice import choice_section
 from stages.report_compare import families, matched_kl, reward_models, versus_reference
 from stages.report_frontier import along_path, frontiers
 from stages.report_provenance import changed_on_resume, failed_runs, mixed_runs, provenance, reward_line, setup_line
+from stages.report_real import real_model_section
 from stages.report_runs import (
     RunData,
     discover,
@@ -271,7 +272,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> 
     aggs_ood = {v: aggregate(rs, "ood") for v, rs in variants.items()}
     figures = figures_for(variants, out)
     reference = (read_json(Path(paths[0]) / "experiment.json") or {}).get("reference")
-    text = render(paths, runs, variants, aggs, figures, reference, aggs_ood)
+    lead = real_model_section(Path(paths[0]), out)  # --plan real: its headline first
+    text = render(paths, runs, variants, aggs, figures, reference, aggs_ood, lead)
     write_text_atomic(out / "report.md", text)
     return out / "report.md"
 
@@ -294,7 +296,7 @@ def figures_for(variants: dict[str, list[RunData]], out: Path) -> dict[str, Path
 
 
 def render(paths, runs, variants, aggs, figures, reference: str | None = None,
-           aggs_ood: dict[str, dict] | None = None) -> str:
+           aggs_ood: dict[str, dict] | None = None, lead: list[str] | None = None) -> str:
     img = lambda key, alt: [f"![{alt}]({figures[key].name})", ""] if figures.get(key) else []  # noqa: E731
     first = next((a for a in aggs.values() if a), {})
     pct = int(round(100 * first.get("confidence", 0.95)))
@@ -305,7 +307,7 @@ def render(paths, runs, variants, aggs, figures, reference: str | None = None,
              f"Runs: {len(runs)} in {len(variants)} variant(s), from {', '.join(map(str, paths))}. "
              f"Policy `{c['model']['policy']}`, data `{c['data']['source']}`.", "",
              setup_line(runs), "", reward_line(variants), ""]
-    lines += provenance(paths)
+    lines += provenance(paths) + (lead or [])
     name, short = reward_name(runs), reward_name(runs, short=True)
     if any(diffs.values()):
         lines += ["Variants differ in: " + "; ".join(f"**{v}**: " + ", ".join(f"`{k}={x}`" for k, x in d.items())

@@ -309,8 +309,10 @@ class IFEvalTask(PreferenceTask):
 
     def experiment_overrides(self, root: Path) -> list[str]:
         """The task is the same for every seed (seeded by data.split_seed): an experiment builds it once, in
-        <root>/data, and every run reads it there."""
-        return [] if self.cfg.ifeval.dir else [f"ifeval.dir={root / 'data'}"]
+        <root>/data, and every run reads it there; so is the SFT policy (the real model, no sft stage), whose eval
+        answers every run then reads from <root>/data/sft_answers (eval.sft_answers) instead of sampling them again."""
+        out = [] if self.cfg.ifeval.dir else [f"ifeval.dir={root / 'data'}"]
+        return out + ([] if self.cfg.eval.sft_answers else [f"eval.sft_answers={root / 'data' / 'sft_answers'}"])
 
     def pairs_source(self) -> str:
         if not (self.dir / TASK_FILE).is_file():

@@ -1,0 +1,76 @@
+"""The real-model experiment (issue 26): does REINFORCE move SmolLM2-135M-Instruct on IFEval's strict accuracy?
+
+    python launch.py --config configs/smollm2_ifeval.yaml --plan real --jobs 2 run_dir=runs/real torch_threads=1
+
+One command, four parts, on the task `--stage pairs` builds once (every pass x fail pair of 8 SFT answers per
+prompt, answers paired only with answers that ended alike):
+1. one reward model on those pairs (the first seed's run of the first RM variant), and best of n without training
+   (`--stage best_of_n`: 16 SFT answers per test prompt, picked by that reward model and by the verifiers);
+2. the control, RL with IFEval's strict verifier as the whole reward (VERIFIER), each seed;
+3. RL on the reward model at each kl_coef of KL_COEFS, each seed, every run taking the one reward model;
+4. the choice of kl_coef on the validation pools (`--stage validate`: each run's policy against the SFT policy on
+   the validation prompts, CHOICE_RULE), then `--stage eval` on the test pools for the chosen kl_coef only.
+Every policy is scored with eval.samples_per_prompt answers per prompt for both policies (the shipped config: 4);
+the report's headline lines (stages/report_real.py) are cluster-bootstrap intervals over seeds x prompts. Seeds:
+SEEDS, unless --seeds names others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.runner import Variant, execute_all, plan, write_summary
+
+SEEDS = (0, 1, 2)
+KL_COEFS = ("0.05", "0.2", "0.5")
+VERIFIER = "verifier"
+REWARD_MODEL_OWNER = f"rm@kl_coef={KL_COEFS[0]}"
+CHOICE_RULE = ("the kl_coef with the highest mean strict-accuracy gain over the SFT policy on the in-distribution "
+               "validation pool, averaged over seeds; a tie goes to the larger kl_coef (the policy nearer SFT)")
+
+
+def rm_name(kl_coef: str) -> str:
+    return f"rm@kl_coef={kl_coef}"
+
+
+def variants() -> list[Variant]:
+    """The verifier-reward control (rl and eval), then one RL variant per kl_coef on the one reward model (rl and
+    validate; eval only for the chosen one, by `finish`)."""
+    control = Variant(VERIFIER, ("reward.model_weight=0", "reward.functions=[ifeval_strict]"))
+    swept = [Variant(rm_name(k), (f"rl.kl_coef={k}",), reward_from=REWARD_MODEL_OWNER, one_reward_model=True,
+                     skip=("eval",), also=("validate",)) for k in KL_COEFS]
+    return [swept[0], control, *swept[1:]]  # the reward model's owner first: it trains while the control runs
+
+
+VARIANTS = variants()
+
+
+def choose(root: Path, seeds: list[int]) -> dict:
+    """CHOICE_RULE over the runs' validation.json (in-distribution strict gain per seed); written to choice.json."""
+    gains = {}
+    for k in KL_COEFS:
+        files = [root / rm_name(k) / f"seed_{s}" / "validation.json" for s in seeds]
+        if all(f.is_file() for f in files):
+            gains[k] = [json.loads(f.read_text())["comparisons"]["gold"]["diff_mean"] for f in files]
+    if not gains:
+        raise RuntimeError(f"--plan real: no kl_coef has validation.json for every seed under {root}; see sweep.json")
+    mean = {k: sum(v) / len(v) for k, v in gains.items()}
+    chosen = max(mean, key=lambda k: (round(mean[k], 9), float(k)))
+    result = {"rule": CHOICE_RULE, "pool": "validation (dev), in-distribution", "seeds": seeds,
+              "gains": gains, "mean_gain": mean, "chosen": chosen, "variant": rm_name(chosen)}
+    (root / "choice.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def finish(config: str, overrides: list[str], seeds: list[int], mode: str, jobs: int, root: Path) -> list:
+    """After the sweep: choose kl_coef on the validation pools, then evaluate only that variant on the test pools.
+    Returns the eval runs."""
+    chosen = choose(root, seeds)
+    print(f"--plan real: kl_coef {chosen['chosen']} chosen on the validation pool (mean strict gain "
+          + ", ".join(f"{k}: {v:+.3f}" for k, v in chosen["mean_gain"].items()) + ")", flush=True)
+    variant = next(v for v in VARIANTS if v.name == chosen["variant"])
+    _, runs = plan(config, overrides, seeds, [variant], "eval")
+    execute_all(runs, config, mode, jobs)
+    write_summary(root, runs, "sweep_eval.json")
+    return runs
