@@ -9,7 +9,7 @@ GPU ?= auto
 TORCH_INDEX ?=
 INSTALL_FLAGS := $(if $(filter 0,$(GPU)),--cpu) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
-.PHONY: install real-weights real-task-deps real-task demo results test bench clean
+.PHONY: install real-weights real-task-deps real-task real-experiment demo results test bench clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ real-task-deps: real-weights
 
 real-task: real-task-deps
 	$(PY) launch.py --config configs/smollm2_ifeval.yaml
+
+# the real-model experiment of docs/real_model.md (experiments/real_model.py): one command, its report at the end
+real-experiment: real-task-deps
+	$(PY) launch.py --config configs/smollm2_ifeval.yaml --plan real --jobs $(JOBS) run_dir=runs/real torch_threads=1
 
 demo: install
 	$(PY) launch.py --mode local --config configs/tiny.yaml

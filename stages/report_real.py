@@ -10,6 +10,7 @@ trains nothing)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def rl_gain(evals: list[dict], pool: str | None, n_samples: int = 2000, seed: in
     diffs = np.array([np.subtract(p["per_prompt"]["trained"]["gold"], p["per_prompt"]["sft"]["gold"]) for p in pools])
     lo, hi = cluster_bootstrap_ci(diffs, n_samples, pools[0]["confidence"], seed)
     pol = lambda name, key: [p["policies"][name][key] for p in pools]  # noqa: E731
+    trained = np.array([p["per_prompt"]["trained"]["gold"] for p in pools])  # [S, P]
     return {"gain": float(diffs.mean()), "lo": lo, "hi": hi, "seeds": len(pools), "prompts": diffs.shape[1],
+            "sha": pools[0]["prompts_sha256"], "per_prompt_sft": (trained - diffs).mean(axis=0).tolist(),
+            "per_prompt_trained": trained.mean(axis=0).tolist(),
             "samples_per_prompt": pools[0].get("samples_per_prompt", 1), "per_seed": diffs.mean(axis=1).tolist(),
             "sft": float(np.mean(pol("sft", "gold_mean"))), "trained": float(np.mean(pol("trained", "gold_mean"))),
             "kl": float(np.mean(pol("trained", "kl_to_ref"))), "kl_per_seed": pol("trained", "kl_to_ref"),
@@ -112,8 +116,40 @@ def real_model_section(root: Path, out: Path) -> list[str]:
         lines.append(f"| {k} | " + ", ".join(f"{g:+.3f}" for g in v["gain"]) + f" | {np.mean(v['gain']):+.3f} | "
                      + ", ".join(f"{x:.2f}" for x in v["kl"]) + " | " + ", ".join(f"{x:+.3f}" for x in v["reward"])
                      + " |")
+    lines += [""] + type_table(data, root / "data")
     fig = accuracy_vs_kl(data, out / "real_model.png")
     return lines + [""] + ([f"![strict accuracy against sqrt(KL)]({fig.name})", ""] if fig else [])
+
+
+def type_table(data: dict, task_dir: Path) -> list[str]:
+    """Per instruction type (test prompts, seeds pooled): SFT and trained strict accuracy of each RL reward, and the
+    best-of-16 RM-picked and verifier-picked accuracy, from the per-prompt values; the prompts' types are read from
+    the task (best_of_n.json lists the pool's prompts, the same ones eval scored: checked by their hash)."""
+    bon = data["best_of_n"]
+    if not bon or not (task_dir / "prompts.jsonl").is_file():
+        return []
+    from tasks.ifeval import verifier_table
+    table, rows = verifier_table(task_dir), []
+    for label, split in (("ID", "val"), ("OOD", "ood")):
+        pool = bon["pools"].get(split)
+        if pool is None:
+            continue
+        prompts, k = pool["prompts"], str(bon["samples"])
+        rl = {name: x[label] for name, x in data["rl"].items() if label in x
+              and x[label]["sha"] == hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+        types = [",".join(table[p].instruction_id_list) for p in prompts]
+        for t in sorted(set(types)):
+            idx = [i for i, x in enumerate(types) if x == t]
+            def mean(v: list, idx: list = idx) -> float:
+                return float(np.mean([v[i] for i in idx]))
+            cells = [f"{mean(x['per_prompt_sft']):.2f} -> {mean(x['per_prompt_trained']):.2f}" for x in rl.values()]
+            rows.append(f"| {label} | `{t}` | {len(idx)} | {mean(pool['per_prompt_gold_n1']):.2f} | "
+                        + " | ".join(cells) + f" | {mean(pool['by_n'][k]['rm']['per_prompt']):.2f} | "
+                        f"{mean(pool['by_n'][k]['verifier']['per_prompt']):.2f} |")
+    head = ["| pool | instruction type | prompts | SFT (16 samples) | "
+            + " | ".join(f"RL {name}: SFT -> trained" for name in data["rl"]) + f" | best-of-{bon['samples']} RM | "
+            f"best-of-{bon['samples']} verifier |", "|---" * (6 + len(data["rl"])) + "|"]
+    return ["**Per instruction type** (test prompts; RL columns pool the seeds):", "", *head, *rows, ""]
 
 
 def accuracy_vs_kl(data: dict, path: Path) -> Path | None:
