@@ -175,41 +175,43 @@ def test_the_ifeval_task_is_built_once_and_shared_by_every_seed(tmp_path):
 
 
 def test_real_plan_trains_one_reward_model_and_evaluates_only_the_kl_coef_chosen_on_validation(tmp_path):
-    """--plan real: the first run builds the task and the one reward model (and best of n on it); every RM run of
-    every seed takes that reward model; the verifier control has no reward model; the RM sweep validates instead of
-    evaluating; the later eval of a chosen variant runs with the configs its runs trained with."""
+    """--plan real: the first run builds the task, the one reward model and best of n on it; the other seeds' runs of
+    that variant have nothing to do; every RM run of every seed takes that reward model; the verifier control has no
+    reward model; the RM sweep validates instead of evaluating; the later eval of a chosen variant runs with the
+    configs its runs trained with."""
     from experiments import real_model
     variants, _ = plan_variants("real")
     seeds = plan_seeds("real", None, [])
     assert seeds == list(real_model.SEEDS) and len(seeds) >= 3
     _, runs = plan("configs/smollm2_ifeval.yaml", [f"run_dir={tmp_path}"], seeds, variants, "all")
-    owner = runs[0]
-    assert owner.stages == ["pairs", "rm", "best_of_n", "rl", "validate"]
+    owner, *idle = [r for r in runs if r.variant == real_model.REWARD_MODEL_OWNER]
+    assert runs[0] is owner and owner.stages == ["pairs", "rm", "best_of_n"] and all(r.stages == [] for r in idle)
     rm_runs = [r for r in runs if r.variant.startswith("rm@")]
-    assert len(rm_runs) == 3 * len(seeds) and sum("rm" in r.stages for r in runs) == 1
-    assert all(r.config.reward.path == str(owner.run_dir / "reward_model") for r in rm_runs[1:])
-    assert all(r.stages == ["rl", "validate"] and (owner, "rm") in r.depends_on for r in rm_runs[1:])
+    assert len(rm_runs) == len(real_model.KL_COEFS) * len(seeds) and sum("rm" in r.stages for r in runs) == 1
+    assert all(r.config.reward.path == str(owner.run_dir / "reward_model") for r in rm_runs)
+    assert all(r.stages == ["rl", "validate"] and (owner, "rm") in r.depends_on for r in rm_runs)
     assert {r.config.rl.kl_coef for r in rm_runs} == {float(k) for k in real_model.KL_COEFS}
     control = [r for r in runs if r.variant == real_model.VERIFIER]
     assert all(r.stages == ["rl", "eval"] and r.config.reward.model_weight == 0 for r in control)
     assert all(r.config.eval.sft_answers == str(tmp_path / "data" / "sft_answers") for r in runs)
-    chosen = next(v for v in variants if v.name == real_model.rm_name(real_model.KL_COEFS[1]))
+    chosen = next(v for v in variants if v.name == real_model.rm_name(real_model.KL_COEFS[-1]))
     _, later = plan("configs/smollm2_ifeval.yaml", [f"run_dir={tmp_path}"], seeds, [chosen], "eval")
     trained = {r.name: config_hash(r.config) for r in runs}
     assert [r.stages for r in later] == [["eval"]] * len(seeds)
     assert all(config_hash(r.config) == trained[r.name] for r in later), "eval runs on the trained runs' configs"
 
 
-def test_real_plan_chooses_kl_coef_on_the_validation_pool_by_its_rule(tmp_path):
+def test_real_plan_chooses_kl_coef_on_the_validation_pool_by_its_rule(tmp_path, monkeypatch):
     from experiments import real_model
-    gains = {"0.05": [0.10, 0.02, 0.06], "0.2": [0.08, 0.07, 0.06], "0.5": [0.07, 0.07, 0.07]}
+    gains = {"0.2": [0.08, 0.07, 0.06], "0.5": [0.07, 0.07, 0.07], "1.0": [0.10, 0.02, 0.06]}
+    monkeypatch.setattr(real_model, "KL_COEFS", tuple(gains))
     for k, per_seed in gains.items():
         for s, g in enumerate(per_seed):
             d = tmp_path / real_model.rm_name(k) / f"seed_{s}"
             d.mkdir(parents=True)
             (d / "validation.json").write_text(json.dumps({"comparisons": {"gold": {"diff_mean": g}}}))
     choice = real_model.choose(tmp_path, [0, 1, 2])
-    assert choice["chosen"] == "0.5", "0.2 and 0.5 tie at +0.07: the larger kl_coef"
+    assert choice["chosen"] == "0.5", "0.2 and 0.5 tie at +0.07 above 1.0's +0.06: the larger kl_coef"
     assert json.loads((tmp_path / "choice.json").read_text())["variant"] == real_model.rm_name("0.5")
 
 

@@ -45,12 +45,13 @@ def test_headline_lines_hold_the_runs_gains_and_the_figure_is_drawn(tmp_path):
         trained = [min(1.0, x + step) for x in sft]
         write(tmp_path / real_model.VERIFIER / f"seed_{s}" / "eval.json", {**pool(trained, sft, 1.0),
                                                                           "ood": pool(sft, sft, 1.2, "ood")})
-        write(tmp_path / real_model.rm_name("0.2") / f"seed_{s}" / "eval.json", {**pool(sft, sft, 0.5),
+        write(tmp_path / real_model.rm_name(real_model.KL_COEFS[0]) / f"seed_{s}" / "eval.json", {**pool(sft, sft, 0.5),
                                                                                 "ood": pool(sft, sft, 0.6, "ood")})
     for k in real_model.KL_COEFS:
         for s in range(3):
             write(tmp_path / real_model.rm_name(k) / f"seed_{s}" / "validation.json",
-                  {"comparisons": {"gold": {"diff_mean": 0.1 if k == "0.2" else 0.0}, "reward": {"diff_mean": 0.3}},
+                  {"comparisons": {"gold": {"diff_mean": 0.1 if k == real_model.KL_COEFS[0] else 0.0},
+                                   "reward": {"diff_mean": 0.3}},
                    "policies": {"trained": {"kl_to_ref": 0.4}}})
     real_model.choose(tmp_path, [0, 1, 2])
     rng = np.random.default_rng(0)
@@ -67,7 +68,7 @@ def test_headline_lines_hold_the_runs_gains_and_the_figure_is_drawn(tmp_path):
 
     data = collect(tmp_path)
     v = data["rl"]["verifier-reward"]["ID"]
-    assert data["choice"]["chosen"] == "0.2" and v["seeds"] == 3 and v["prompts"] == 4
+    assert data["choice"]["chosen"] == real_model.KL_COEFS[0] and v["seeds"] == 3 and v["prompts"] == 4
     assert np.isclose(v["gain"], np.mean([np.mean(np.minimum(1, np.add(sft, d)) - sft) for d in (0.25, 0, 0.5)]))
     assert v["lo"] < v["gain"] < v["hi"], "the seeds differ: the interval has width"
     assert data["rl"]["reward-model"]["ID"]["gain"] == 0.0 == data["rl"]["reward-model"]["OOD"]["hi"]
