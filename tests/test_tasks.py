@@ -45,7 +45,7 @@ def test_data_source_picks_the_task_and_the_task_its_stages(tmp_path):
     ifeval = load_task(load_config(None, [*base, "data.source=ifeval"]))
     assert isinstance(ifeval, IFEvalTask) and ifeval.stages() == ("pairs", "rm", "best_of_n", "rl", "eval")
     assert ifeval.dir == tmp_path / "data" and ifeval.experiment_overrides(tmp_path / "x") == \
-        [f"ifeval.dir={tmp_path / 'x' / 'data'}"]
+        [f"ifeval.dir={tmp_path / 'x' / 'data'}", f"eval.sft_answers={tmp_path / 'x' / 'data' / 'sft_answers'}"]
     files = load_task(load_config(None, [*base, f"data.source={tmp_path / 'pairs.jsonl'}"]))
     assert type(files) is PreferenceTask and files.gold_judge() is None and files.reward_functions() == {}
     assert files.experiment_overrides(tmp_path) == [] and sandbox_task.experiment_overrides(tmp_path) == []
