@@ -160,7 +160,9 @@ def id_vs_ood_table(aggs: dict[str, dict], aggs_ood: dict[str, dict], source: st
         return []
     head = ["variant", "seeds", f"{reward} diff ID", f"{reward} diff OOD", "gold diff ID", "gold diff OOD",
             *[f"gold diff OOD {k}" for k in kinds], "gold win ID", "gold win OOD", "KL ID", "KL OOD"]
-    n_id, n_ood = next(iter(aggs.values()))["num_prompts"], next(iter(aggs_ood.values()))["num_prompts"]
+    # the first variant with held-out results (a variant may have none: --plan real's reward model)
+    n_id = next(a["num_prompts"] for a in aggs.values() if a)
+    n_ood = next(a["num_prompts"] for a in aggs_ood.values() if a)
     text = task_class(source).heldout_text.format(n_id=n_id, n_ood=n_ood)
     if any("gold_loose" in a for a in aggs.values()):
         head += ["loose diff ID", "loose diff OOD"]
