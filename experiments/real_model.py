@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.errors import PathNotFound
 from experiments.runner import Variant, execute_all, plan, write_summary
 
 SEEDS = (0, 1, 2)
@@ -59,7 +60,8 @@ def choose(root: Path, seeds: list[int]) -> dict:
         if all(f.is_file() for f in files):
             gains[k] = [json.loads(f.read_text())["comparisons"]["gold"]["diff_mean"] for f in files]
     if not gains:
-        raise RuntimeError(f"--plan real: no kl_coef has validation.json for every seed under {root}; see sweep.json")
+        raise PathNotFound(f"--plan real: no kl_coef has validation.json for every seed under {root}: see "
+                           f"{root / 'sweep.json'} for the runs that failed, then rerun the same command (it resumes)")
     mean = {k: sum(v) / len(v) for k, v in gains.items()}
     chosen = max(mean, key=lambda k: (round(mean[k], 9), float(k)))
     result = {"rule": CHOICE_RULE, "pool": "validation (dev), in-distribution", "seeds": seeds,

@@ -137,7 +137,12 @@ def summarize(d: dict, kl: np.ndarray, cfg: Config, prompt_texts: list[str]) -> 
     return {"num_prompts": len(prompt_texts), "samples_per_prompt": e.samples_per_prompt,
             "confidence": e.confidence, "policies": policies,
             "comparisons": comparisons, "examples": examples, "per_prompt": per_prompt,
-            "prompts_sha256": hashlib.sha256("\n".join(prompt_texts).encode()).hexdigest()}
+            "prompts_sha256": prompts_sha256(prompt_texts)}
+
+
+def prompts_sha256(prompt_texts: list[str]) -> str:
+    """The fingerprint of a pool's prompts, in order: results made on the same prompts carry the same one."""
+    return hashlib.sha256("\n".join(prompt_texts).encode()).hexdigest()
 
 
 def format_table(result: dict) -> str:

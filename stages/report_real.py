@@ -10,7 +10,6 @@ trains nothing)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 from common.stats import cluster_bootstrap_ci  # noqa: E402
 from experiments.real_model import REWARD_MODEL_OWNER, VERIFIER, rm_name  # noqa: E402
 from stages.best_of_n import gain_text  # noqa: E402
+from stages.eval import prompts_sha256  # noqa: E402
 
 POOLS = (("ID", None), ("OOD", "ood"))
 
@@ -136,7 +136,7 @@ def type_table(data: dict, task_dir: Path) -> list[str]:
             continue
         prompts, k = pool["prompts"], str(bon["samples"])
         rl = {name: x[label] for name, x in data["rl"].items() if label in x
-              and x[label]["sha"] == hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+              and x[label]["sha"] == prompts_sha256(prompts)}
         types = [",".join(table[p].instruction_id_list) for p in prompts]
         for t in sorted(set(types)):
             idx = [i for i, x in enumerate(types) if x == t]
